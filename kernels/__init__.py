@@ -1,0 +1,1 @@
+"""Triton kernels of nvae_fast, one module per op (installed as ``nvae_fast.kernels``)."""

@@ -1,0 +1,232 @@
+"""Backend selection for the nvae_fast ops.
+
+Every op in :mod:`nvae_fast.ops` has one public function and one ``torch.autograd.Function``.
+The function checks its inputs, then asks :func:`resolve` which backend runs it:
+
+``reference``
+    the plain, unfused PyTorch composition (``F.silu(F.batch_norm(...))`` etc.); it defines the
+    semantics and is the baseline the others are tested against.
+``torch``
+    the memory-lean ``autograd.Function`` whose kernels are ATen ops (any device).
+``triton``
+    the same ``autograd.Function`` with the Triton kernels of ``nvae_fast.kernels.<op>``. Runs on CUDA
+    tensors, and on CPU tensors only under the Triton interpreter (``TRITON_INTERPRET=1``).
+``cuda``
+    the same ``autograd.Function`` with the CUDA C++ kernels of the extension ``nvae_fast._C``
+    (``nvae_fast.cuda.<op>``). Runs on CUDA tensors only.
+``auto`` (default)
+    per op and device: the fastest available backend by the committed benchmarks (:data:`AUTO_ORDER`)
+    for CUDA tensors, ``torch`` for anything else.
+
+Kernel sets
+-----------
+A lean backend provides, for each op, a *kernel set*: a module (or class) with the functions that the
+op's ``autograd.Function`` calls, named and shaped as the op's docstring in :mod:`nvae_fast.ops` says,
+plus ``supports(...) -> str | None`` that returns why given inputs are unsupported (``None`` if they are).
+Unsupported inputs fall back to the ``torch`` kernel set, with one logged warning per (backend, op,
+reason) and a record in :func:`backend_info`; nothing falls back silently.
+
+Choose a backend with :func:`set_backend`, the context manager :func:`use_backend`, or the environment
+variable ``NVAE_FAST_BACKEND`` (read at import and by :func:`reset`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "AUTO_ORDER",
+    "set_backend",
+    "get_backend",
+    "use_backend",
+    "backend_info",
+    "reset",
+    "resolve",
+]
+
+log = logging.getLogger("nvae_fast")
+
+BACKENDS = ("reference", "torch", "triton", "cuda")
+_CHOICES = BACKENDS + ("auto",)
+OPS = ("bn_swish", "depthwise_conv2d", "squeeze_excite", "power_iteration")
+
+# Order in which ``auto`` tries the fused backends for CUDA tensors, per op. Decided by the GPU
+# benchmark results under benchmarks/results/ (see README); the CUDA extension is preferred where no
+# measurement says otherwise.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {op: ("cuda", "triton") for op in OPS}
+
+
+class _State:
+    """Process-wide selection and the record of fallbacks; :func:`reset` restores it."""
+
+    def __init__(self) -> None:
+        self.selected = "auto"
+        self.fallbacks: dict[tuple[str, str, str], int] = {}
+
+    def clear(self) -> None:
+        self.selected = _env_choice()
+        self.fallbacks.clear()
+
+
+def _env_choice() -> str:
+    name = os.environ.get("NVAE_FAST_BACKEND", "auto").strip().lower() or "auto"
+    if name not in _CHOICES:
+        raise ValueError(f"NVAE_FAST_BACKEND={name!r} is not one of {_CHOICES}")
+    return name
+
+
+_state = _State()
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_status() -> tuple[bool, str]:
+    try:
+        import triton  # noqa: F401
+
+        importlib.import_module("nvae_fast.kernels")
+    except Exception as exc:  # ImportError, or a broken triton install
+        return False, f"triton cannot be imported: {exc}"
+    if torch.cuda.is_available() or _interpreting():
+        return True, ""
+    return False, "no CUDA device, and TRITON_INTERPRET=1 is not set"
+
+
+def _cuda_status() -> tuple[bool, str]:
+    try:
+        importlib.import_module("nvae_fast._C")
+    except ImportError as exc:
+        return False, f"the extension nvae_fast._C is not built ({exc})"
+    if not torch.cuda.is_available():
+        return False, "nvae_fast._C is built, but torch sees no CUDA device"
+    return True, ""
+
+
+def _status(name: str) -> tuple[bool, str]:
+    if name in ("reference", "torch"):
+        return True, ""
+    if name == "triton":
+        return _triton_status()
+    if name == "cuda":
+        return _cuda_status()
+    raise ValueError(f"unknown backend {name!r}; choose one of {_CHOICES}")
+
+
+def set_backend(name: str) -> None:
+    """Select the backend for all ops: one of ``reference``, ``torch``, ``triton``, ``cuda``, ``auto``.
+
+    Raises ``ValueError`` for an unknown name and ``RuntimeError`` (with the reason) for a backend that is
+    not available in this process.
+    """
+    name = str(name).strip().lower()
+    if name not in _CHOICES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {_CHOICES}")
+    if name != "auto":
+        ok, why = _status(name)
+        if not ok:
+            raise RuntimeError(f"backend {name!r} is unavailable: {why}")
+    _state.selected = name
+
+
+def get_backend() -> str:
+    """The selected backend name (possibly ``auto``)."""
+    return _state.selected
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Context manager: run the enclosed code with backend ``name``, then restore the previous one."""
+    previous = _state.selected
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _state.selected = previous
+
+
+def reset() -> None:
+    """Restore the selection from ``NVAE_FAST_BACKEND`` (default ``auto``) and forget recorded fallbacks."""
+    _state.clear()
+
+
+def backend_info() -> dict[str, Any]:
+    """What is selected, what is available (and why not), and every fallback taken so far."""
+    backends = {}
+    for name in BACKENDS:
+        ok, why = _status(name)
+        backends[name] = {"available": ok, "reason": why}
+    return {
+        "selected": _state.selected,
+        "backends": backends,
+        "auto_order": {op: list(order) for op, order in AUTO_ORDER.items()},
+        "fallbacks": [
+            {"backend": b, "op": op, "reason": reason, "count": n}
+            for (b, op, reason), n in sorted(_state.fallbacks.items())
+        ],
+        "torch": torch.__version__,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def _kernel_set(op: str, backend: str):
+    package = "nvae_fast.kernels" if backend == "triton" else "nvae_fast.cuda"
+    return importlib.import_module(f"{package}.{op}")
+
+
+def _record_fallback(backend: str, op: str, reason: str) -> None:
+    key = (backend, op, reason)
+    if key not in _state.fallbacks:
+        log.warning("nvae_fast: %s backend falls back to 'torch' for %s: %s", backend, op, reason)
+    _state.fallbacks[key] = _state.fallbacks.get(key, 0) + 1
+
+
+def _auto(op: str, device: torch.device) -> str:
+    if device.type == "cuda":
+        for name in AUTO_ORDER[op]:
+            if _status(name)[0]:
+                return name
+    return "torch"
+
+
+def resolve(op: str, device: torch.device, torch_kernels, *support_args):
+    """Pick the backend for one call of ``op`` on tensors living on ``device``.
+
+    Returns ``(name, kernels)``: ``name`` is ``"reference"`` (``kernels`` is then ``None``) or the name of
+    the backend whose kernel set ``kernels`` runs the call. ``torch_kernels`` is the op's ATen kernel set;
+    ``support_args`` are passed to the chosen kernel set's ``supports`` to detect a needed fallback.
+    """
+    name = _state.selected
+    if name == "auto":
+        name = _auto(op, device)
+    if name == "reference":
+        return name, None
+    if name == "torch":
+        return name, torch_kernels
+    if name == "triton" and device.type != "cuda" and not _interpreting():
+        raise RuntimeError(
+            f"{op}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
+            f"got tensors on {device}"
+        )
+    if name == "cuda" and device.type != "cuda":
+        raise RuntimeError(f"{op}: backend 'cuda' needs CUDA tensors; got tensors on {device}")
+    ok, why = _status(name)
+    if not ok:
+        raise RuntimeError(f"{op}: backend {name!r} is unavailable: {why}")
+    kernels = _kernel_set(op, name)
+    reason = kernels.supports(*support_args)
+    if reason is not None:
+        _record_fallback(name, op, reason)
+        return "torch", torch_kernels
+    return name, kernels
+
+
+_state.clear()

@@ -1,0 +1,19 @@
+"""Drop-in modules of nvae_fast; each runs its op on the selected backend."""
+
+from .bn_swish import BNSwish, SyncBNSwish, convert_sync_bn_swish
+from .depthwise_conv2d import DepthwiseConv2d
+from .patch import PatchReport, patch
+from .spectral import SpectralNormRegularizer, conv_weight
+from .squeeze_excite import SqueezeExcite
+
+__all__ = [
+    "BNSwish",
+    "SyncBNSwish",
+    "convert_sync_bn_swish",
+    "DepthwiseConv2d",
+    "SqueezeExcite",
+    "SpectralNormRegularizer",
+    "conv_weight",
+    "patch",
+    "PatchReport",
+]

@@ -1,0 +1,25 @@
+"""Squeeze-excitation module on :func:`nvae_fast.ops.squeeze_excite`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..ops import squeeze_excite
+
+__all__ = ["SqueezeExcite"]
+
+
+class SqueezeExcite(nn.Module):
+    """``x * sigmoid(fc2(relu(fc1(mean_hw(x)))))``; input (N, C, H, W), output like it.
+
+    ``fc1``: C -> hidden, ``fc2``: hidden -> C, with ``hidden = max(channels // reduction, min_hidden)``.
+    """
+
+    def __init__(self, channels, reduction=16, min_hidden=4):
+        super().__init__()
+        hidden = max(channels // reduction, min_hidden)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x):
+        return squeeze_excite(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)

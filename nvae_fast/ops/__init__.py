@@ -1,0 +1,21 @@
+"""Functional, autograd-aware ops of nvae_fast (any float dtype, NCHW or channels_last).
+
+Each op runs on the backend chosen by :mod:`nvae_fast.backend`; the ``*_reference`` functions are the
+plain PyTorch compositions that define the semantics.
+"""
+
+from .bn_swish import bn_swish, bn_swish_reference
+from .depthwise_conv2d import depthwise_conv2d, depthwise_conv2d_reference
+from .power_iteration import power_iteration, power_iteration_reference
+from .squeeze_excite import squeeze_excite, squeeze_excite_reference
+
+__all__ = [
+    "bn_swish",
+    "bn_swish_reference",
+    "depthwise_conv2d",
+    "depthwise_conv2d_reference",
+    "squeeze_excite",
+    "squeeze_excite_reference",
+    "power_iteration",
+    "power_iteration_reference",
+]

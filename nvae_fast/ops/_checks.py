@@ -1,0 +1,51 @@
+"""Input validation shared by the ops: every error names the offending argument."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(op: str, name: str, t, *, ndim: int | None = None, float_only: bool = True) -> None:
+    """Require ``t`` to be a tensor of a floating dtype (and of rank ``ndim`` when given)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if float_only and t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
+
+
+def check_same_device(op: str, ref_name: str, ref: torch.Tensor, **others) -> None:
+    """Require every tensor in ``others`` (``None`` allowed) to live on ``ref``'s device."""
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def check_vector(op: str, name: str, t, length: int) -> None:
+    """Require ``t`` (unless ``None``) to be a float 1-D tensor of ``length`` elements."""
+    if t is None:
+        return
+    check_tensor(op, name, t, ndim=1)
+    if t.numel() != length:
+        raise ValueError(f"{op}: {name} must have {length} elements (one per channel), got {t.numel()}")
+
+
+def pair(op: str, name: str, value) -> tuple[int, int]:
+    """Normalise an int or a pair of ints to a pair of non-negative ints."""
+    if isinstance(value, int):
+        value = (value, value)
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") from None
+    if a < 0 or b < 0:
+        raise ValueError(f"{op}: {name} must be non-negative, got {value!r}")
+    return a, b
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

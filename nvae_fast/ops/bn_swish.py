@@ -1,0 +1,198 @@
+"""Fused BatchNorm + Swish: ``y = silu(batch_norm(x))``.
+
+Shapes: ``x`` is (N, C, H, W) (NCHW or channels_last, any float dtype); ``weight``, ``bias``,
+``running_mean``, ``running_var`` are (C,) or ``None``. Math, per channel c over the N*H*W values:
+
+    training:  mean_c = E[x],  var_c = E[(x - mean_c)^2]  (biased; accumulated in float32, float64
+               for float64 input), running_mean <- (1-m) running_mean + m mean_c,
+               running_var  <- (1-m) running_var  + m var_c * n / (n - 1)   (n = N*H*W)
+    eval:      mean_c = running_mean_c, var_c = running_var_c
+    invstd_c = 1 / sqrt(var_c + eps),  xhat = (x - mean_c) invstd_c,  z = weight_c xhat + bias_c,
+    y = z sigmoid(z)
+
+Backward (s = sigmoid(z)): dz = dy s (1 + z (1 - s)), dbias = sum dz, dweight = sum dz xhat, and
+    training: dx = weight invstd (dz - sum(dz)/n - xhat sum(dz xhat)/n)
+    eval:     dx = weight invstd dz
+With a ``process_group`` the statistics and the two backward sums are reduced across its ranks
+(SyncBatchNorm semantics; dweight and dbias stay local, as in PyTorch, for DDP to average).
+
+The lean backends save only ``x`` and the per-channel ``mean``/``invstd`` for backward and recompute
+``z`` there. Kernel set contract (``torch``: :class:`TorchKernels`; ``triton``:
+``nvae_fast.kernels.bn_swish``; ``cuda``: ``nvae_fast.cuda.bn_swish``):
+
+    batch_stats(x) -> (mean, var)                                 (C,), accumulation dtype, biased var
+    normalize(x, mean, invstd, weight, bias) -> y                 like x (dtype and memory format)
+    backward_reduce(dy, x, mean, invstd, weight, bias) -> (sum_dz, sum_dz_xhat)   (C,), accumulation dtype
+    backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count) -> dx
+        count is n (int) in training, ``None`` in eval (then sum_dz/sum_dz_xhat are ignored)
+    supports(x) -> None or the reason it cannot run x
+
+``weight``/``bias`` reach the kernels as tensors (ones/zeros when the caller passed ``None``), in
+their own dtype, which may differ from ``x``'s (e.g. float32 parameters with bfloat16 activations).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import backend
+from ._checks import acc_dtype, check_same_device, check_tensor, check_vector
+
+__all__ = ["bn_swish", "bn_swish_reference", "TorchKernels", "BNSwishFunction"]
+
+_OP = "bn_swish"
+
+
+def bn_swish_reference(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """The unfused composition that defines the semantics: ``F.silu(F.batch_norm(...))``."""
+    return F.silu(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps))
+
+
+def _bcast(v: torch.Tensor) -> torch.Tensor:
+    return v.view(1, -1, 1, 1)
+
+
+class TorchKernels:
+    """ATen kernel set of the lean backend (runs on any device)."""
+
+    @staticmethod
+    def supports(x):
+        return None
+
+    @staticmethod
+    def batch_stats(x):
+        var, mean = torch.var_mean(x.to(acc_dtype(x.dtype)), dim=(0, 2, 3), correction=0)
+        return mean, var
+
+    @staticmethod
+    def _z(x, mean, invstd, weight, bias):
+        acc = mean.dtype
+        scale = weight.to(acc) * invstd
+        shift = bias.to(acc) - mean * scale
+        return x.to(acc) * _bcast(scale) + _bcast(shift)
+
+    @staticmethod
+    def normalize(x, mean, invstd, weight, bias):
+        z = TorchKernels._z(x, mean, invstd, weight, bias)
+        return F.silu(z).to(x.dtype)
+
+    @staticmethod
+    def _dz(dy, x, mean, invstd, weight, bias):
+        z = TorchKernels._z(x, mean, invstd, weight, bias)
+        s = torch.sigmoid(z)
+        return dy.to(z.dtype) * s * (1 + z * (1 - s))
+
+    @staticmethod
+    def backward_reduce(dy, x, mean, invstd, weight, bias):
+        dz = TorchKernels._dz(dy, x, mean, invstd, weight, bias)
+        xhat = (x.to(mean.dtype) - _bcast(mean)) * _bcast(invstd)
+        return dz.sum(dim=(0, 2, 3)), (dz * xhat).sum(dim=(0, 2, 3))
+
+    @staticmethod
+    def backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count):
+        dz = TorchKernels._dz(dy, x, mean, invstd, weight, bias)
+        scale = _bcast(weight.to(mean.dtype) * invstd)
+        if count is None:
+            return (dz * scale).to(x.dtype)
+        xhat = (x.to(mean.dtype) - _bcast(mean)) * _bcast(invstd)
+        dx = (dz - _bcast(sum_dz / count) - xhat * _bcast(sum_dz_xhat / count)) * scale
+        return dx.to(x.dtype)
+
+
+def _group_size(process_group) -> int:
+    if process_group is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return 1
+    return torch.distributed.get_world_size(process_group)
+
+
+def _sync_stats(mean, var, count, process_group):
+    """Combine per-rank (count, mean, biased var) into the statistics of the joint batch (Chan et al.)."""
+    world = torch.distributed.get_world_size(process_group)
+    local = torch.cat([mean.new_tensor([float(count)]), mean, var])
+    gathered = [torch.empty_like(local) for _ in range(world)]
+    torch.distributed.all_gather(gathered, local, group=process_group)
+    table = torch.stack(gathered)  # (world, 1 + 2C)
+    c = mean.numel()
+    counts, means, variances = table[:, :1], table[:, 1 : 1 + c], table[:, 1 + c :]
+    total = counts.sum()
+    joint_mean = (counts * means).sum(0) / total
+    m2 = (counts * (variances + (means - joint_mean) ** 2)).sum(0)
+    return joint_mean, m2 / total, int(total.item())
+
+
+class BNSwishFunction(torch.autograd.Function):
+    """One autograd node for BN+Swish; saves x, mean and invstd only."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, process_group, kernels):
+        c = x.shape[1]
+        if training:
+            mean, var = kernels.batch_stats(x)
+            count = x.numel() // c
+            if _group_size(process_group) > 1:
+                mean, var, count = _sync_stats(mean, var, count, process_group)
+            if count <= 1:
+                raise ValueError(f"bn_swish: expected more than 1 value per channel when training, got x of shape {tuple(x.shape)}")
+            if running_mean is not None:
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            if running_var is not None:
+                unbiased = var * (count / (count - 1))
+                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        else:
+            acc = acc_dtype(x.dtype)
+            mean, var, count = running_mean.to(acc), running_var.to(acc), None
+        invstd = torch.rsqrt(var + eps)
+        y = kernels.normalize(x, mean, invstd, weight, bias)
+        ctx.save_for_backward(x, mean, invstd, weight, bias)
+        ctx.count, ctx.kernels, ctx.process_group = count, kernels, process_group
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, invstd, weight, bias = ctx.saved_tensors
+        kernels, count = ctx.kernels, ctx.count
+        sum_dz, sum_dz_xhat = kernels.backward_reduce(dy, x, mean, invstd, weight, bias)
+        dweight = sum_dz_xhat.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        dbias = sum_dz.to(bias.dtype) if ctx.needs_input_grad[2] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            if count is not None and _group_size(ctx.process_group) > 1:
+                both = torch.cat([sum_dz, sum_dz_xhat])
+                torch.distributed.all_reduce(both, group=ctx.process_group)
+                sum_dz, sum_dz_xhat = both.chunk(2)
+            dx = kernels.backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count)
+        return dx, dweight, dbias, None, None, None, None, None, None, None
+
+
+def _check(x, weight, bias, running_mean, running_var, training):
+    check_tensor(_OP, "x", x, ndim=4)
+    c = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        check_vector(_OP, name, t, c)
+    check_same_device(_OP, "x", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("bn_swish: running_mean and running_var are required when training=False")
+
+
+def bn_swish(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5, process_group=None):
+    """``F.silu(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps))``.
+
+    ``x``: (N, C, H, W); per-channel tensors: (C,) or ``None``. Running statistics are updated in place
+    when ``training`` (unbiased variance, like PyTorch). With ``process_group`` the batch statistics are
+    those of all ranks' batches together (SyncBN). Returns a tensor like ``x``.
+    """
+    _check(x, weight, bias, running_mean, running_var, training)
+    name, kernels = backend.resolve(_OP, x.device, TorchKernels, x)
+    if name == "reference":
+        if process_group is not None and _group_size(process_group) > 1:
+            raise ValueError("bn_swish: the reference backend has no process_group support; use 'torch' for SyncBN")
+        return bn_swish_reference(x, weight, bias, running_mean, running_var, training, momentum, eps)
+    c = x.shape[1]
+    if weight is None:
+        weight = x.new_ones(c, dtype=acc_dtype(x.dtype))
+    if bias is None:
+        bias = x.new_zeros(c, dtype=acc_dtype(x.dtype))
+    return BNSwishFunction.apply(
+        x, weight, bias, running_mean, running_var, bool(training), float(momentum), float(eps), process_group, kernels
+    )

@@ -1,0 +1,177 @@
+"""Batched power iteration: the largest singular value of many weights of different shapes at once.
+
+Each weight ``W_i`` (any rank >= 2) is viewed as the matrix (out_i, rest_i) = ``W_i.reshape(out_i, -1)``;
+``us[i]`` is (out_i,) and ``vs[i]`` is (rest_i,). Without gradient, ``n_iter`` steps of
+
+    v_i <- normalize(W_i^T u_i),   u_i <- normalize(W_i v_i),   normalize(a) = a / max(||a||_2, 1e-12)
+
+update ``us``/``vs`` in place (accumulation in float32, float64 when every weight is float64). Then
+
+    sigma_i = u_i^T W_i v_i                       returned as a 1-D tensor (len(weights),)
+
+differentiable w.r.t. each ``W_i`` with u, v held constant: d sigma_i / d W_i = u_i v_i^T.
+Used by the spectral regulariser (sum of sigma over every conv of the model).
+
+Kernel set contract (``torch``: :class:`TorchKernels`, grouped by shape; ``triton``:
+``nvae_fast.kernels.power_iteration``; ``cuda``: ``nvae_fast.cuda.power_iteration``):
+
+    update(mats, us, vs, n_iter) -> None     mats: list of 2-D (out_i, rest_i) views; us/vs updated in place
+    sigmas(mats, us, vs) -> (n,)             accumulation dtype
+    supports(mats) -> None or the reason it cannot run them
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+from .. import backend
+from ._checks import check_tensor
+
+__all__ = ["power_iteration", "power_iteration_reference", "TorchKernels", "PowerIterationFunction"]
+
+_OP = "power_iteration"
+EPS = 1e-12
+
+
+def _acc(mats) -> torch.dtype:
+    return torch.float64 if all(m.dtype == torch.float64 for m in mats) else torch.float32
+
+
+def _matrices(weights):
+    return [w.reshape(w.shape[0], -1) for w in weights]
+
+
+def power_iteration_reference(weights, us, vs, n_iter):
+    """One weight at a time, plain PyTorch: the definition of the op."""
+    mats = _matrices(weights)
+    acc = _acc(mats)
+    sig = []
+    for w, u_buf, v_buf in zip(mats, us, vs):
+        with torch.no_grad():
+            wa, u, v = w.to(acc), u_buf.to(acc), v_buf.to(acc)
+            for _ in range(n_iter):
+                v = F.normalize(wa.t() @ u, dim=0, eps=EPS)
+                u = F.normalize(wa @ v, dim=0, eps=EPS)
+            u_buf.copy_(u)
+            v_buf.copy_(v)
+        sig.append(torch.dot(u, w.to(acc) @ v))
+    return torch.stack(sig)
+
+
+def _groups(keys):
+    """Indices grouped by equal key (a matrix's shape and dtype), in first-seen order."""
+    groups = defaultdict(list)
+    for i, key in enumerate(keys):
+        groups[key].append(i)
+    return list(groups.values())
+
+
+def _keys(mats):
+    return [(tuple(m.shape), m.dtype) for m in mats]
+
+
+class TorchKernels:
+    """ATen kernel set: stack the weights of each shape and run batched mat-vecs (``torch.bmm``)."""
+
+    @staticmethod
+    def supports(mats):
+        return None
+
+    @staticmethod
+    def update(mats, us, vs, n_iter):
+        acc = _acc(mats)
+        for idx in _groups(_keys(mats)):
+            w = torch.stack([mats[i] for i in idx]).to(acc)
+            u = torch.stack([us[i] for i in idx]).to(acc)
+            v = torch.stack([vs[i] for i in idx]).to(acc)
+            for _ in range(n_iter):
+                v = F.normalize(torch.bmm(u.unsqueeze(1), w).squeeze(1), dim=1, eps=EPS)
+                u = F.normalize(torch.bmm(w, v.unsqueeze(2)).squeeze(2), dim=1, eps=EPS)
+            for k, i in enumerate(idx):
+                us[i].copy_(u[k])
+                vs[i].copy_(v[k])
+
+    @staticmethod
+    def sigmas(mats, us, vs):
+        acc = _acc(mats)
+        out = torch.empty(len(mats), dtype=acc, device=mats[0].device)
+        for idx in _groups(_keys(mats)):
+            w = torch.stack([mats[i] for i in idx]).to(acc)
+            u = torch.stack([us[i] for i in idx]).to(acc)
+            v = torch.stack([vs[i] for i in idx]).to(acc)
+            out[idx] = torch.bmm(u.unsqueeze(1), torch.bmm(w, v.unsqueeze(2))).flatten()
+        return out
+
+
+class PowerIterationFunction(torch.autograd.Function):
+    """sigma_i = u_i^T W_i v_i for every weight; backward gives dW_i = g_i u_i v_i^T, batched by shape."""
+
+    @staticmethod
+    def forward(ctx, kernels, us, vs, n_iter, *weights):
+        mats = _matrices(weights)
+        with torch.no_grad():
+            kernels.update(mats, us, vs, n_iter)
+            sig = kernels.sigmas(mats, us, vs)
+        ctx.save_for_backward(*[u.clone() for u in us], *[v.clone() for v in vs])
+        ctx.shapes = [w.shape for w in weights]
+        ctx.keys = _keys(mats)
+        return sig
+
+    @staticmethod
+    def backward(ctx, grad):
+        n = len(ctx.shapes)
+        saved = ctx.saved_tensors
+        us, vs = saved[:n], saved[n:]
+        grads = [None] * n
+        for idx in _groups(ctx.keys):
+            u = torch.stack([us[i] for i in idx]).to(grad.dtype)
+            v = torch.stack([vs[i] for i in idx]).to(grad.dtype)
+            outer = grad[idx].view(-1, 1, 1) * u.unsqueeze(2) * v.unsqueeze(1)
+            for k, i in enumerate(idx):
+                if ctx.needs_input_grad[4 + i]:
+                    grads[i] = outer[k].reshape(ctx.shapes[i]).to(ctx.keys[i][1])
+        return (None, None, None, None, *grads)
+
+
+def _check(weights, us, vs, n_iter):
+    if isinstance(weights, torch.Tensor) or not len(weights):
+        raise TypeError("power_iteration: weights must be a non-empty list of tensors")
+    if len(us) != len(weights) or len(vs) != len(weights):
+        raise ValueError(
+            f"power_iteration: us and vs must have one entry per weight ({len(weights)}), got {len(us)} and {len(vs)}"
+        )
+    if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 0:
+        raise ValueError(f"power_iteration: n_iter must be a non-negative int, got {n_iter!r}")
+    device = weights[0].device if isinstance(weights[0], torch.Tensor) else None
+    for i, (w, u, v) in enumerate(zip(weights, us, vs)):
+        check_tensor("power_iteration", f"weights[{i}]", w)
+        check_tensor("power_iteration", f"us[{i}]", u, ndim=1)
+        check_tensor("power_iteration", f"vs[{i}]", v, ndim=1)
+        if w.dim() < 2:
+            raise ValueError(f"power_iteration: weights[{i}] must have at least 2 dims, got shape {tuple(w.shape)}")
+        rest = w.numel() // w.shape[0]
+        if u.numel() != w.shape[0] or v.numel() != rest:
+            raise ValueError(
+                f"power_iteration: us[{i}] must have {w.shape[0]} and vs[{i}] {rest} elements for weights[{i}] of shape "
+                f"{tuple(w.shape)}, got {u.numel()} and {v.numel()}"
+            )
+        for name, t in ((f"weights[{i}]", w), (f"us[{i}]", u), (f"vs[{i}]", v)):
+            if t.device != device:
+                raise ValueError(f"power_iteration: {name} is on {t.device} but weights[0] is on {device}")
+
+
+def power_iteration(weights, us, vs, n_iter):
+    """``n_iter`` power-iteration steps for every weight (u/v in place), then ``sigma_i = u_i^T W_i v_i``.
+
+    ``weights``: list of tensors of any shapes (each viewed as (out, -1)); ``us[i]``: (out_i,);
+    ``vs[i]``: (rest_i,). Returns a 1-D float32 (float64 for all-float64 weights) tensor, differentiable
+    w.r.t. the weights.
+    """
+    _check(weights, us, vs, n_iter)
+    name, kernels = backend.resolve(_OP, weights[0].device, TorchKernels, _matrices(weights))
+    if name == "reference":
+        return power_iteration_reference(weights, us, vs, n_iter)
+    return PowerIterationFunction.apply(kernels, list(us), list(vs), n_iter, *weights)

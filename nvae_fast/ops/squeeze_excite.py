@@ -1,0 +1,134 @@
+"""Squeeze-excitation: ``y = x * sigmoid(linear(relu(linear(mean_hw(x), w1, b1)), w2, b2))``.
+
+Shapes: ``x`` (N, C, H, W) (NCHW or channels_last), ``w1`` (Ch, C), ``b1`` (Ch,) or ``None``,
+``w2`` (C, Ch), ``b2`` (C,) or ``None``. Math (accumulation in float32, float64 for float64 input):
+
+    m = mean_{h,w} x                      (N, C)
+    a = relu(m w1^T + b1)                 (N, Ch)
+    g = sigmoid(a w2^T + b2)              (N, C)      the gate
+    y = x * g[:, :, None, None]
+
+Backward: dg = sum_{h,w} dy x; dp = dg g (1 - g); dw2 = dp^T a; db2 = sum_n dp; da = dp w2;
+dq = da [a > 0]; dw1 = dq^T m; db1 = sum_n dq; dm = dq w1; dx = dy g + dm / (H W).
+The lean backends save x, the gate g and the pooled mean m (both N*C, tiny) and fuse dx into one pass.
+
+Kernel set contract (``torch``: :class:`TorchKernels`; ``triton``: ``nvae_fast.kernels.squeeze_excite``;
+``cuda``: ``nvae_fast.cuda.squeeze_excite``):
+
+    pool(x) -> m                                      (N, C), accumulation dtype
+    scale(x, gate) -> y                               gate (N, C) accumulation dtype; y like x
+    backward_reduce(dy, x) -> dg                      (N, C), accumulation dtype: sum_{h,w} dy x
+    backward_dx(dy, gate, dmean, hw) -> dx            dy gate + dmean / hw, in dy's dtype
+    supports(x) -> None or the reason it cannot run x
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import backend
+from ._checks import acc_dtype, check_same_device, check_tensor, check_vector
+
+__all__ = ["squeeze_excite", "squeeze_excite_reference", "TorchKernels", "SqueezeExciteFunction"]
+
+_OP = "squeeze_excite"
+
+
+def squeeze_excite_reference(x, w1, b1, w2, b2):
+    """The unfused composition that defines the semantics."""
+    m = x.mean(dim=(2, 3))
+    g = torch.sigmoid(F.linear(F.relu(F.linear(m, w1, b1)), w2, b2))
+    return x * g[:, :, None, None]
+
+
+class TorchKernels:
+    """ATen kernel set of the lean backend (runs on any device)."""
+
+    @staticmethod
+    def supports(x):
+        return None
+
+    @staticmethod
+    def pool(x):
+        return x.to(acc_dtype(x.dtype)).mean(dim=(2, 3))
+
+    @staticmethod
+    def scale(x, gate):
+        return (x * gate[:, :, None, None]).to(x.dtype)
+
+    @staticmethod
+    def backward_reduce(dy, x):
+        acc = acc_dtype(x.dtype)
+        return (dy.to(acc) * x.to(acc)).sum(dim=(2, 3))
+
+    @staticmethod
+    def backward_dx(dy, gate, dmean, hw):
+        return (dy * gate[:, :, None, None] + (dmean / hw)[:, :, None, None]).to(dy.dtype)
+
+
+def _mlp(m, w1, b1, w2, b2):
+    acc = m.dtype
+    a = F.relu(F.linear(m, w1.to(acc), None if b1 is None else b1.to(acc)))
+    g = torch.sigmoid(F.linear(a, w2.to(acc), None if b2 is None else b2.to(acc)))
+    return a, g
+
+
+class SqueezeExciteFunction(torch.autograd.Function):
+    """One autograd node for SE; saves x, the gate and the pooled mean."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, kernels):
+        m = kernels.pool(x)
+        _, g = _mlp(m, w1, b1, w2, b2)
+        ctx.save_for_backward(x, m, g, w1, b1, w2, b2)
+        ctx.kernels = kernels
+        return kernels.scale(x, g)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, m, g, w1, b1, w2, b2 = ctx.saved_tensors
+        kernels = ctx.kernels
+        a, _ = _mlp(m, w1, b1, w2, b2)
+        dg = kernels.backward_reduce(dy, x)
+        dp = dg * g * (1 - g)
+        da = dp @ w2.to(dp.dtype)
+        dq = da * (a > 0)
+        grads = [None] * 6
+        if ctx.needs_input_grad[0]:
+            dm = dq @ w1.to(dq.dtype)
+            grads[0] = kernels.backward_dx(dy, g, dm, x.shape[2] * x.shape[3])
+        if ctx.needs_input_grad[1]:
+            grads[1] = (dq.t() @ m).to(w1.dtype)
+        if b1 is not None and ctx.needs_input_grad[2]:
+            grads[2] = dq.sum(0).to(b1.dtype)
+        if ctx.needs_input_grad[3]:
+            grads[3] = (dp.t() @ a).to(w2.dtype)
+        if b2 is not None and ctx.needs_input_grad[4]:
+            grads[4] = dp.sum(0).to(b2.dtype)
+        return tuple(grads)
+
+
+def _check(x, w1, b1, w2, b2):
+    check_tensor(_OP, "x", x, ndim=4)
+    check_tensor(_OP, "w1", w1, ndim=2)
+    check_tensor(_OP, "w2", w2, ndim=2)
+    c, hidden = x.shape[1], w1.shape[0]
+    if w1.shape[1] != c:
+        raise ValueError(f"squeeze_excite: w1 must have shape (hidden, C) with C={c} (x's channels), got {tuple(w1.shape)}")
+    if tuple(w2.shape) != (c, hidden):
+        raise ValueError(f"squeeze_excite: w2 must have shape (C, hidden) = {(c, hidden)}, got {tuple(w2.shape)}")
+    check_vector(_OP, "b1", b1, hidden)
+    check_vector(_OP, "b2", b2, c)
+    check_same_device(_OP, "x", x, w1=w1, b1=b1, w2=w2, b2=b2)
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"squeeze_excite: x must have a non-empty spatial extent, got shape {tuple(x.shape)}")
+
+
+def squeeze_excite(x, w1, b1, w2, b2):
+    """``x * sigmoid(linear(relu(linear(mean_hw(x), w1, b1)), w2, b2))[:, :, None, None]``; like ``x``."""
+    _check(x, w1, b1, w2, b2)
+    name, kernels = backend.resolve(_OP, x.device, TorchKernels, x)
+    if name == "reference":
+        return squeeze_excite_reference(x, w1, b1, w2, b2)
+    return SqueezeExciteFunction.apply(x, w1, b1, w2, b2, kernels)

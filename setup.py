@@ -1,0 +1,92 @@
+"""Build script for nvae_fast.
+
+The Triton kernels in ``kernels/`` ship as the subpackage ``nvae_fast.kernels``.
+The CUDA C++ extension ``nvae_fast._C`` is built from ``csrc/`` when torch has CUDA
+and a CUDA toolkit is found. Environment overrides:
+
+- ``NVAE_FAST_BUILD_CUDA=1`` forces the extension (the build fails loudly if it cannot),
+  ``NVAE_FAST_BUILD_CUDA=0`` skips it.
+- ``TORCH_CUDA_ARCH_LIST`` picks the architectures (default ``8.0;9.0+PTX``).
+- ``CUDA_HOME`` points at the toolkit (default ``/usr/local/cuda`` when it exists).
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda():
+    flag = os.environ.get("NVAE_FAST_BUILD_CUDA", "auto").lower()
+    if flag in ("0", "false", "no", "off"):
+        return False, "NVAE_FAST_BUILD_CUDA=0"
+    import torch
+
+    if torch.version.cuda is None:
+        reason = f"torch {torch.__version__} is a CPU build"
+    elif not _cuda_home():
+        reason = "no CUDA toolkit found (set CUDA_HOME)"
+    elif not glob.glob(os.path.join(ROOT, "csrc", "*.cu")):
+        reason = "no CUDA sources in csrc/"
+    else:
+        return True, ""
+    if flag in ("1", "true", "yes", "on"):
+        sys.exit(f"NVAE_FAST_BUILD_CUDA=1 but the CUDA extension cannot be built: {reason}")
+    return False, reason
+
+
+def _cuda_home():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if not home and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        home = "/usr/local/cuda"
+    if home:
+        os.environ["CUDA_HOME"] = home
+    return home
+
+
+def _extensions():
+    ok, reason = _want_cuda()
+    if not ok:
+        print(f"nvae_fast: skipping the CUDA extension: {reason}")
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    # pip's CUDA 13 wheels keep CCCL/cuda headers here; nvcc needs them next to torch's.
+    import site
+
+    for base in site.getsitepackages() + [site.getusersitepackages()]:
+        cu13 = os.path.join(base, "nvidia", "cu13", "include")
+        if os.path.isdir(cu13):
+            include_dirs.append(cu13)
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "*.cu")))
+    ext = CUDAExtension(
+        name="nvae_fast._C",
+        sources=sources,
+        include_dirs=include_dirs,
+        extra_compile_args={
+            "cxx": ["-O3", "-std=c++17"],
+            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"],
+        },
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="nvae_fast",
+    version="0.1.0",
+    description="Memory-lean fused kernels (Triton and CUDA) and a model for NVAE-style hierarchical VAEs",
+    packages=find_packages(include=["nvae_fast", "nvae_fast.*"]) + ["nvae_fast.kernels"],
+    package_dir={"nvae_fast.kernels": "kernels"},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.11,<2.15", "numpy"],
+    extras_require={"triton": ["triton>=3.6,<3.10"]},
+    entry_points={"console_scripts": ["nvae-fast=nvae_fast.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
