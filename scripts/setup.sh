@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what nvae_fast needs and build it (with the CUDA extension when a CUDA toolkit is present).
+# Idempotent: packages already installed at a suitable version are kept.
+#   NVAE_FAST_TORCH   torch requirement to install when torch is missing (default torch==2.14.1, the CUDA build)
+#   NVAE_FAST_BUILD_CUDA=0/1   skip / force the CUDA extension (default: build it when possible)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+if ! "$PY" - <<'PYCHECK' 2>/dev/null; then
+import torch, sys
+major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+sys.exit(0 if (2, 11) <= (major, minor) <= (2, 14) else 1)
+PYCHECK
+  echo "setup: installing ${NVAE_FAST_TORCH:-torch==2.14.1}"
+  pip_install "${NVAE_FAST_TORCH:-torch==2.14.1}"
+fi
+"$PY" -c "import triton" 2>/dev/null || pip_install "triton>=3.6,<3.10"
+pip_install -r requirements.txt
+
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+echo "setup: building nvae_fast (CUDA extension: ${NVAE_FAST_BUILD_CUDA:-auto}, arch ${TORCH_CUDA_ARCH_LIST})"
+"$PY" -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e .
+"$PY" -c "import nvae_fast, json; print(json.dumps(nvae_fast.backend_info()['backends']))"

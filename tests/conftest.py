@@ -1,0 +1,38 @@
+"""Test configuration shared by every test directory.
+
+Without a CUDA device the Triton kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` must be
+set before any kernel module is imported, so it is set here, first thing.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import nvae_fast  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")
+    config.addinivalue_line("markers", "slow: takes more than ~30 s on a 2-core CPU machine")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_backend_state():
+    """Every test starts from the default selection with no recorded fallbacks, and leaves it so."""
+    nvae_fast.reset()
+    yield
+    nvae_fast.reset()

@@ -1,0 +1,75 @@
+"""Shared helpers of the op test suite: backends under test, layouts, dtypes and tolerances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nvae_fast
+
+LEAN_BACKENDS = ("torch", "triton", "cuda")
+
+# (atol, rtol) for comparing a backend in this dtype against the float64 reference, relative to the
+# output's own scale (see assert_close_scaled). Low precision: the inputs are rounded identically for
+# both sides, so the error is the backend's own arithmetic and its final rounding.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-9),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-3, 4e-3),
+    torch.bfloat16: (1.6e-2, 3e-2),
+}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def dtype_id(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+def device_for(backend: str) -> torch.device:
+    """Where a backend's tests run: the GPU when there is one, otherwise the CPU (Triton interpreter)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def require(backend: str) -> torch.device:
+    """Skip unless ``backend`` is available here; return the device its tests run on."""
+    info = nvae_fast.backend_info()["backends"][backend]
+    if not info["available"]:
+        pytest.skip(f"backend {backend!r} unavailable: {info['reason']}")
+    return device_for(backend)
+
+
+def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The same values as ``x`` (N, C, H, W) in the given memory layout."""
+    if kind == "contiguous":
+        return x.contiguous()
+    if kind == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if kind == "strided":  # every other element of a twice-as-wide buffer: not dense in any format
+        n, c, h, w = x.shape
+        big = torch.empty(n, c, h, 2 * w, dtype=x.dtype, device=x.device)
+        big[..., ::2] = x
+        return big[..., ::2]
+    raise ValueError(kind)
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", generator=None, scale=1.0, shift=0.0):
+    """Random normal values (never zeros), rounded to ``dtype``."""
+    return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale + shift).to(device=device, dtype=dtype)
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str, factor: float = 1.0):
+    """``|actual - expected| <= atol * scale + rtol * |expected|`` with ``scale = max|expected|``.
+
+    ``factor`` widens both tolerances for quantities that sum many rounded terms (reductions).
+    """
+    atol, rtol = TOLERANCES[dtype]
+    expected = expected.to(torch.float64)
+    actual = actual.to(torch.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(
+        actual, expected, atol=factor * atol * max(scale, 1e-30), rtol=factor * rtol, msg=lambda m: f"{what} ({dtype}): {m}"
+    )

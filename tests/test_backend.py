@@ -1,0 +1,104 @@
+"""The backend switch: selection, errors, the context manager, the env variable and visible fallbacks."""
+
+import logging
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import nvae_fast
+from nvae_fast import backend
+from nvae_fast.ops import bn_swish
+
+
+def test_default_is_auto_and_info_lists_every_backend():
+    info = nvae_fast.backend_info()
+    assert info["selected"] == "auto"
+    assert set(info["backends"]) == {"reference", "torch", "triton", "cuda"}
+    assert info["backends"]["torch"] == {"available": True, "reason": ""}
+    for name in ("triton", "cuda"):
+        entry = info["backends"][name]
+        assert entry["available"] or entry["reason"], f"an unavailable {name} backend must say why"
+    assert info["fallbacks"] == []
+
+
+def test_unknown_backend_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown backend 'fastest'"):
+        nvae_fast.set_backend("fastest")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda backend may be available with a GPU")
+def test_unavailable_backend_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="backend 'cuda' is unavailable: "):
+        nvae_fast.set_backend("cuda")
+    assert nvae_fast.get_backend() == "auto"
+
+
+def test_use_backend_restores_the_previous_selection_even_on_error():
+    nvae_fast.set_backend("reference")
+    with pytest.raises(KeyError):
+        with nvae_fast.use_backend("torch"):
+            assert nvae_fast.get_backend() == "torch"
+            raise KeyError
+    assert nvae_fast.get_backend() == "reference"
+
+
+def test_env_variable_selects_and_reset_rereads_it(monkeypatch):
+    monkeypatch.setenv("NVAE_FAST_BACKEND", "reference")
+    nvae_fast.reset()
+    assert nvae_fast.get_backend() == "reference"
+    monkeypatch.setenv("NVAE_FAST_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="NVAE_FAST_BACKEND='nonsense'"):
+        nvae_fast.reset()
+
+
+def test_env_variable_at_import():
+    code = "import nvae_fast; print(nvae_fast.get_backend())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={"NVAE_FAST_BACKEND": "torch", "PATH": ""}, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "torch", out.stderr
+
+
+def test_auto_uses_torch_on_cpu():
+    x = torch.randn(2, 3, 4, 4)
+    name, kernels = backend.resolve("bn_swish", x.device, "torch-kernels", x)
+    assert (name, kernels) == ("torch", "torch-kernels")
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(backend, "_interpreting", lambda: False)
+    backend._state.selected = "triton"
+    with pytest.raises(RuntimeError, match="backend 'triton' needs CUDA tensors"):
+        bn_swish(torch.randn(2, 3, 4, 4), None, None, None, None, True)
+
+
+def test_unsupported_inputs_fall_back_visibly(monkeypatch, caplog):
+    """A kernel set that declines the inputs leads to the torch kernels, one warning, and a record."""
+    declining = types.SimpleNamespace(supports=lambda *args: "no kernel for this test")
+    monkeypatch.setattr(backend, "_status", lambda name: (True, ""))
+    monkeypatch.setattr(backend, "_kernel_set", lambda op, name: declining)
+    backend._state.selected = "triton"
+    x = torch.randn(2, 3, 4, 4)
+    with caplog.at_level(logging.WARNING, logger="nvae_fast"):
+        y1 = bn_swish(x, None, None, None, None, True)
+        y2 = bn_swish(x, None, None, None, None, True)
+    torch.testing.assert_close(y1, y2)
+    warnings = [r for r in caplog.records if "falls back to 'torch'" in r.getMessage()]
+    assert len(warnings) == 1 and "no kernel for this test" in warnings[0].getMessage()
+    assert nvae_fast.backend_info()["fallbacks"] == [
+        {"backend": "triton", "op": "bn_swish", "reason": "no kernel for this test", "count": 2}
+    ]
+    nvae_fast.reset()
+    assert nvae_fast.backend_info()["fallbacks"] == []
+
+
+def test_every_backend_gives_the_same_answer_through_the_public_api():
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    outs = {}
+    for name in ("reference", "torch"):
+        with nvae_fast.use_backend(name):
+            outs[name] = bn_swish(x, None, None, None, None, True)
+    torch.testing.assert_close(outs["reference"], outs["torch"])
