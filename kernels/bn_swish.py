@@ -1,0 +1,480 @@
+"""Triton kernel set of the fused BatchNorm + Swish op (contract: :mod:`nvae_fast.ops.bn_swish`).
+
+Shapes: ``x``, ``dy`` (N, C, H, W); ``mean``, ``invstd``, ``weight``, ``bias``, ``sum_dz``,
+``sum_dz_xhat`` (C,). Per channel c over its n = N*H*W values, with acc the accumulation dtype (float64
+for float64 x, float32 otherwise)::
+
+    batch_stats:      mean_c, var_c = E[x], E[(x - mean_c)^2]                       (biased)
+    normalize:        z = weight_c invstd_c (x - mean_c) + bias_c,   y = z sigmoid(z)
+    backward_reduce:  dz = dy s (1 + z (1 - s)) with s = sigmoid(z)  (z recomputed from x)
+                      sum_dz_c = sum dz,   sum_dz_xhat_c = sum dz (x - mean_c) invstd_c
+    backward_dx:      dx = weight_c invstd_c (dz - sum_dz_c / n - xhat sum_dz_xhat_c / n)   (training)
+                      dx = weight_c invstd_c dz                                          (eval)
+
+Layouts: NCHW-contiguous and channels_last tensors are read in place (see :mod:`._host`); any other
+strides are copied to NCHW first, and ``dy`` is copied to ``x``'s layout when it differs. Outputs have the
+(dense) layout of ``x``. All arithmetic runs in acc right after each load.
+
+Statistics are exact within a tile and merged exactly across tiles: each tile contributes its count,
+mean and centred sum of squares M2 (two passes over the tile in registers); tiles fold into a
+program's running (count, mean, M2) by Chan et al.'s update, and the per-program partials are merged
+by :func:`_bn_stats_finalize_kernel` in a fixed order. The backward sums follow the same two-phase
+pattern (per-program partials, then ``torch.sum`` over the partial axis): no atomics, so repeated runs
+are bit-identical.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _host
+from ._aot import aot_spec, ones, ptr
+
+__all__ = ["supports", "batch_stats", "normalize", "backward_reduce", "backward_dx", "AOT_SPECS"]
+
+MAX_COLS_NCHW = 1024  # widest tile along H*W
+MAX_COLS_NHWC = 128  # widest tile along C
+
+
+# ----------------------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, mask, ACC: tl.constexpr):
+    """Per-channel (mean, invstd, scale, shift) with z = scale x + shift; ``ch`` scalar or vector."""
+    mean = tl.load(mean_ptr + ch, mask=mask, other=0).to(ACC)
+    invstd = tl.load(invstd_ptr + ch, mask=mask, other=0).to(ACC)
+    w = tl.load(w_ptr + ch, mask=mask, other=0).to(ACC)
+    b = tl.load(b_ptr + ch, mask=mask, other=0).to(ACC)
+    scale = w * invstd
+    return mean, invstd, scale, b - mean * scale
+
+
+@triton.jit
+def _swish_grad(dy, z):
+    """d silu(z) / dz times dy: dy s (1 + z (1 - s)), s = sigmoid(z)."""
+    s = tl.sigmoid(z)
+    return dy * s * (1 + z * (1 - s))
+
+
+@triton.jit
+def _bn_stats_nchw_kernel(
+    x_ptr, part_ptr, N, C, HW, SPLIT,
+    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (C, SPLIT). Program (c, s) folds tiles s, s + SPLIT, ... of channel c's N x HW matrix into
+    (count, mean, M2) and stores them at part[k, s, c], k = 0, 1, 2."""
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    hw_blocks = tl.cdiv(HW, BLOCK_HW)
+    tiles = tl.cdiv(N, BLOCK_N) * hw_blocks
+    rows = tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_HW)
+    row_stride = C * HW
+    base = x_ptr + c * HW
+    count = tl.zeros((), ACC)
+    mean = tl.zeros((), ACC)
+    m2 = tl.zeros((), ACC)
+    for t in range(s, tiles, SPLIT):
+        tn = t // hw_blocks
+        th = t - tn * hw_blocks
+        r = tn * BLOCK_N + rows
+        q = th * BLOCK_HW + cols
+        mask = (r < N)[:, None] & (q < HW)[None, :]
+        v = tl.load(base + r[:, None] * row_stride + q[None, :], mask=mask, other=0).to(ACC)
+        n_t = (tl.minimum(N - tn * BLOCK_N, BLOCK_N) * tl.minimum(HW - th * BLOCK_HW, BLOCK_HW)).to(ACC)
+        mean_t = tl.sum(v) / n_t
+        d = tl.where(mask, v - mean_t, 0)
+        m2_t = tl.sum(d * d)
+        total = count + n_t
+        delta = mean_t - mean
+        mean += delta * (n_t / total)
+        m2 += m2_t + delta * delta * (count * n_t / total)
+        count = total
+    out = part_ptr + s * C + c
+    plane = SPLIT * C
+    tl.store(out, count)
+    tl.store(out + plane, mean)
+    tl.store(out + 2 * plane, m2)
+
+
+@triton.jit
+def _bn_stats_nhwc_kernel(
+    x_ptr, part_ptr, R, C, SPLIT,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (cdiv(C, BLOCK_C), SPLIT) over the (R = N*H*W) x C matrix. Program (j, s) folds row blocks
+    s, s + SPLIT, ... of channels j*BLOCK_C + [0, BLOCK_C) and stores part[k, s, c] like the NCHW one."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    s = tl.program_id(1)
+    cmask = cols < C
+    rows = tl.arange(0, BLOCK_R)
+    count = tl.zeros((), ACC)
+    mean = tl.zeros((BLOCK_C,), ACC)
+    m2 = tl.zeros((BLOCK_C,), ACC)
+    for t in range(s, tl.cdiv(R, BLOCK_R), SPLIT):
+        r = t * BLOCK_R + rows
+        mask = (r < R)[:, None] & cmask[None, :]
+        v = tl.load(x_ptr + r[:, None] * C + cols[None, :], mask=mask, other=0).to(ACC)
+        n_t = tl.minimum(R - t * BLOCK_R, BLOCK_R).to(ACC)
+        mean_t = tl.sum(v, 0) / n_t
+        d = tl.where(mask, v - mean_t[None, :], 0)
+        m2_t = tl.sum(d * d, 0)
+        total = count + n_t
+        delta = mean_t - mean
+        mean += delta * (n_t / total)
+        m2 += m2_t + delta * delta * (count * n_t / total)
+        count = total
+    out = part_ptr + s * C + cols
+    plane = SPLIT * C
+    tl.store(out, tl.zeros((BLOCK_C,), ACC) + count, mask=cmask)
+    tl.store(out + plane, mean, mask=cmask)
+    tl.store(out + 2 * plane, m2, mask=cmask)
+
+
+@triton.jit
+def _bn_stats_finalize_kernel(part_ptr, mean_ptr, var_ptr, C, SPLIT, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Grid cdiv(C, BLOCK_C). Merge the SPLIT partial (count, mean, M2) of each channel, in order:
+    mean = sum n_s mean_s / n,  var = sum (M2_s + n_s (mean_s - mean)^2) / n."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = cols < C
+    plane = SPLIT * C
+    total = tl.zeros((BLOCK_C,), ACC)
+    weighted = tl.zeros((BLOCK_C,), ACC)
+    for s in range(0, SPLIT):
+        n_s = tl.load(part_ptr + s * C + cols, mask=mask, other=0)
+        mean_s = tl.load(part_ptr + plane + s * C + cols, mask=mask, other=0)
+        total += n_s
+        weighted += n_s * mean_s
+    mean = weighted / tl.where(mask, total, 1)
+    m2 = tl.zeros((BLOCK_C,), ACC)
+    for s in range(0, SPLIT):
+        n_s = tl.load(part_ptr + s * C + cols, mask=mask, other=0)
+        mean_s = tl.load(part_ptr + plane + s * C + cols, mask=mask, other=0)
+        m2_s = tl.load(part_ptr + 2 * plane + s * C + cols, mask=mask, other=0)
+        d = mean_s - mean
+        m2 += m2_s + n_s * d * d
+    tl.store(mean_ptr + cols, mean, mask=mask)
+    tl.store(var_ptr + cols, m2 / tl.where(mask, total, 1), mask=mask)
+
+
+@triton.jit
+def _bn_normalize_kernel(
+    x_ptr, y_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, ROWS, COLS, C,
+    CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (cdiv(ROWS, BLOCK_R), cdiv(COLS, BLOCK_COL)) over the layout's row-major matrix; the channel
+    of an element is row % C (NCHW, CHANNEL_ON_ROWS) or its column (NHWC). y = silu(scale x + shift)."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    q = tl.program_id(1) * BLOCK_COL + tl.arange(0, BLOCK_COL)
+    rmask = r < ROWS
+    qmask = q < COLS
+    if CHANNEL_ON_ROWS:
+        _, _, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, r % C, rmask, ACC)
+        scale = scale[:, None]
+        shift = shift[:, None]
+    else:
+        _, _, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, q, qmask, ACC)
+        scale = scale[None, :]
+        shift = shift[None, :]
+    mask = rmask[:, None] & qmask[None, :]
+    offs = r[:, None] * COLS + q[None, :]
+    z = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC) * scale + shift
+    y = z * tl.sigmoid(z)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bn_backward_reduce_nchw_kernel(
+    dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, N, C, HW, SPLIT,
+    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (C, SPLIT). Program (c, s) sums dz and dz xhat over tiles s, s + SPLIT, ... of channel c and
+    stores them at part[0, s, c] and part[1, s, c]."""
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, c, c < C, ACC)
+    hw_blocks = tl.cdiv(HW, BLOCK_HW)
+    tiles = tl.cdiv(N, BLOCK_N) * hw_blocks
+    rows = tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_HW)
+    row_stride = C * HW
+    acc_dz = tl.zeros((BLOCK_N, BLOCK_HW), ACC)
+    acc_dzx = tl.zeros((BLOCK_N, BLOCK_HW), ACC)
+    for t in range(s, tiles, SPLIT):
+        tn = t // hw_blocks
+        th = t - tn * hw_blocks
+        r = tn * BLOCK_N + rows
+        q = th * BLOCK_HW + cols
+        mask = (r < N)[:, None] & (q < HW)[None, :]
+        offs = c * HW + r[:, None] * row_stride + q[None, :]
+        v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+        g = tl.load(dy_ptr + offs, mask=mask, other=0).to(ACC)
+        dz = _swish_grad(g, v * scale + shift)  # 0 where masked (g = 0)
+        acc_dz += dz
+        acc_dzx += dz * (v - mean)
+    out = part_ptr + s * C + c
+    tl.store(out, tl.sum(acc_dz))
+    tl.store(out + SPLIT * C, tl.sum(acc_dzx) * invstd)
+
+
+@triton.jit
+def _bn_backward_reduce_nhwc_kernel(
+    dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, R, C, SPLIT,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (cdiv(C, BLOCK_C), SPLIT) over the R x C matrix; stores part[0/1, s, c] like the NCHW one."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    s = tl.program_id(1)
+    cmask = cols < C
+    mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, cols, cmask, ACC)
+    rows = tl.arange(0, BLOCK_R)
+    acc_dz = tl.zeros((BLOCK_R, BLOCK_C), ACC)
+    acc_dzx = tl.zeros((BLOCK_R, BLOCK_C), ACC)
+    for t in range(s, tl.cdiv(R, BLOCK_R), SPLIT):
+        r = t * BLOCK_R + rows
+        mask = (r < R)[:, None] & cmask[None, :]
+        offs = r[:, None] * C + cols[None, :]
+        v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+        g = tl.load(dy_ptr + offs, mask=mask, other=0).to(ACC)
+        dz = _swish_grad(g, v * scale[None, :] + shift[None, :])  # 0 where masked (g = 0)
+        acc_dz += dz
+        acc_dzx += dz * (v - mean[None, :])
+    out = part_ptr + s * C + cols
+    tl.store(out, tl.sum(acc_dz, 0), mask=cmask)
+    tl.store(out + SPLIT * C, tl.sum(acc_dzx, 0) * invstd, mask=cmask)
+
+
+@triton.jit
+def _bn_backward_dx_kernel(
+    dy_ptr, x_ptr, dx_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, COUNT, ROWS, COLS, C,
+    TRAINING: tl.constexpr, CHANNEL_ON_ROWS: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid and channel mapping as :func:`_bn_normalize_kernel`. dx = scale (dz - a - xhat b) with
+    a = sum_dz / COUNT, b = sum_dz_xhat / COUNT in training, dx = scale dz in eval."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    q = tl.program_id(1) * BLOCK_COL + tl.arange(0, BLOCK_COL)
+    rmask = r < ROWS
+    qmask = q < COLS
+    if CHANNEL_ON_ROWS:
+        ch = r % C
+        chmask = rmask
+    else:
+        ch = q
+        chmask = qmask
+    mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, ACC)
+    if TRAINING:
+        inv_n = 1 / tl.cast(COUNT, ACC)
+        a = tl.load(sdz_ptr + ch, mask=chmask, other=0).to(ACC) * inv_n
+        bc = tl.load(sdzx_ptr + ch, mask=chmask, other=0).to(ACC) * inv_n
+    if CHANNEL_ON_ROWS:
+        mean = mean[:, None]
+        invstd = invstd[:, None]
+        scale = scale[:, None]
+        shift = shift[:, None]
+        if TRAINING:
+            a = a[:, None]
+            bc = bc[:, None]
+    else:
+        mean = mean[None, :]
+        invstd = invstd[None, :]
+        scale = scale[None, :]
+        shift = shift[None, :]
+        if TRAINING:
+            a = a[None, :]
+            bc = bc[None, :]
+    mask = rmask[:, None] & qmask[None, :]
+    offs = r[:, None] * COLS + q[None, :]
+    v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    g = tl.load(dy_ptr + offs, mask=mask, other=0).to(ACC)
+    dz = _swish_grad(g, v * scale + shift)
+    if TRAINING:
+        dz = dz - a - (v - mean) * invstd * bc
+    tl.store(dx_ptr + offs, (dz * scale).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------------ host wrappers
+
+
+def supports(x):
+    """``None`` when the kernels can run ``x``, else the reason (dtype, rank or int32 size limit)."""
+    return _host.unsupported(x)
+
+
+def _matrix(x: torch.Tensor, layout: str):
+    """(rows, cols, channel_on_rows, max_cols) of the layout's row-major matrix view of ``x``."""
+    n, c, h, w = x.shape
+    if layout == _host.NCHW:
+        return n * c, h * w, True, MAX_COLS_NCHW
+    return n * h * w, c, False, MAX_COLS_NHWC
+
+
+def _reduce_plan(x: torch.Tensor, layout: str):
+    """Tile, grid and split of the per-channel reductions: (block_a, block_b, grid, split)."""
+    n, c, h, w = x.shape
+    if layout == _host.NCHW:
+        block_n, block_hw = _host.tile(n, h * w, MAX_COLS_NCHW)
+        tiles = triton.cdiv(n, block_n) * triton.cdiv(h * w, block_hw)
+        split = _host.split(x.device, c, tiles)
+        return block_n, block_hw, (c, split), split
+    rows = n * h * w
+    block_r, block_c = _host.tile(rows, c, MAX_COLS_NHWC)
+    channel_blocks = triton.cdiv(c, block_c)
+    split = _host.split(x.device, channel_blocks, triton.cdiv(rows, block_r))
+    return block_r, block_c, (channel_blocks, split), split
+
+
+def batch_stats(x):
+    """Per-channel ``(mean, var)`` of x (N, C, H, W), biased variance, both (C,) in the acc dtype."""
+    x, layout = _host.dense(x)
+    n, c, h, w = x.shape
+    acc = _host.acc_dtype(x.dtype)
+    mean = torch.empty(c, dtype=acc, device=x.device)
+    var = torch.empty(c, dtype=acc, device=x.device)
+    if x.numel() == 0:
+        return mean.fill_(float("nan")), var.fill_(float("nan"))
+    block_a, block_b, grid, split = _reduce_plan(x, layout)
+    part = torch.empty((3, split, c), dtype=acc, device=x.device)
+    warps = _host.num_warps(block_a * block_b)
+    if layout == _host.NCHW:
+        _bn_stats_nchw_kernel[grid](
+            x, part, n, c, h * w, split, BLOCK_N=block_a, BLOCK_HW=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps
+        )
+    else:
+        _bn_stats_nhwc_kernel[grid](
+            x, part, n * h * w, c, split, BLOCK_R=block_a, BLOCK_C=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps
+        )
+    block_c = min(_host.pow2(c), 1024)
+    _bn_stats_finalize_kernel[(triton.cdiv(c, block_c),)](
+        part, mean, var, c, split, BLOCK_C=block_c, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_c)
+    )
+    return mean, var
+
+
+def _params(*tensors):
+    """Per-channel tensors as contiguous buffers the kernels index linearly."""
+    return [t.contiguous() for t in tensors]
+
+
+def normalize(x, mean, invstd, weight, bias):
+    """y = silu(weight (x - mean) invstd + bias), like x (dtype and dense layout)."""
+    x, layout = _host.dense(x)
+    y = torch.empty_like(x)
+    if x.numel() == 0:
+        return y
+    rows, cols, on_rows, max_cols = _matrix(x, layout)
+    block_r, block_col = _host.tile(rows, cols, max_cols)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_col))
+    _bn_normalize_kernel[grid](
+        x, y, *_params(mean, invstd, weight, bias), rows, cols, x.shape[1],
+        CHANNEL_ON_ROWS=on_rows, BLOCK_R=block_r, BLOCK_COL=block_col, ACC=_host.tl_acc(x.dtype),
+        num_warps=_host.num_warps(block_r * block_col),
+    )
+    return y
+
+
+def backward_reduce(dy, x, mean, invstd, weight, bias):
+    """Per-channel ``(sum dz, sum dz xhat)``, both (C,) in the acc dtype; deterministic."""
+    x, layout = _host.dense(x)
+    dy, _ = _host.dense(dy, layout)
+    n, c, h, w = x.shape
+    acc = _host.acc_dtype(x.dtype)
+    if x.numel() == 0:
+        zeros = torch.zeros(c, dtype=acc, device=x.device)
+        return zeros, zeros.clone()
+    block_a, block_b, grid, split = _reduce_plan(x, layout)
+    part = torch.empty((2, split, c), dtype=acc, device=x.device)
+    params = _params(mean, invstd, weight, bias)
+    warps = _host.num_warps(block_a * block_b)
+    if layout == _host.NCHW:
+        _bn_backward_reduce_nchw_kernel[grid](
+            dy, x, *params, part, n, c, h * w, split,
+            BLOCK_N=block_a, BLOCK_HW=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
+        )
+    else:
+        _bn_backward_reduce_nhwc_kernel[grid](
+            dy, x, *params, part, n * h * w, c, split,
+            BLOCK_R=block_a, BLOCK_C=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
+        )
+    sums = part[:, 0] if split == 1 else part.sum(dim=1)
+    return sums[0], sums[1]
+
+
+def backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count):
+    """dx like x; ``count`` is n (training) or ``None`` (eval: the sums are ignored)."""
+    x, layout = _host.dense(x)
+    dy, _ = _host.dense(dy, layout)
+    dx = torch.empty_like(x)
+    if x.numel() == 0:
+        return dx
+    training = count is not None
+    if not training:
+        sum_dz = sum_dz_xhat = mean  # unread placeholders
+    rows, cols, on_rows, max_cols = _matrix(x, layout)
+    block_r, block_col = _host.tile(rows, cols, max_cols)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_col))
+    _bn_backward_dx_kernel[grid](
+        dy, x, dx, *_params(mean, invstd, weight, bias, sum_dz, sum_dz_xhat), int(count) if training else 1,
+        rows, cols, x.shape[1],
+        TRAINING=training, CHANNEL_ON_ROWS=on_rows, BLOCK_R=block_r, BLOCK_COL=block_col,
+        ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_r * block_col),
+    )
+    return dx
+
+
+# ------------------------------------------------------------------------ ahead-of-time compile specs
+
+
+def _aot_specs():
+    """Every kernel for each x dtype (parameters float32, or float64 with float64 x; normalize also with
+    parameters in x's half dtype), both layouts, training and eval, one full-size tile per layout; for
+    float32 also with the integer arguments the JIT may specialise to 1 (see :func:`._aot.ones`)."""
+    specs = []
+    combos = [(torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float32, torch.float32),
+              (torch.float64, torch.float64)]
+    nchw_tile = {"BLOCK_N": 4, "BLOCK_HW": 1024}
+    nhwc_tile = {"BLOCK_R": 32, "BLOCK_C": 128}
+    warps = _host.num_warps(_host.TILE_ELEMS)
+    for xdt, pdt in combos:
+        acc = _host.acc_dtype(xdt)
+        x, a, p = ptr(xdt), ptr(acc), ptr(pdt)
+        tacc = {"ACC": _host.TL_DTYPES[acc]}
+        jobs = [
+            (_bn_stats_nchw_kernel, {"x_ptr": x, "part_ptr": a, "N": "i32", "C": "i32", "HW": "i32", "SPLIT": "i32",
+                                     **nchw_tile, **tacc}),
+            (_bn_stats_nhwc_kernel, {"x_ptr": x, "part_ptr": a, "R": "i32", "C": "i32", "SPLIT": "i32",
+                                     **nhwc_tile, **tacc}),
+            (_bn_backward_reduce_nchw_kernel, {
+                "dy_ptr": x, "x_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p, "part_ptr": a,
+                "N": "i32", "C": "i32", "HW": "i32", "SPLIT": "i32", **nchw_tile, **tacc}),
+            (_bn_backward_reduce_nhwc_kernel, {
+                "dy_ptr": x, "x_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p, "part_ptr": a,
+                "R": "i32", "C": "i32", "SPLIT": "i32", **nhwc_tile, **tacc}),
+        ]
+        param_dtypes = [pdt] if xdt == pdt else [pdt, xdt]
+        for on_rows, (br, bc) in ((True, (4, 1024)), (False, (32, 128))):
+            tiles = {"CHANNEL_ON_ROWS": on_rows, "BLOCK_R": br, "BLOCK_COL": bc, **tacc}
+            for q in param_dtypes:
+                jobs.append((_bn_normalize_kernel, {
+                    "x_ptr": x, "y_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": ptr(q), "b_ptr": ptr(q),
+                    "ROWS": "i32", "COLS": "i32", "C": "i32", **tiles}))
+            for training in (True, False):
+                jobs.append((_bn_backward_dx_kernel, {
+                    "dy_ptr": x, "x_ptr": x, "dx_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p,
+                    "sdz_ptr": a, "sdzx_ptr": a, "COUNT": "i32", "ROWS": "i32", "COLS": "i32", "C": "i32",
+                    "TRAINING": training, **tiles}))
+        finalize = {"part_ptr": a, "mean_ptr": a, "var_ptr": a, "C": "i32", "SPLIT": "i32", "BLOCK_C": 256, **tacc}
+        if xdt in (torch.float32, torch.float64):
+            jobs.append((_bn_stats_finalize_kernel, finalize))
+        if xdt == torch.float32:
+            jobs += [(fn, ones(args, "SPLIT")) for fn, args in jobs if "SPLIT" in args] + [
+                (fn, ones(args)) for fn, args in jobs]
+        specs += [aot_spec(fn, args, _host.num_warps(256) if fn is _bn_stats_finalize_kernel else warps)
+                  for fn, args in jobs]
+    return specs
+
+
+AOT_SPECS = _aot_specs()
