@@ -1,0 +1,306 @@
+"""The benchmark suite's wiring (no timing): smoke run, result files, plots, summary, and the pure parts
+(traffic model, target evaluation, largest-batch search, stack+bmm baseline, forward hooks)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import model_shapes, plot, results, shapes, summarize, targets, traffic
+from benchmarks.providers import PROVIDERS, StackBmmPowerIteration
+from benchmarks.train_step import BATCH_RESOLUTION, largest_batch
+from nvae_fast.nn import BNSwish, DepthwiseConv2d, SqueezeExcite
+from nvae_fast.ops import power_iteration_reference
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {
+    "smoke": False, "device": "cuda", "gpu": "Test GPU", "copy_bw_GBps": 1000.0, "torch": "2.x", "triton": "3.x",
+    "cuda": "13.0", "git_commit": "abc", "date": "2030-01-01T00:00:00+00:00", "python": "3.11", "gpu_slug": "test-gpu",
+}
+
+
+# ---------------------------------------------------------------- smoke run of the real suite (subprocess)
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory) -> Path:
+    """Run ``pytest benchmarks --smoke`` (Triton interpreter off: fused backends must be skipped)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "--smoke", "--bench-out", str(out), "-q", "-p", "no:cacheprovider"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    dirs = [d for d in out.iterdir() if d.is_dir()]
+    assert len(dirs) == 1 and dirs[0].name.endswith("-smoke"), dirs
+    return dirs[0]
+
+
+@pytest.mark.slow
+def test_smoke_rows_are_well_formed_and_cover_every_provider(smoke_dir):
+    env, rows = results.load_dir(smoke_dir)
+    assert env["smoke"] is True and env["copy_bw_GBps"] > 0
+    bad = [(r["op"], r["provider"], r["metric"], results.problems(r)) for r in rows if results.problems(r)]
+    assert not bad, bad[:5]
+    assert all(r["smoke"] for r in rows)
+    for op, providers in PROVIDERS.items():
+        for provider in providers:
+            mine = [r for r in rows if r["op"] == op and r["provider"] == provider and r["metric"] == "time_ms"]
+            assert mine, (op, provider)
+            if provider in ("triton", "cuda"):
+                # no GPU and no interpreter: skipped, and the reason says why
+                assert all(r["status"] == "skipped" and "unavailable" in r["reason"] for r in mine), mine[0]
+            else:
+                assert all(r["status"] == "ok" for r in mine), [r["reason"] for r in mine if r["status"] != "ok"]
+                assert {r["mode"] for r in mine} == set(traffic.MODES)
+    step = {r["provider"]: r for r in rows if r["op"] == "train_step" and r["metric"] == "images_per_s" and r["dtype"] == "float32"}
+    assert step["torch"]["status"] == "ok" and step["reference"]["status"] == "ok"
+    assert step["compile"]["status"] == "skipped" and step["compile"]["reason"]
+
+
+@pytest.mark.slow
+def test_smoke_csv_matches_json(smoke_dir):
+    for section in results.SECTIONS:
+        _, rows = results.load_section(smoke_dir / f"{section}.json")
+        with (smoke_dir / f"{section}.csv").open() as fh:
+            reader = csv.DictReader(fh)
+            assert tuple(reader.fieldnames) == results.FIELDS
+            table = list(reader)
+        assert len(table) == len(rows)
+        assert [r["metric"] for r in table] == [r["metric"] for r in rows]
+
+
+@pytest.mark.slow
+def test_plot_and_summary_on_smoke_output(smoke_dir, tmp_path):
+    made = plot.plot_dir(smoke_dir, tmp_path / "plots")
+    names = {p.name for p in made}
+    for op in PROVIDERS:
+        assert f"sweep-{op}-float32.png" in names and f"memory-{op}.png" in names
+    assert "model.png" in names
+    assert all(p.stat().st_size > 10_000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in made)
+    text = summarize.write_summary([smoke_dir], tmp_path / "SUMMARY.md").read_text()
+    assert "SMOKE RUN" in text and "### Target vs measured" in text and "### Skipped and failed" in text
+    assert "### Whole model: one training step" in text
+
+
+# ---------------------------------------------------------------- result rows and files
+def _row(**kw) -> dict:
+    case = dict(section="ops", op="bn_swish", provider="triton", mode="fwd+bwd", dtype="float32", layout="nchw",
+                shape="32x256x16x16", size=2097152, shape_set="cifar10", shape_source="test")
+    case.update({k: kw.pop(k) for k in list(kw) if k in case})
+    metric = kw.pop("metric", "time_ms")
+    values = kw.pop("values", (1.0, 1.1, 1.3))
+    return results.make_row(case, ENV, metric, values, n=kw.pop("n", 10), **kw)
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (_row(), None),
+        (_row(values=(1.0, 2.0, 1.5)), "p50 must lie between"),
+        (_row(values=(1.0, float("nan"), 1.2)), "finite"),
+        (_row(values=None, status="skipped"), "needs a reason"),
+        (_row(values=(1, 1, 1), status="skipped", reason="x"), "has no values"),
+        (_row(status="maybe"), "status must be"),
+        (_row(metric="time_ms", unit="s"), "metric/unit"),
+        (_row(n=0), "n >= 1"),
+    ],
+)
+def test_row_problems(row, expected):
+    found = results.problems(row)
+    if expected is None:
+        assert found == []
+    else:
+        assert any(expected in p for p in found), found
+
+
+def test_write_merges_by_case_and_metric(tmp_path):
+    first = [_row(shape="a", values=(1.0, 2.0, 3.0)), _row(shape="b")]
+    results.write(tmp_path, ENV, first)
+    second = [_row(shape="a", values=(5.0, 6.0, 7.0)), _row(shape="c", section="model", op="train_step", mode="step")]
+    written = results.write(tmp_path, ENV, second)
+    assert {p.name for p in written} == {"ops.json", "ops.csv", "model.json", "model.csv"}
+    _, rows = results.load_dir(tmp_path)
+    by_shape = {r["shape"]: r for r in rows}
+    assert sorted(by_shape) == ["a", "b", "c"] and by_shape["a"]["p50"] == 6.0
+    with pytest.raises(FileNotFoundError):
+        results.load_dir(tmp_path / "empty")
+    (tmp_path / "ops.json").write_text(json.dumps({"format": "other", "env": ENV, "rows": []}))
+    with pytest.raises(ValueError, match="format"):
+        results.load_dir(tmp_path)
+
+
+# ---------------------------------------------------------------- minimum-traffic model
+@pytest.mark.parametrize("dtype_size", [2, 4])
+def test_traffic_of_activation_ops(dtype_size):
+    x = (3, 5, 7, 11)
+    m, c, e = math.prod(x), x[1], dtype_size
+    bn = shapes.activation_shape("bn_swish", x, ("t",), "t")
+    assert traffic.min_bytes(bn, "fwd", e) == 2 * m * e + 32 * c
+    assert traffic.min_bytes(bn, "bwd", e) == 3 * m * e + 24 * c
+    dw = shapes.activation_shape("depthwise_conv2d", x, ("t",), "t", kernel=5)
+    assert traffic.min_bytes(dw, "fwd+bwd", e) == 5 * m * e + 3 * c * 25 * e
+    se = shapes.activation_shape("squeeze_excite", x, ("t",), "t", hidden=4)
+    assert traffic.min_bytes(se, "fwd", e) == 2 * m * e + (2 * 4 * c + 4 + c) * e
+
+
+def test_traffic_of_power_iteration():
+    s = shapes.OpShape("power_iteration", weights=((4, 3, 3, 3), (6, 2)), n_iter=4)
+    weights, vectors = 4 * 27 + 6 * 2, (4 + 27) + (6 + 2)
+    assert traffic.min_bytes(s, "fwd", 2) == weights * 2 + 2 * vectors * 4 + 2 * 4
+    assert traffic.min_bytes(s, "bwd", 2) == 2 * 4 + vectors * 4 + weights * 2
+    with pytest.raises(ValueError, match="mode"):
+        traffic.min_bytes(s, "forward", 2)
+
+
+# ---------------------------------------------------------------- targets
+def _time(provider, shape, ms, op="bn_swish", dtype="float32", shape_set="cifar10"):
+    return _row(op=op, provider=provider, shape=shape, dtype=dtype, shape_set=shape_set, values=(ms, ms, ms))
+
+
+def test_target_speedup_is_median_over_preset_shapes():
+    t = next(t for t in targets.TARGETS if t.op == "bn_swish" and t.baseline == "reference")
+    rows = [_time("reference", "a", 3.0), _time("triton", "a", 1.0),  # 3x
+            _time("reference", "b", 2.0), _time("triton", "b", 1.0),  # 2x
+            _time("reference", "c", 1.5), _time("triton", "c", 1.0),  # 1.5x
+            _time("reference", "s", 9.0, shape_set="sweep"), _time("triton", "s", 1.0, shape_set="sweep")]
+    v = targets.evaluate(t, rows, "triton", "float32")
+    assert (v.median, v.low, v.high, v.n_shapes, v.status) == (2.0, 1.5, 3.0, 3, "pass")
+    v = targets.evaluate(t, rows[2:], "triton", "float32")
+    assert v.median == pytest.approx(1.75) and v.status == "FAIL"
+    assert targets.evaluate(t, rows, "cuda", "float32").status == "not measured"
+
+
+def test_target_strict_and_bandwidth_and_exact_shape():
+    strict = next(t for t in targets.TARGETS if t.baseline == "compile")
+    rows = [_time("compile", "a", 1.0), _time("triton", "a", 1.0)]
+    assert targets.evaluate(strict, rows, "triton", "float32").status == "FAIL"  # equal is not faster
+    bw = next(t for t in targets.TARGETS if t.baseline is None)
+    frac = [_row(metric="bandwidth_fraction", values=(0.8, 0.86, 0.9), shape="a")]
+    assert targets.evaluate(bw, frac, "triton", "float32").status == "pass"
+    dw = next(t for t in targets.TARGETS if t.shape == "32x768x16x16-k5" and t.baseline == "reference_cl")
+    rows = [_time("reference_cl", "32x768x16x16-k5", 5.0, op="depthwise_conv2d", shape_set="target"),
+            _time("cuda", "32x768x16x16-k5", 2.0, op="depthwise_conv2d", shape_set="target"),
+            _time("reference_cl", "32x768x32x32-k5", 1.0, op="depthwise_conv2d", shape_set="target"),
+            _time("cuda", "32x768x32x32-k5", 1.0, op="depthwise_conv2d", shape_set="target")]
+    v = targets.evaluate(dw, rows, "cuda", "float32")
+    assert v.median == 2.5 and v.n_shapes == 1 and v.status == "pass"
+
+
+# ---------------------------------------------------------------- largest batch
+@pytest.mark.parametrize("limit, start", [(1, 1), (37, 8), (37, 64), (1000, 32), (5000, 32), (0, 4)])
+def test_largest_batch(limit, start):
+    probed = []
+
+    def fits(b):
+        probed.append(b)
+        return b <= limit
+
+    found = largest_batch(fits, start, cap=4096)
+    expected = min(limit, 4096)
+    assert found <= expected
+    assert expected - found <= max(1, int(found * BATCH_RESOLUTION)), (found, expected)
+    assert len(probed) <= 30
+
+
+# ---------------------------------------------------------------- stack+bmm baseline vs the reference
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stack_bmm_baseline_matches_reference(dtype):
+    g = torch.Generator().manual_seed(3)
+    shapes_ = [(5, 3, 3, 3), (7, 4, 1, 1), (5, 3, 3, 3), (6, 1, 5, 5), (5, 3, 3, 3)]
+    weights = [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes_]
+    us = [torch.nn.functional.normalize(torch.randn(s[0], generator=g), dim=0) for s in shapes_]
+    vs = [torch.nn.functional.normalize(torch.randn(math.prod(s[1:]), generator=g), dim=0) for s in shapes_]
+    baseline = StackBmmPowerIteration(weights, us, vs)
+    ref_us, ref_vs = [u.clone() for u in us], [v.clone() for v in vs]
+    want = power_iteration_reference(weights, ref_us, ref_vs, 3)
+    got = baseline(weights, 3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    dsig = torch.randn(len(shapes_), generator=g)
+    for a, b in zip(torch.autograd.grad(got, weights, dsig), torch.autograd.grad(want, weights, dsig)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    stacked_u = {i: u for idx, us_g in zip(baseline.groups, baseline.us) for i, u in zip(idx, us_g)}
+    for i, u in enumerate(ref_us):
+        torch.testing.assert_close(stacked_u[i], u, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- shapes
+def test_forward_hooks_record_op_inputs():
+    model = nn.Sequential(
+        nn.Conv2d(3, 12, 3, padding=1), BNSwish(12), DepthwiseConv2d(12, 5, bias=False), SqueezeExcite(12),
+        nn.Conv2d(12, 20, 1, stride=2), BNSwish(20),
+    ).train()
+    found = model_shapes.record_op_inputs(model, torch.randn(2, 3, 9, 7))
+    assert [r["x"] for r in found["bn_swish"]] == [(2, 12, 9, 7), (2, 20, 5, 4)]
+    assert found["depthwise_conv2d"] == [{"x": (2, 12, 9, 7), "kernel": 5}]
+    assert found["squeeze_excite"] == [{"x": (2, 12, 9, 7), "hidden": 4}]
+    assert model_shapes.conv_weight_shapes(model) == ((12, 3, 3, 3), (12, 1, 5, 5), (20, 12, 1, 1))
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_paper_shapes_and_plan():
+    cifar = shapes.paper_preset_shapes("cifar10")
+    dw = {s.x for s in cifar if s.op == "depthwise_conv2d"}
+    assert (32, 768, 32, 32) in dw and (32, 1536, 16, 16) in dw
+    pi = [s for s in cifar if s.op == "power_iteration"]
+    assert len(pi) == 1 and len(pi[0].weights) > 300 and pi[0].n_iter == 4
+    planned = shapes.plan(smoke=False, sets=("sweep", "target"), ops=("depthwise_conv2d",))
+    merged = {s.label: s.sets for s in planned}
+    assert merged["32x768x16x16-k5"] == ("sweep", "target") and all(s.op == "depthwise_conv2d" for s in planned)
+
+
+def test_plot_and_summary_render_gpu_style_results(tmp_path):
+    """Preset tables, target verdicts and preset/model plots, which smoke runs never produce."""
+    rows = []
+    for shape, ref_ms in (("32x256x16x16", 3.0), ("32x1536x16x16", 9.0)):
+        for provider, ms in (("reference", ref_ms), ("triton", 1.0), ("compile", 1.5)):
+            rows.append(_time(provider, shape, ms))
+            rows.append(_row(provider=provider, shape=shape, metric="bandwidth_fraction", values=(0.8, 0.9, 0.95)))
+            rows.append(_row(provider=provider, shape=shape, metric="peak_mem_MiB", values=12.0, n=1))
+    step = dict(section="model", op="train_step", mode="step", shape="cifar10-b32", size=32, shape_set="cifar10")
+    for provider, ips in (("reference", 100.0), ("torch", 150.0)):
+        rows.append(_row(provider=provider, metric="images_per_s", values=(ips - 5, ips, ips + 5), **step))
+        rows.append(_row(provider=provider, metric="max_batch", values=96.0, n=1, **step))
+    rows.append(_row(provider="cuda", metric="images_per_s", values=None, status="skipped", reason="no _C", **step))
+    directory = tmp_path / "2030-01-01-test-gpu"
+    results.write(directory, ENV, rows)
+    made = {p.name for p in plot.plot_dir(directory)}
+    assert {"presets-bn_swish-float32.png", "memory-bn_swish.png", "model.png"} <= made
+    text = summarize.write_summary(summarize.result_dirs(tmp_path, False), tmp_path / "SUMMARY.md").read_text()
+    assert "SMOKE" not in text and "#### bn_swish, float32, forward+backward" in text
+    assert "| `32x1536x16x16` | cifar10 | 1 ms (9.00x) 90% | — | — | 9 ms (1.00x) 90% | 1.5 ms (6.00x) 90% |" in text
+    bn_2x = next(line for line in text.splitlines() if line.startswith("| BN+Swish fwd+bwd >= 2x eager"))
+    assert "| 6.00x [3.00x – 9.00x] **pass** |" in bn_2x  # median of 3x and 9x
+    assert "| `cifar10-b32` | float32 | torch | 150 [145 – 155] |" in text and "no _C" in text
+    assert "(plots/model.png)" in text or "plots/model.png" in text
+
+
+def test_shapes_from_the_tiny_model():
+    from nvae_fast.nn import SpectralNormRegularizer
+
+    model, cfg = model_shapes.build_model("tiny", torch.device("cpu"))
+    found = model_shapes.shapes_from_model("tiny", model, cfg, torch.device("cpu"), batch=3)
+    ops = {s.op for s in found}
+    assert ops == set(shapes.OPS)
+    assert all(s.x[0] == 3 for s in found if s.x) and all(s.sets == ("tiny",) for s in found)
+    assert len({s.key for s in found}) == len(found)  # distinct
+    (pi,) = [s for s in found if s.op == "power_iteration"]
+    assert len(pi.weights) == len(SpectralNormRegularizer(model).names) and pi.n_iter == cfg.spectral_iters
+
+
+def test_preset_shapes_fall_back_to_the_paper(monkeypatch):
+    def broken(name, device):
+        raise model_shapes.ModelUnavailable("no model today")
+
+    monkeypatch.setattr(model_shapes, "build_model", broken)
+    found = model_shapes.preset_shapes("cifar10", torch.device("cpu"))
+    assert {s.key for s in found} == {s.key for s in shapes.paper_preset_shapes("cifar10")}
+    assert all(s.source.startswith("paper-config (model hooks unavailable: ModelUnavailable: no model today") for s in found)
