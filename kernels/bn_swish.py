@@ -10,6 +10,8 @@ for float64 x, float32 otherwise)::
                       sum_dz_c = sum dz,   sum_dz_xhat_c = sum dz (x - mean_c) invstd_c
     backward_dx:      dx = weight_c invstd_c (dz - sum_dz_c / n - xhat sum_dz_xhat_c / n)   (training)
                       dx = weight_c invstd_c dz                                          (eval)
+    train_forward:    batch_stats and normalize in one read of x, invstd_c = 1 / sqrt(var_c + eps),
+                      or ``None`` when a channel's slice does not fit one program (see below)
 
 Layouts: NCHW-contiguous and channels_last tensors are read in place (see :mod:`._host`); any other
 strides are copied to NCHW first, and ``dy`` is copied to ``x``'s layout when it differs. Outputs have the
@@ -21,6 +23,16 @@ program's running (count, mean, M2) by Chan et al.'s update, and the per-program
 by :func:`_bn_stats_finalize_kernel` in a fixed order. The backward sums follow the same two-phase
 pattern (per-program partials, then ``torch.sum`` over the partial axis): no atomics, so repeated runs
 are bit-identical.
+
+One-read forward. When the tile holding a channel's whole slice, padded to powers of two, has at
+most :data:`ONE_READ_ELEMS` float32 values (8 warps x 32 threads x 64 registers; half as many float64
+values), i.e. N*H*W <= 16384 (8192 for float64) up to that padding, ``train_forward`` launches one
+program per channel (NCHW: a pow2(N) x pow2(H*W) tile) or per block of channels (channels_last:
+pow2(N*H*W) rows by up to one 32-byte sector of channels, fewer when the rows need the registers).
+Each program loads its slice once, computes the mean and then the centred sum of squares in registers
+(exact two-pass), and writes y. The grid is only C programs (NCHW) or C / block (channels_last): it
+fills a GPU for NVAE's widths (C = 32 ... 768) only partly at the low end; channels_last tiles
+narrower than a sector fetch each sector once per program (from L2 after the first).
 """
 
 from __future__ import annotations
@@ -32,10 +44,12 @@ import triton.language as tl
 from . import _host
 from ._aot import aot_spec, ones, ptr
 
-__all__ = ["supports", "batch_stats", "normalize", "backward_reduce", "backward_dx", "AOT_SPECS"]
+__all__ = ["supports", "batch_stats", "normalize", "backward_reduce", "backward_dx", "train_forward", "AOT_SPECS"]
 
 MAX_COLS_NCHW = 1024  # widest tile along H*W
 MAX_COLS_NHWC = 128  # widest tile along C
+ONE_READ_ELEMS = 16384  # float32 values one program of the one-read forward holds: 8 warps x 32 x 64
+SECTOR_BYTES = 32  # channels_last one-read tiles are at most one memory sector of channels wide
 
 
 # ----------------------------------------------------------------------------------------- kernels
@@ -296,6 +310,68 @@ def _bn_backward_dx_kernel(
     tl.store(dx_ptr + offs, (dz * scale).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _centred_swish(d, var, w, b, eps, ACC: tl.constexpr):
+    """silu(w d / sqrt(var + eps) + b) for centred values d = x - mean (operands broadcast); the square
+    root is correctly rounded (``sqrt_rn`` takes float32 only; float64 ``sqrt`` rounds correctly)."""
+    if ACC == tl.float64:
+        std = tl.sqrt(var + eps)
+    else:
+        std = tl.sqrt_rn(var + eps)
+    z = d * (w / std) + b
+    return z * tl.sigmoid(z)
+
+
+@triton.jit
+def _bn_train_forward_nchw_kernel(
+    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, N, C, HW, eps,
+    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (C,). Program c loads channel c's whole N x HW slice (BLOCK_N >= N, BLOCK_HW >= HW), stores
+    mean_c, var_c = E[x], E[(x - mean_c)^2] and y = silu(weight_c (x - mean_c) / sqrt(var_c + eps) + bias_c)."""
+    c = tl.program_id(0)
+    rows = tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_HW)
+    mask = (rows < N)[:, None] & (cols < HW)[None, :]
+    offs = c * HW + rows[:, None] * (C * HW) + cols[None, :]
+    v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    n = tl.cast(N * HW, ACC)
+    mean = tl.sum(v) / n
+    d = tl.where(mask, v - mean, 0)
+    var = tl.sum(d * d) / n
+    w = tl.load(w_ptr + c).to(ACC)
+    b = tl.load(b_ptr + c).to(ACC)
+    y = _centred_swish(d, var, w, b, eps, ACC)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + c, mean)
+    tl.store(var_ptr + c, var)
+
+
+@triton.jit
+def _bn_train_forward_nhwc_kernel(
+    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, R, C, eps,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (cdiv(C, BLOCK_C),) over the (R = N*H*W) x C matrix, BLOCK_R >= R. Program j does what the
+    NCHW one does for channels j*BLOCK_C + [0, BLOCK_C), reducing its tile along the rows."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows = tl.arange(0, BLOCK_R)
+    cmask = cols < C
+    mask = (rows < R)[:, None] & cmask[None, :]
+    offs = rows[:, None] * C + cols[None, :]
+    v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    n = tl.cast(R, ACC)
+    mean = tl.sum(v, 0) / n
+    d = tl.where(mask, v - mean[None, :], 0)
+    var = tl.sum(d * d, 0) / n
+    w = tl.load(w_ptr + cols, mask=cmask, other=0).to(ACC)
+    b = tl.load(b_ptr + cols, mask=cmask, other=0).to(ACC)
+    y = _centred_swish(d, var[None, :], w[None, :], b[None, :], eps, ACC)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + cols, mean, mask=cmask)
+    tl.store(var_ptr + cols, var, mask=cmask)
+
+
 # ------------------------------------------------------------------------------------ host wrappers
 
 
@@ -425,13 +501,64 @@ def backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count):
     return dx
 
 
+def _one_read_limit(dtype: torch.dtype) -> int:
+    """Elements of x one program of the one-read forward holds: :data:`ONE_READ_ELEMS` float32 words."""
+    return ONE_READ_ELEMS * 4 // _host.acc_dtype(dtype).itemsize
+
+
+def _one_read_tile(x: torch.Tensor, layout: str) -> tuple[int, int] | None:
+    """Tile (block_a, block_b) of the one-read forward for ``x`` in ``layout`` (NCHW: pow2(N) x pow2(H*W);
+    NHWC: pow2(N*H*W) x a block of channels), or ``None`` when it exceeds :func:`_one_read_limit`."""
+    n, c, h, w = x.shape
+    limit = _one_read_limit(x.dtype)
+    if layout == _host.NCHW:
+        block_a, block_b = _host.pow2(n), _host.pow2(h * w)
+    else:
+        block_a = _host.pow2(n * h * w)
+        block_b = min(_host.pow2(c), max(1, SECTOR_BYTES // x.element_size()), max(1, limit // block_a))
+    return (block_a, block_b) if block_a * block_b <= limit else None
+
+
+def train_forward(x, weight, bias, eps):
+    """``(y, mean, var)`` of the training forward in one read of x, or ``None`` when a channel's slice
+    does not fit one program (see :func:`_one_read_tile`) or x is empty.
+
+    y like x (dtype and dense layout); mean, var (C,) in the acc dtype, var biased;
+    y = silu(weight (x - mean) / sqrt(var + eps) + bias).
+    """
+    layout = _host.layout_of(x) or _host.NCHW
+    tile = _one_read_tile(x, layout)
+    if tile is None or x.numel() == 0:
+        return None
+    x, _ = _host.dense(x, layout)
+    n, c, h, w = x.shape
+    acc = _host.acc_dtype(x.dtype)
+    y = torch.empty_like(x)
+    mean = torch.empty(c, dtype=acc, device=x.device)
+    var = torch.empty(c, dtype=acc, device=x.device)
+    block_a, block_b = tile
+    common = dict(ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_a * block_b))
+    if layout == _host.NCHW:
+        _bn_train_forward_nchw_kernel[(c,)](
+            x, y, *_params(weight, bias), mean, var, n, c, h * w, float(eps),
+            BLOCK_N=block_a, BLOCK_HW=block_b, **common,
+        )
+    else:
+        _bn_train_forward_nhwc_kernel[(triton.cdiv(c, block_b),)](
+            x, y, *_params(weight, bias), mean, var, n * h * w, c, float(eps),
+            BLOCK_R=block_a, BLOCK_C=block_b, **common,
+        )
+    return y, mean, var
+
+
 # ------------------------------------------------------------------------ ahead-of-time compile specs
 
 
 def _aot_specs():
-    """Every kernel for each x dtype (parameters float32, or float64 with float64 x; normalize also with
-    parameters in x's half dtype), both layouts, training and eval, one full-size tile per layout; for
-    float32 also with the integer arguments the JIT may specialise to 1 (see :func:`._aot.ones`)."""
+    """Every kernel for each x dtype (parameters float32, or float64 with float64 x; normalize and the
+    one-read forward also with parameters in x's half dtype), both layouts, training and eval, one
+    full-size tile per layout; for float32 also with the integer arguments the JIT may specialise to 1
+    (see :func:`._aot.ones`)."""
     specs = []
     combos = [(torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float32, torch.float32),
               (torch.float64, torch.float64)]
@@ -466,6 +593,16 @@ def _aot_specs():
                     "dy_ptr": x, "x_ptr": x, "dx_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p,
                     "sdz_ptr": a, "sdzx_ptr": a, "COUNT": "i32", "ROWS": "i32", "COLS": "i32", "C": "i32",
                     "TRAINING": training, **tiles}))
+        limit, sector = _one_read_limit(xdt), SECTOR_BYTES // xdt.itemsize  # the largest one-read tiles
+        for q in param_dtypes:
+            common = {"x_ptr": x, "y_ptr": x, "w_ptr": ptr(q), "b_ptr": ptr(q), "mean_ptr": a, "var_ptr": a,
+                      "C": "i32", "eps": "fp32", **tacc}
+            jobs += [
+                (_bn_train_forward_nchw_kernel,
+                 {**common, "N": "i32", "HW": "i32", "BLOCK_N": limit // 1024, "BLOCK_HW": 1024}),
+                (_bn_train_forward_nhwc_kernel,
+                 {**common, "R": "i32", "BLOCK_R": limit // sector, "BLOCK_C": sector}),
+            ]
         finalize = {"part_ptr": a, "mean_ptr": a, "var_ptr": a, "C": "i32", "SPLIT": "i32", "BLOCK_C": 256, **tacc}
         if xdt in (torch.float32, torch.float64):
             jobs.append((_bn_stats_finalize_kernel, finalize))

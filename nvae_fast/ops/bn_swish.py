@@ -26,6 +26,7 @@ The lean backends save only ``x`` and the per-channel ``mean``/``invstd`` for ba
     backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count) -> dx
         count is n (int) in training, ``None`` in eval (then sum_dz/sum_dz_xhat are ignored)
     supports(x) -> None or the reason it cannot run x
+    train_forward(x, weight, bias, eps) -> (y, mean, var) or None   optional one-read training forward, no SyncBN
 
 ``weight``/``bias`` reach the kernels as tensors (ones/zeros when the caller passed ``None``), in
 their own dtype, which may differ from ``x``'s (e.g. float32 parameters with bfloat16 activations).
@@ -127,10 +128,17 @@ class BNSwishFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, process_group, kernels):
         c = x.shape[1]
+        fused = None
         if training:
-            mean, var = kernels.batch_stats(x)
             count = x.numel() // c
-            if _group_size(process_group) > 1:
+            synced = _group_size(process_group) > 1
+            if not synced and count > 1 and hasattr(kernels, "train_forward"):
+                fused = kernels.train_forward(x, weight, bias, eps)
+            if fused is not None:
+                y, mean, var = fused
+            else:
+                mean, var = kernels.batch_stats(x)
+            if synced:
                 mean, var, count = _sync_stats(mean, var, count, process_group)
             if count <= 1:
                 raise ValueError(f"bn_swish: expected more than 1 value per channel when training, got x of shape {tuple(x.shape)}")
@@ -143,7 +151,8 @@ class BNSwishFunction(torch.autograd.Function):
             acc = acc_dtype(x.dtype)
             mean, var, count = running_mean.to(acc), running_var.to(acc), None
         invstd = torch.rsqrt(var + eps)
-        y = kernels.normalize(x, mean, invstd, weight, bias)
+        if fused is None:
+            y = kernels.normalize(x, mean, invstd, weight, bias)
         ctx.save_for_backward(x, mean, invstd, weight, bias)
         ctx.count, ctx.kernels, ctx.process_group = count, kernels, process_group
         return y

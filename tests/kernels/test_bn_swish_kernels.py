@@ -2,7 +2,9 @@
 
 Every kernel-set function runs on identical inputs through Triton (the interpreter on a CPU machine)
 and through :class:`nvae_fast.ops.bn_swish.TorchKernels`; tolerances are in ``_plans.TOLERANCES``.
-Plans (``_plans.PLANS``) force multi-tile and multi-split reductions on small shapes.
+Plans (``_plans.PLANS``) force multi-tile and multi-split reductions on small shapes. The optional
+one-read ``train_forward`` is checked against ``TorchKernels.batch_stats`` + ``normalize``, at and
+past its size limit, and through the op, which must take it exactly when it applies.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import nvae_fast
 from nvae_fast.kernels import _host
 from nvae_fast.kernels import bn_swish as K
+from nvae_fast.ops import bn_swish, bn_swish_reference
 from nvae_fast.ops.bn_swish import TorchKernels as T
 
 from ._plans import LAYOUTS, PLANS, apply_plan, assert_close, assert_same_layout, randn, to_layout
@@ -150,3 +154,131 @@ def test_plans_reach_multi_tile_and_multi_split_reductions(monkeypatch, kind):
     assert seen["many_tiles"][0] > 4 and seen["many_tiles"][1] == 1
     assert seen["many_splits"][1] > 1 and seen["many_splits"][0] > seen["many_splits"][1]
     assert seen["one_tile"][1] == 1
+
+
+# ------------------------------------------------------------------------------ one-read train_forward
+
+EPS = 1e-5
+
+
+def _check_train_forward(x, weight, bias, dtype):
+    """train_forward runs (not None) and matches TorchKernels.batch_stats + normalize."""
+    out = K.train_forward(x, weight, bias, EPS)
+    assert out is not None, f"x of shape {tuple(x.shape)} should fit the one-read forward"
+    y, m, v = out
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    m_ref, v_ref = T.batch_stats(x)
+    assert m.dtype == v.dtype == acc and y.dtype == x.dtype
+    assert_same_layout(y, x, "train_forward")
+    assert_close(m, m_ref, acc, "train_forward mean")
+    assert_close(v, v_ref, acc, "train_forward var")
+    y_ref = T.normalize(x, m_ref, torch.rsqrt(v_ref + EPS), weight, bias)
+    assert_close(y, y_ref, dtype, "train_forward y")
+
+
+# odd shapes; channels_last: C = 19 and 33 are no multiples of the channel block
+TRAIN_SHAPES = [(3, 5, 13, 7), (1, 19, 5, 3), (6, 3, 1, 1), (2, 33, 1, 1), (2, 1, 9, 11)]
+
+
+@pytest.mark.parametrize("shape", TRAIN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_train_forward_matches_torch_kernels(dtype, kind, shape):
+    """Half x with weight/bias in x's dtype (the op may pass float32 ones: see the next test)."""
+    x, _, _, _, weight, bias = _inputs(shape, dtype, kind, dtype if dtype != torch.float32 else None, seed=4)
+    _check_train_forward(x, weight, bias, dtype)
+
+
+@pytest.mark.parametrize("kind", ["nchw", "channels_last"])
+def test_train_forward_takes_float32_params_with_half_x(kind):
+    x, _, _, _, weight, bias = _inputs((2, 21, 5, 7), torch.bfloat16, kind, torch.float32, seed=5)
+    _check_train_forward(x, weight, bias, torch.bfloat16)
+
+
+@pytest.mark.parametrize("kind", ["nchw", "channels_last"])
+def test_train_forward_statistics_are_exact_for_a_large_offset(kind):
+    """float32 x = 3000 + N(0, 1): only a centred second pass keeps the variance's digits."""
+    g = torch.Generator().manual_seed(6)
+    x = to_layout(randn((4, 3, 15, 17), torch.float64, g, shift=3000.0).float(), kind)
+    _, m, v = K.train_forward(x, torch.ones(3), torch.zeros(3), EPS)
+    x64 = x.double()
+    torch.testing.assert_close(m.double(), x64.mean(dim=(0, 2, 3)), atol=3000 * 1e-6, rtol=0)
+    torch.testing.assert_close(v.double(), x64.var(dim=(0, 2, 3), correction=0), atol=0, rtol=1e-4)
+
+
+# (shape, dtype, layout, fits): N*H*W at the limit (16384 float32 / 8192 float64 accumulators) and
+# just past it; 3 * 65 * 64 = 12480 is under the limit but its NCHW tile pads to 4 x 8192.
+LIMIT_CASES = [
+    ((2, 3, 64, 128), torch.float32, "nchw", True),
+    ((2, 3, 64, 129), torch.float32, "nchw", False),
+    ((1, 2, 128, 128), torch.float16, "channels_last", True),
+    ((1, 2, 129, 128), torch.float16, "channels_last", False),
+    ((2, 2, 64, 64), torch.float64, "nchw", True),
+    ((2, 2, 64, 65), torch.float64, "channels_last", False),
+    ((3, 2, 65, 64), torch.float32, "nchw", False),
+]
+
+
+def _case_id(value):
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    return str(value).replace("torch.", "")
+
+
+@pytest.mark.parametrize("shape, dtype, kind, fits", LIMIT_CASES, ids=_case_id)
+def test_train_forward_runs_up_to_its_limit_only(shape, dtype, kind, fits):
+    x, _, _, _, weight, bias = _inputs(shape, dtype, kind, seed=7)
+    if fits:
+        _check_train_forward(x, weight, bias, dtype)
+    else:
+        assert K.train_forward(x, weight, bias, EPS) is None
+
+
+def test_train_forward_declines_empty_x():
+    assert K.train_forward(torch.randn(0, 3, 4, 5), torch.ones(3), torch.zeros(3), EPS) is None
+
+
+def _record_calls(monkeypatch, names):
+    """Wrap the kernel-set functions ``names`` so that each call appends its name to the returned list."""
+    calls = []
+    for name in names:
+        def spy(*args, _name=name, _original=getattr(K, name)):
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(K, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("shape, one_read", [((2, 3, 64, 128), True), ((2, 3, 64, 129), False)],
+                         ids=["at_limit", "past_limit"])
+@pytest.mark.parametrize("kind", ["nchw", "channels_last"])
+def test_op_takes_the_one_read_path_exactly_when_it_fits(monkeypatch, kind, shape, one_read):
+    """Through ``bn_swish`` on the triton backend: training calls train_forward and, when it declines,
+    batch_stats + normalize; eval never calls train_forward. Outputs, running statistics and gradients
+    match the float64 reference on both paths (float32 tolerances of the op suite)."""
+    calls = _record_calls(monkeypatch, ("train_forward", "batch_stats", "normalize"))
+    g = torch.Generator().manual_seed(8)
+    x = to_layout(randn(shape, torch.float32, g, scale=1.6, shift=0.7), kind).requires_grad_()
+    weight = randn(3, torch.float32, g, shift=1.0).requires_grad_()
+    bias = randn(3, torch.float32, g, scale=0.5).requires_grad_()
+    rm, rv = randn(3, torch.float32, g, scale=0.3), randn(3, torch.float32, g).abs() + 0.5
+    rm64, rv64 = rm.double(), rv.double()
+    with nvae_fast.use_backend("triton"):
+        y = bn_swish(x, weight, bias, rm, rv, True)
+    assert calls == (["train_forward"] if one_read else ["train_forward", "batch_stats", "normalize"])
+    leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    y_ref = bn_swish_reference(*leaves, rm64, rv64, True)
+    dy = randn(shape, torch.float32, g)
+    grads = torch.autograd.grad(y, (x, weight, bias), dy)
+    grads_ref = torch.autograd.grad(y_ref, leaves, dy.double())
+    tol = dict(atol=1e-4, rtol=1e-4)  # float32 outputs and 16k-term sums against float64
+    torch.testing.assert_close(y.double(), y_ref, **tol)
+    for what, a, b in zip(("dx", "dweight", "dbias"), grads, grads_ref):
+        torch.testing.assert_close(a.double(), b, **tol, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(rm.double(), rm64, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(rv.double(), rv64, atol=1e-6, rtol=1e-6)
+    calls.clear()
+    with nvae_fast.use_backend("triton"):
+        bn_swish(x.detach(), weight, bias, rm, rv, False)
+    assert calls == ["normalize"]
