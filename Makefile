@@ -8,7 +8,7 @@ setup:
 
 # Main job: a short memory-lean NVAE training on the embedded digits data, with samples and a checkpoint.
 train: setup
-	nvae-fast train --preset digits --data digits --out runs/digits
+	nvae-fast train --preset digits --out runs/digits
 
 # Every test (CPU: Triton kernels in the interpreter plus ahead-of-time compiles; GPU tests skip without a GPU)
 # and the benchmark suite in smoke mode.
