@@ -67,9 +67,11 @@ def _extensions():
         name="nvae_fast._C",
         sources=sources,
         include_dirs=include_dirs,
+        # No -std flag: torch's BuildExtension adds the C++ standard its headers need (C++20 for
+        # torch 2.14); the sources compile as C++17 and C++20.
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
-            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"],
+            "cxx": ["-O3"],
+            "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"],
         },
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

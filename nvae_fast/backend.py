@@ -64,15 +64,58 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {op: ("cuda", "triton") for op in OPS}
 
 
 class _State:
-    """Process-wide selection and the record of fallbacks; :func:`reset` restores it."""
+    """Process-wide selection, what the last probe found, and the record of fallbacks.
+
+    :func:`reset` restores it. The probe (imports of triton, of the kernel modules and of the extension)
+    runs once, eagerly, so that :func:`resolve` only reads dictionaries and ``torch.compile`` can trace it.
+    """
 
     def __init__(self) -> None:
         self.selected = "auto"
         self.fallbacks: dict[tuple[str, str, str], int] = {}
+        self.status: dict[str, tuple[bool, str]] = {}
+        self.kernels: dict[tuple[str, str], Any] = {}
+        self.interpreting = False
 
     def clear(self) -> None:
         self.selected = _env_choice()
         self.fallbacks.clear()
+        self.interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+        self.status = {"reference": (True, ""), "torch": (True, "")}
+        self.kernels = {}
+        for name, package, probe in (
+            ("triton", "nvae_fast.kernels", self._probe_triton),
+            ("cuda", "nvae_fast.cuda", self._probe_cuda),
+        ):
+            self.status[name] = probe()
+            if self.status[name][0]:
+                self._load_kernel_sets(name, package)
+
+    def _probe_triton(self) -> tuple[bool, str]:
+        try:
+            import triton  # noqa: F401
+        except Exception as exc:  # ImportError, or a broken triton install
+            return False, f"triton cannot be imported: {exc}"
+        if torch.cuda.is_available() or self.interpreting:
+            return True, ""
+        return False, "no CUDA device, and TRITON_INTERPRET=1 is not set"
+
+    @staticmethod
+    def _probe_cuda() -> tuple[bool, str]:
+        try:
+            importlib.import_module("nvae_fast._C")
+        except ImportError as exc:
+            return False, f"the extension nvae_fast._C is not built ({exc})"
+        if not torch.cuda.is_available():
+            return False, "nvae_fast._C is built, but torch sees no CUDA device"
+        return True, ""
+
+    def _load_kernel_sets(self, name: str, package: str) -> None:
+        try:
+            for op in OPS:
+                self.kernels[(op, name)] = importlib.import_module(f"{package}.{op}")
+        except Exception as exc:  # a kernel module that does not import makes the backend unavailable
+            self.status[name] = (False, f"{package}.{op} cannot be imported: {exc}")
 
 
 def _env_choice() -> str:
@@ -85,40 +128,10 @@ def _env_choice() -> str:
 _state = _State()
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _triton_status() -> tuple[bool, str]:
-    try:
-        import triton  # noqa: F401
-
-        importlib.import_module("nvae_fast.kernels")
-    except Exception as exc:  # ImportError, or a broken triton install
-        return False, f"triton cannot be imported: {exc}"
-    if torch.cuda.is_available() or _interpreting():
-        return True, ""
-    return False, "no CUDA device, and TRITON_INTERPRET=1 is not set"
-
-
-def _cuda_status() -> tuple[bool, str]:
-    try:
-        importlib.import_module("nvae_fast._C")
-    except ImportError as exc:
-        return False, f"the extension nvae_fast._C is not built ({exc})"
-    if not torch.cuda.is_available():
-        return False, "nvae_fast._C is built, but torch sees no CUDA device"
-    return True, ""
-
-
 def _status(name: str) -> tuple[bool, str]:
-    if name in ("reference", "torch"):
-        return True, ""
-    if name == "triton":
-        return _triton_status()
-    if name == "cuda":
-        return _cuda_status()
-    raise ValueError(f"unknown backend {name!r}; choose one of {_CHOICES}")
+    if name not in _state.status:
+        raise ValueError(f"unknown backend {name!r}; choose one of {_CHOICES}")
+    return _state.status[name]
 
 
 def set_backend(name: str) -> None:
@@ -154,7 +167,8 @@ def use_backend(name: str):
 
 
 def reset() -> None:
-    """Restore the selection from ``NVAE_FAST_BACKEND`` (default ``auto``) and forget recorded fallbacks."""
+    """Restore the selection from ``NVAE_FAST_BACKEND`` (default ``auto``), forget recorded fallbacks,
+    and probe again which backends are available (``TRITON_INTERPRET`` is read here too)."""
     _state.clear()
 
 
@@ -175,11 +189,6 @@ def backend_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
-
-
-def _kernel_set(op: str, backend: str):
-    package = "nvae_fast.kernels" if backend == "triton" else "nvae_fast.cuda"
-    return importlib.import_module(f"{package}.{op}")
 
 
 def _record_fallback(backend: str, op: str, reason: str) -> None:
@@ -211,7 +220,7 @@ def resolve(op: str, device: torch.device, torch_kernels, *support_args):
         return name, None
     if name == "torch":
         return name, torch_kernels
-    if name == "triton" and device.type != "cuda" and not _interpreting():
+    if name == "triton" and device.type != "cuda" and not _state.interpreting:
         raise RuntimeError(
             f"{op}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
             f"got tensors on {device}"
@@ -221,7 +230,7 @@ def resolve(op: str, device: torch.device, torch_kernels, *support_args):
     ok, why = _status(name)
     if not ok:
         raise RuntimeError(f"{op}: backend {name!r} is unavailable: {why}")
-    kernels = _kernel_set(op, name)
+    kernels = _state.kernels[(op, name)]
     reason = kernels.supports(*support_args)
     if reason is not None:
         _record_fallback(name, op, reason)

@@ -69,7 +69,7 @@ def test_auto_uses_torch_on_cpu():
 
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(backend, "_interpreting", lambda: False)
+    monkeypatch.setattr(backend._state, "interpreting", False)
     backend._state.selected = "triton"
     with pytest.raises(RuntimeError, match="backend 'triton' needs CUDA tensors"):
         bn_swish(torch.randn(2, 3, 4, 4), None, None, None, None, True)
@@ -78,8 +78,8 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 def test_unsupported_inputs_fall_back_visibly(monkeypatch, caplog):
     """A kernel set that declines the inputs leads to the torch kernels, one warning, and a record."""
     declining = types.SimpleNamespace(supports=lambda *args: "no kernel for this test")
-    monkeypatch.setattr(backend, "_status", lambda name: (True, ""))
-    monkeypatch.setattr(backend, "_kernel_set", lambda op, name: declining)
+    monkeypatch.setitem(backend._state.status, "triton", (True, ""))
+    monkeypatch.setitem(backend._state.kernels, ("bn_swish", "triton"), declining)
     backend._state.selected = "triton"
     x = torch.randn(2, 3, 4, 4)
     with caplog.at_level(logging.WARNING, logger="nvae_fast"):
@@ -93,6 +93,14 @@ def test_unsupported_inputs_fall_back_visibly(monkeypatch, caplog):
     ]
     nvae_fast.reset()
     assert nvae_fast.backend_info()["fallbacks"] == []
+
+
+def test_resolve_is_traceable_by_torch_compile():
+    """resolve only reads what the probe cached, so a fullgraph compile of an op does not break."""
+    nvae_fast.set_backend("torch")
+    fn = torch.compile(lambda x: bn_swish(x, None, None, None, None, True), fullgraph=True, backend="eager")
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(fn(x), bn_swish(x, None, None, None, None, True))
 
 
 def test_every_backend_gives_the_same_answer_through_the_public_api():

@@ -26,7 +26,8 @@ The lean backends save only ``x`` and the per-channel ``mean``/``invstd`` for ba
     backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count) -> dx
         count is n (int) in training, ``None`` in eval (then sum_dz/sum_dz_xhat are ignored)
     supports(x) -> None or the reason it cannot run x
-    train_forward(x, weight, bias, eps) -> (y, mean, var) or None   optional one-read training forward, no SyncBN
+    optional: train_forward(x, weight, bias, eps) -> (y, mean, var) or None (one read of x, no process group)
+    optional: backward(dy, x, mean, invstd, weight, bias, count) -> (dx, sum_dz, sum_dz_xhat) (no process group)
 
 ``weight``/``bias`` reach the kernels as tensors (ones/zeros when the caller passed ``None``), in
 their own dtype, which may differ from ``x``'s (e.g. float32 parameters with bfloat16 activations).
@@ -55,7 +56,13 @@ def _bcast(v: torch.Tensor) -> torch.Tensor:
 
 
 class TorchKernels:
-    """ATen kernel set of the lean backend (runs on any device)."""
+    """ATen kernel set of the lean backend (runs on any device).
+
+    It leans on PyTorch's own batch-norm kernels: the statistics come from a training-mode
+    ``native_batch_norm`` with ``eps = 0`` (var = invstd^-2), ``z`` from an eval-mode ``batch_norm`` with
+    the batch mean, a zero variance and ``eps = 1`` (so the scale is exactly ``weight * invstd``), and the
+    fused :meth:`backward` from ``native_batch_norm_backward``.
+    """
 
     @staticmethod
     def supports(x):
@@ -63,42 +70,58 @@ class TorchKernels:
 
     @staticmethod
     def batch_stats(x):
-        var, mean = torch.var_mean(x.to(acc_dtype(x.dtype)), dim=(0, 2, 3), correction=0)
-        return mean, var
+        _, mean, invstd = torch.ops.aten.native_batch_norm(x.to(acc_dtype(x.dtype)), None, None, None, None, True, 0.0, 0.0)
+        return mean, invstd.pow(-2)
 
     @staticmethod
     def _z(x, mean, invstd, weight, bias):
         acc = mean.dtype
-        scale = weight.to(acc) * invstd
-        shift = bias.to(acc) - mean * scale
-        return x.to(acc) * _bcast(scale) + _bcast(shift)
+        zero = torch.zeros_like(mean)
+        return F.batch_norm(x.to(acc), mean, zero, weight.to(acc) * invstd, bias.to(acc), False, 0.0, 1.0)
 
     @staticmethod
     def normalize(x, mean, invstd, weight, bias):
         z = TorchKernels._z(x, mean, invstd, weight, bias)
-        return F.silu(z).to(x.dtype)
+        return F.silu(z, inplace=True).to(x.dtype)
 
     @staticmethod
     def _dz(dy, x, mean, invstd, weight, bias):
         z = TorchKernels._z(x, mean, invstd, weight, bias)
-        s = torch.sigmoid(z)
-        return dy.to(z.dtype) * s * (1 + z * (1 - s))
+        return torch.ops.aten.silu_backward(dy.to(z.dtype), z)  # dy s (1 + z (1 - s)), s = sigmoid(z)
+
+    @staticmethod
+    def _native_backward(dz, x, mean, invstd, weight, mask):
+        acc = mean.dtype
+        return torch.ops.aten.native_batch_norm_backward(
+            dz, x.to(acc), weight.to(acc), None, None, mean, invstd, True, 0.0, mask
+        )
 
     @staticmethod
     def backward_reduce(dy, x, mean, invstd, weight, bias):
         dz = TorchKernels._dz(dy, x, mean, invstd, weight, bias)
-        xhat = (x.to(mean.dtype) - _bcast(mean)) * _bcast(invstd)
-        return dz.sum(dim=(0, 2, 3)), (dz * xhat).sum(dim=(0, 2, 3))
+        _, sum_dz_xhat, sum_dz = TorchKernels._native_backward(dz, x, mean, invstd, weight, [False, True, True])
+        return sum_dz, sum_dz_xhat
+
+    @staticmethod
+    def backward(dy, x, mean, invstd, weight, bias, count):
+        dz = TorchKernels._dz(dy, x, mean, invstd, weight, bias)
+        if count is None:
+            dx = dz * _bcast(weight.to(mean.dtype) * invstd)
+            _, sum_dz_xhat, sum_dz = TorchKernels._native_backward(dz, x, mean, invstd, weight, [False, True, True])
+        else:
+            dx, sum_dz_xhat, sum_dz = TorchKernels._native_backward(dz, x, mean, invstd, weight, [True, True, True])
+        return dx.to(x.dtype), sum_dz, sum_dz_xhat
 
     @staticmethod
     def backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count):
         dz = TorchKernels._dz(dy, x, mean, invstd, weight, bias)
-        scale = _bcast(weight.to(mean.dtype) * invstd)
+        scale = weight.to(mean.dtype) * invstd
         if count is None:
-            return (dz * scale).to(x.dtype)
-        xhat = (x.to(mean.dtype) - _bcast(mean)) * _bcast(invstd)
-        dx = (dz - _bcast(sum_dz / count) - xhat * _bcast(sum_dz_xhat / count)) * scale
-        return dx.to(x.dtype)
+            return (dz * _bcast(scale)).to(x.dtype)
+        # dx = scale (dz - sum_dz / n - xhat sum_dz_xhat / n), with xhat = (x - mean) invstd
+        centered = x.to(mean.dtype) - _bcast(mean)
+        rest = torch.addcmul(_bcast(-scale * sum_dz / count), centered, _bcast(-scale * invstd * sum_dz_xhat / count))
+        return torch.addcmul(rest, dz, _bcast(scale)).to(x.dtype)
 
 
 def _group_size(process_group) -> int:
@@ -161,16 +184,22 @@ class BNSwishFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, mean, invstd, weight, bias = ctx.saved_tensors
         kernels, count = ctx.kernels, ctx.count
-        sum_dz, sum_dz_xhat = kernels.backward_reduce(dy, x, mean, invstd, weight, bias)
+        synced = count is not None and _group_size(ctx.process_group) > 1
+        dx = None
+        if ctx.needs_input_grad[0] and not synced and hasattr(kernels, "backward"):
+            dx, sum_dz, sum_dz_xhat = kernels.backward(dy, x, mean, invstd, weight, bias, count)
+        else:
+            sum_dz, sum_dz_xhat = kernels.backward_reduce(dy, x, mean, invstd, weight, bias)
+            if ctx.needs_input_grad[0]:
+                if synced:  # dx needs the sums over every rank; dweight/dbias stay local for DDP
+                    both = torch.cat([sum_dz, sum_dz_xhat])
+                    torch.distributed.all_reduce(both, group=ctx.process_group)
+                    global_dz, global_dz_xhat = both.chunk(2)
+                else:
+                    global_dz, global_dz_xhat = sum_dz, sum_dz_xhat
+                dx = kernels.backward_dx(dy, x, mean, invstd, weight, bias, global_dz, global_dz_xhat, count)
         dweight = sum_dz_xhat.to(weight.dtype) if ctx.needs_input_grad[1] else None
         dbias = sum_dz.to(bias.dtype) if ctx.needs_input_grad[2] else None
-        dx = None
-        if ctx.needs_input_grad[0]:
-            if count is not None and _group_size(ctx.process_group) > 1:
-                both = torch.cat([sum_dz, sum_dz_xhat])
-                torch.distributed.all_reduce(both, group=ctx.process_group)
-                sum_dz, sum_dz_xhat = both.chunk(2)
-            dx = kernels.backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count)
         return dx, dweight, dbias, None, None, None, None, None, None, None
 
 

@@ -1,0 +1,80 @@
+// Registers the CUDA kernels as torch.ops.nvae_fast.* and defines the Python module nvae_fast._C.
+//
+// Each op family is a library fragment whose fake (meta) implementations live in the Python module
+// named by set_python_module (nvae_fast.cuda.<op>), so torch.compile can trace them. The kernels are
+// registered for CUDA and, as argument checkers, for CPU: a CPU call validates shapes and dtypes with
+// the same messages and then reports that the op needs CUDA tensors, instead of the dispatcher's
+// generic "no kernel for CPU" error.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace {
+
+void register_kernels(torch::Library& m) {
+  m.impl("bn_swish_stats", &nvae_fast::bn_swish_stats);
+  m.impl("bn_swish_normalize", &nvae_fast::bn_swish_normalize);
+  m.impl("bn_swish_backward_reduce", &nvae_fast::bn_swish_backward_reduce);
+  m.impl("bn_swish_backward_dx", &nvae_fast::bn_swish_backward_dx);
+  m.impl("dwconv2d_forward", &nvae_fast::dwconv2d_forward);
+  m.impl("dwconv2d_backward_input", &nvae_fast::dwconv2d_backward_input);
+  m.impl("dwconv2d_backward_weight", &nvae_fast::dwconv2d_backward_weight);
+  m.impl("se_pool", &nvae_fast::se_pool);
+  m.impl("se_scale", &nvae_fast::se_scale);
+  m.impl("se_backward_reduce", &nvae_fast::se_backward_reduce);
+  m.impl("se_backward_dx", &nvae_fast::se_backward_dx);
+  m.impl("power_iteration_update", &nvae_fast::power_iteration_update);
+  m.impl("power_iteration_sigmas", &nvae_fast::power_iteration_sigmas);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(nvae_fast, m) {
+  m.set_python_module("nvae_fast.cuda.bn_swish");
+  m.def("bn_swish_stats(Tensor x) -> (Tensor mean, Tensor var)");
+  m.def("bn_swish_normalize(Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor bias) -> Tensor");
+  m.def(
+      "bn_swish_backward_reduce(Tensor dy, Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor bias) "
+      "-> (Tensor sum_dz, Tensor sum_dz_xhat)");
+  m.def(
+      "bn_swish_backward_dx(Tensor dy, Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor bias, "
+      "Tensor sum_dz, Tensor sum_dz_xhat, int? count) -> Tensor");
+}
+
+TORCH_LIBRARY_FRAGMENT(nvae_fast, m) {
+  m.set_python_module("nvae_fast.cuda.depthwise_conv2d");
+  m.def("dwconv2d_forward(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding) -> Tensor");
+  m.def(
+      "dwconv2d_backward_input(Tensor dy, Tensor weight, SymInt[2] input_hw, int[2] stride, int[2] padding) "
+      "-> Tensor");
+  m.def(
+      "dwconv2d_backward_weight(Tensor dy, Tensor x, SymInt[2] kernel_hw, int[2] stride, int[2] padding) "
+      "-> (Tensor dweight, Tensor dbias)");
+}
+
+TORCH_LIBRARY_FRAGMENT(nvae_fast, m) {
+  m.set_python_module("nvae_fast.cuda.squeeze_excite");
+  m.def("se_pool(Tensor x) -> Tensor");
+  m.def("se_scale(Tensor x, Tensor gate) -> Tensor");
+  m.def("se_backward_reduce(Tensor dy, Tensor x) -> Tensor");
+  m.def("se_backward_dx(Tensor dy, Tensor gate, Tensor dmean) -> Tensor");
+}
+
+TORCH_LIBRARY_FRAGMENT(nvae_fast, m) {
+  m.set_python_module("nvae_fast.cuda.power_iteration");
+  m.def("power_iteration_update(Tensor[] mats, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter) -> ()");
+  m.def("power_iteration_sigmas(Tensor[] mats, Tensor[] us, Tensor[] vs) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nvae_fast, CUDA, m) { register_kernels(m); }
+
+TORCH_LIBRARY_IMPL(nvae_fast, CPU, m) { register_kernels(m); }
+
+// `import nvae_fast._C` loads this library (and with it the registrations above); the module itself
+// has no attributes.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "CUDA kernels of nvae_fast, as torch.ops.nvae_fast.*",
+                               -1, nullptr};
+  return PyModule_Create(&module);
+}

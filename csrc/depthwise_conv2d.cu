@@ -1,0 +1,616 @@
+// Depthwise 2-D convolution kernels (torch.ops.nvae_fast.dwconv2d_*), dilation 1.
+//
+// x: (N, C, H, W), NCHW or NHWC, float16/bfloat16/float32/float64; weight: (C, 1, kh, kw) and bias:
+// (C,) in the accumulation dtype (float32, float64 for float64 x); 1 <= kh, kw <= 11; stride 1 or 2
+// per axis; any padding >= 0. With Ho = (H + 2 ph - kh) / sh + 1 (likewise Wo):
+//
+//   forward:          y[n,c,i,j] = bias[c] + sum_{p,q} w[c,p,q] x[n,c, i sh - ph + p, j sw - pw + q]
+//   backward_input:   dx[n,c,u,v] = sum over taps (p, q) with (u + ph - p) % sh == 0 and
+//                     (v + pw - q) % sw == 0 of w[c,p,q] dy[n,c, (u + ph - p) / sh, (v + pw - q) / sw]
+//   backward_weight:  dw[c,p,q] = sum_{n,i,j} dy[n,c,i,j] x[n,c, i sh - ph + p, j sw - pw + q],
+//                     db[c] = sum_{n,i,j} dy[n,c,i,j]
+// (x and dy read as zero outside their extent). Accumulation in the accumulation dtype.
+//
+// Each block owns `cb` channels of one sample and one spatial tile of the tensor it writes. It copies
+// the source tile it needs (with the zero halo) and the channels' taps into shared memory, converted
+// to the accumulation dtype, then every thread computes `rpt` outputs of one column from shared memory.
+// Tile copies are coalesced along W (NCHW) or along the channels (NHWC, 16-byte vectors when C and the
+// pointer allow). backward_weight is deterministic: every block writes its partial sums for its
+// (sample, tile subset) to a workspace, and a second kernel adds them in a fixed order.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "checks.h"
+#include "launch.h"
+#include "ops.h"
+#include "vec.cuh"
+
+namespace nvae_fast {
+namespace {
+
+constexpr int kMaxKernel = 11;
+constexpr size_t kSmemBudget = 48 * 1024;  // bytes of shared memory per block (no opt-in needed)
+
+struct ConvGeom {
+  int64_t N, C;
+  int src_h, src_w;  // spatial size of the tensor read into tiles
+  int dst_h, dst_w;  // spatial size of the tensor the kernel writes (for backward_weight: dy's)
+  int kh, kw, sh, sw, ph, pw;
+};
+
+// Tiling of a forward or backward_input launch: cb channels, a block of (bx, by) threads per channel,
+// each thread computing rpt outputs of one column (rows ty, ty + by, ...). Output tile: (by rpt) x bx.
+struct TileCfg {
+  int cb, bx, by, rpt;
+  int tiles_x;         // output tiles along W
+  int tile_h, tile_w;  // source tile in shared memory
+  int plane;           // shared-memory elements per channel of the source tile (>= tile_h * tile_w)
+  FastDivmod fill_a, fill_b;
+};
+
+__device__ __forceinline__ int64_t offset4(Layout layout, int64_t n, int64_t c, int64_t y, int64_t x, int64_t C,
+                                           int64_t H, int64_t W) {
+  return layout == Layout::NCHW ? ((n * C + c) * H + y) * W + x : ((n * H + y) * W + x) * C + c;
+}
+
+// tile[z * plane + r * tile_w + col] = src[n, c0 + z, y0 + r, x0 + col] for z < cb, r < tile_h,
+// col < tile_w; zero outside the tensor and for channels >= C. The fill index is decomposed with
+// (fill_a, fill_b) = (tile_w, tile_h) for NCHW (col fastest) and (cb / V, tile_w) for NHWC (channels
+// fastest, V at a time; V > 1 needs C % V == 0, cb % V == 0 and a 16-byte aligned src).
+template <typename T, Layout L, int V>
+__device__ __forceinline__ void fill_tile(const T* __restrict__ src, AccT<T>* __restrict__ tile, int64_t n,
+                                          int64_t C, int H, int W, int64_t c0, int y0, int x0, int cb, int tile_h,
+                                          int tile_w, int plane, FastDivmod fa, FastDivmod fb) {
+  using acc_t = AccT<T>;
+  const uint32_t count = static_cast<uint32_t>(cb / V) * tile_h * tile_w;
+  for (uint32_t i = threadIdx.x; i < count; i += blockDim.x) {
+    uint32_t q, z, r, col;
+    if constexpr (L == Layout::NCHW) {
+      fa.divmod(i, q, col);
+      fb.divmod(q, z, r);
+    } else {
+      uint32_t zv;
+      fa.divmod(i, q, zv);
+      fb.divmod(q, r, col);
+      z = zv * V;
+    }
+    const int y = y0 + static_cast<int>(r), x = x0 + static_cast<int>(col);
+    const int64_t c = c0 + z;
+    acc_t v[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] = acc_t(0);
+    if (c < C && y >= 0 && y < H && x >= 0 && x < W) load_vec<V>(src + offset4(L, n, c, y, x, C, H, W), v);
+    acc_t* dst = tile + static_cast<int64_t>(z) * plane + r * tile_w + col;
+#pragma unroll
+    for (int k = 0; k < V; ++k) dst[k * plane] = v[k];
+  }
+}
+
+// Channels' taps w[c0 + z] into wsh[z * kk + tap] (zero for channels >= C).
+template <typename acc_t>
+__device__ __forceinline__ void fill_taps(const acc_t* __restrict__ w, acc_t* __restrict__ wsh, int64_t c0, int cb,
+                                          int kk, int64_t C) {
+  for (int i = threadIdx.x; i < cb * kk; i += blockDim.x) wsh[i] = c0 * kk + i < C * kk ? w[c0 * kk + i] : acc_t(0);
+}
+
+// Thread -> (channel z, column tx, row ty): columns fastest for NCHW, channels fastest for NHWC, so
+// that neighbouring threads write neighbouring addresses.
+template <Layout L>
+__device__ __forceinline__ void thread_coords(const TileCfg& t, int& z, int& tx, int& ty) {
+  const int tid = threadIdx.x;
+  if constexpr (L == Layout::NCHW) {
+    tx = tid % t.bx;
+    ty = (tid / t.bx) % t.by;
+    z = tid / (t.bx * t.by);
+  } else {
+    z = tid % t.cb;
+    tx = (tid / t.cb) % t.bx;
+    ty = tid / (t.cb * t.bx);
+  }
+}
+
+template <typename T, Layout L, int V>
+__global__ void __launch_bounds__(kThreads)
+    dw_forward_kernel(const T* __restrict__ x, const AccT<T>* __restrict__ w, const AccT<T>* __restrict__ bias,
+                      T* __restrict__ y, ConvGeom g, TileCfg t) {
+  using acc_t = AccT<T>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* tile = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* wsh = tile + t.cb * t.plane;
+  const int kk = g.kh * g.kw;
+  const int64_t groups = ceil_div(g.C, t.cb);
+  const int64_t n = blockIdx.x / groups;
+  const int64_t c0 = (blockIdx.x - n * groups) * t.cb;
+  const int tile_row = blockIdx.y / t.tiles_x;
+  const int oy0 = tile_row * t.by * t.rpt, ox0 = (blockIdx.y - tile_row * t.tiles_x) * t.bx;
+
+  fill_tile<T, L, V>(x, tile, n, g.C, g.src_h, g.src_w, c0, oy0 * g.sh - g.ph, ox0 * g.sw - g.pw, t.cb, t.tile_h,
+                     t.tile_w, t.plane, t.fill_a, t.fill_b);
+  fill_taps(w, wsh, c0, t.cb, kk, g.C);
+  __syncthreads();
+
+  int z, tx, ty;
+  thread_coords<L>(t, z, tx, ty);
+  const int64_t c = c0 + z;
+  const int ox = ox0 + tx;
+  if (c >= g.C || ox >= g.dst_w) return;
+  const acc_t b = bias != nullptr ? bias[c] : acc_t(0);
+  const acc_t* wz = wsh + z * kk;
+  const acc_t* src = tile + z * t.plane + tx * g.sw;
+  for (int r = 0; r < t.rpt; ++r) {
+    const int oyl = ty + r * t.by;
+    const int oy = oy0 + oyl;
+    if (oy >= g.dst_h) break;
+    acc_t s = b;
+    const acc_t* row = src + oyl * g.sh * t.tile_w;
+    for (int p = 0; p < g.kh; ++p, row += t.tile_w) {
+      const acc_t* wr = wz + p * g.kw;
+      for (int q = 0; q < g.kw; ++q) s += wr[q] * row[q];
+    }
+    y[offset4(L, n, c, oy, ox, g.C, g.dst_h, g.dst_w)] = static_cast<T>(s);
+  }
+}
+
+// Gathers, for every dx position, the taps whose output position is integral: with
+// p0 = (u + ph) % sh, the taps p0, p0 + sh, ... read dy rows (u + ph - p0) / sh, one less, ...
+// The dy tile starts at row floor((u0 + ph - kh + 1) / sh) (likewise for columns).
+template <typename T, Layout L, int V>
+__global__ void __launch_bounds__(kThreads)
+    dw_backward_input_kernel(const T* __restrict__ dy, const AccT<T>* __restrict__ w, T* __restrict__ dx, ConvGeom g,
+                             TileCfg t) {
+  using acc_t = AccT<T>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* tile = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* wsh = tile + t.cb * t.plane;
+  const int kk = g.kh * g.kw;
+  const int64_t groups = ceil_div(g.C, t.cb);
+  const int64_t n = blockIdx.x / groups;
+  const int64_t c0 = (blockIdx.x - n * groups) * t.cb;
+  const int tile_row = blockIdx.y / t.tiles_x;
+  const int u0 = tile_row * t.by * t.rpt, v0 = (blockIdx.y - tile_row * t.tiles_x) * t.bx;
+  const int iy0 = floor_div(u0 + g.ph - (g.kh - 1), g.sh);
+  const int ix0 = floor_div(v0 + g.pw - (g.kw - 1), g.sw);
+
+  fill_tile<T, L, V>(dy, tile, n, g.C, g.src_h, g.src_w, c0, iy0, ix0, t.cb, t.tile_h, t.tile_w, t.plane, t.fill_a,
+                     t.fill_b);
+  fill_taps(w, wsh, c0, t.cb, kk, g.C);
+  __syncthreads();
+
+  int z, tx, ty;
+  thread_coords<L>(t, z, tx, ty);
+  const int64_t c = c0 + z;
+  const int v = v0 + tx;
+  if (c >= g.C || v >= g.dst_w) return;
+  const acc_t* wz = wsh + z * kk;
+  const acc_t* tz = tile + z * t.plane;
+  const int q0 = (v + g.pw) % g.sw;
+  const int lx0 = (v + g.pw - q0) / g.sw - ix0;
+  for (int r = 0; r < t.rpt; ++r) {
+    const int u = u0 + ty + r * t.by;
+    if (u >= g.dst_h) break;
+    const int p0 = (u + g.ph) % g.sh;
+    int ly = (u + g.ph - p0) / g.sh - iy0;
+    acc_t s = acc_t(0);
+    for (int p = p0; p < g.kh; p += g.sh, --ly) {
+      const acc_t* row = tz + ly * t.tile_w;
+      const acc_t* wr = wz + p * g.kw;
+      int lx = lx0;
+      for (int q = q0; q < g.kw; q += g.sw, --lx) s += wr[q] * row[lx];
+    }
+    dx[offset4(L, n, c, u, v, g.C, g.dst_h, g.dst_w)] = static_cast<T>(s);
+  }
+}
+
+// backward_weight tiling: cb channels per block, dy tiles of th x tw, thread (group gi, pair j) with
+// j = z * taps + tap (tap == kh * kw stands for the bias) summing over the positions gi, gi + groups, ...
+// of every tile; blocks (n, channel group, part s) take the tiles s, s + parts, ...
+struct WgradCfg {
+  int cb, th, tw, tiles_x, tiles;
+  int tile_h, tile_w;  // x tile
+  int xplane, dplane;  // shared-memory elements per channel of the x and dy tiles
+  int groups, parts;
+  FastDivmod x_a, x_b, d_a, d_b, pos;  // pos: division by tw
+};
+
+template <typename T, Layout L, int V>
+__global__ void __launch_bounds__(kThreads)
+    dw_backward_weight_kernel(const T* __restrict__ dy, const T* __restrict__ x, AccT<T>* __restrict__ partial,
+                              ConvGeom g, WgradCfg t) {
+  using acc_t = AccT<T>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc_t* xt = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* dt = xt + t.cb * t.xplane;
+  acc_t* red = dt + t.cb * t.dplane;
+  const int kk = g.kh * g.kw, taps = kk + 1, pairs = t.cb * taps;
+  const int64_t groups_c = ceil_div(g.C, t.cb);
+  const int64_t n = blockIdx.x / groups_c;
+  const int64_t c0 = (blockIdx.x - n * groups_c) * t.cb;
+  const int tid = threadIdx.x;
+  const bool active = tid < t.groups * pairs;
+  const int gi = tid / pairs, j = tid - gi * pairs;
+  const int z = j / taps, tap = j - z * taps;
+  const int p = tap / g.kw, q = tap - p * g.kw;  // meaningful for tap < kk
+  const uint32_t positions = static_cast<uint32_t>(t.th) * t.tw;
+
+  acc_t a = acc_t(0);
+  for (int tile = blockIdx.y; tile < t.tiles; tile += t.parts) {
+    const int tile_row = tile / t.tiles_x;
+    const int oy0 = tile_row * t.th, ox0 = (tile - tile_row * t.tiles_x) * t.tw;
+    fill_tile<T, L, V>(x, xt, n, g.C, g.src_h, g.src_w, c0, oy0 * g.sh - g.ph, ox0 * g.sw - g.pw, t.cb, t.tile_h,
+                       t.tile_w, t.xplane, t.x_a, t.x_b);
+    fill_tile<T, L, V>(dy, dt, n, g.C, g.dst_h, g.dst_w, c0, oy0, ox0, t.cb, t.th, t.tw, t.dplane, t.d_a, t.d_b);
+    __syncthreads();
+    if (active) {
+      const acc_t* dz = dt + z * t.dplane;
+      if (tap == kk) {
+        for (uint32_t pos = gi; pos < positions; pos += t.groups) a += dz[pos];
+      } else {
+        const acc_t* xz = xt + z * t.xplane + p * t.tile_w + q;
+        for (uint32_t pos = gi; pos < positions; pos += t.groups) {
+          uint32_t oyl, oxl;
+          t.pos.divmod(pos, oyl, oxl);
+          a += dz[pos] * xz[oyl * g.sh * t.tile_w + oxl * g.sw];
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (active) red[tid] = a;
+  __syncthreads();
+  if (tid < pairs) {  // gi == 0, j == tid
+    acc_t sum = acc_t(0);
+    for (int k = 0; k < t.groups; ++k) sum += red[k * pairs + tid];
+    const int64_t c = c0 + z;
+    if (c < g.C) partial[((n * t.parts + blockIdx.y) * g.C + c) * taps + tap] = sum;
+  }
+}
+
+// dw[c, tap] (tap < taps - 1) and db[c] (tap == taps - 1): the sum over the `slices` partial rows in order.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    dw_weight_finalize_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ dw, acc_t* __restrict__ db,
+                              int64_t slices, int64_t C, int taps) {
+  const int64_t total = C * taps;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    acc_t sum = acc_t(0);
+    for (int64_t s = 0; s < slices; ++s) sum += partial[s * total + idx];
+    const int64_t c = idx / taps;
+    const int tap = static_cast<int>(idx - c * taps);
+    if (tap < taps - 1) {
+      dw[c * (taps - 1) + tap] = sum;
+    } else {
+      db[c] = sum;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Host side.
+
+int64_t conv_out(int64_t in, int64_t k, int64_t s, int64_t p) { return (in + 2 * p - k) / s + 1; }
+
+// Shared memory of a forward/backward_input tiling.
+size_t tile_smem(const TileCfg& t, int kk, size_t elem) {
+  return static_cast<size_t>(t.cb) * (t.plane + kk) * elem;
+}
+
+void set_tile_dims(TileCfg& t, Layout layout, const ConvGeom& g, bool transposed) {
+  const int th = t.by * t.rpt, tw = t.bx;
+  if (transposed) {
+    t.tile_h = (th + g.kh - 2) / g.sh + 2;
+    t.tile_w = (tw + g.kw - 2) / g.sw + 2;
+  } else {
+    t.tile_h = (th - 1) * g.sh + g.kh;
+    t.tile_w = (tw - 1) * g.sw + g.kw;
+  }
+  t.plane = t.tile_h * t.tile_w;
+  if (layout == Layout::NHWC) t.plane |= 1;  // odd stride: channel-parallel reads hit distinct banks
+}
+
+// Chooses the tiling and the vector width V of the tile copy (returned through vec).
+TileCfg plan_tiles(Layout layout, const ConvGeom& g, bool transposed, size_t elem, int& vec) {
+  TileCfg t{};
+  const int64_t C = g.C;
+  if (layout == Layout::NCHW) {
+    t.bx = std::min(32, pow2_ceil(g.dst_w));
+    t.by = std::min(pow2_ceil(g.dst_h), kThreads / t.bx);
+    t.cb = static_cast<int>(std::min<int64_t>(C, kThreads / (t.bx * t.by)));
+    t.rpt = (t.bx * t.by == kThreads && g.dst_h > t.by) ? static_cast<int>(std::min<int64_t>(4, ceil_div(g.dst_h, t.by))) : 1;
+  } else {
+    t.cb = static_cast<int>(std::min<int64_t>(C, 16));
+    if (vec > 1 && t.cb >= vec) t.cb -= t.cb % vec;
+    t.bx = std::min(8, pow2_ceil(g.dst_w));
+    t.by = std::max(1, std::min(pow2_ceil(g.dst_h), kThreads / t.cb / t.bx));
+    t.rpt = g.dst_h > t.by ? static_cast<int>(std::min<int64_t>(4, ceil_div(g.dst_h, t.by))) : 1;
+  }
+  const int kk = g.kh * g.kw;
+  set_tile_dims(t, layout, g, transposed);
+  while (tile_smem(t, kk, elem) > kSmemBudget) {
+    if (t.rpt > 1) {
+      --t.rpt;
+    } else if (t.cb > 1) {
+      t.cb = (t.cb + 1) / 2;
+    } else if (t.by > 1) {
+      t.by /= 2;
+    } else if (t.bx > 1) {
+      t.bx /= 2;
+    } else {
+      break;
+    }
+    set_tile_dims(t, layout, g, transposed);
+  }
+  TORCH_INTERNAL_ASSERT(tile_smem(t, kk, elem) <= kSmemBudget);
+  if (layout == Layout::NCHW || t.cb % vec != 0) vec = 1;
+  t.tiles_x = static_cast<int>(ceil_div(g.dst_w, t.bx));
+  if (layout == Layout::NCHW) {
+    t.fill_a = FastDivmod(t.tile_w);
+    t.fill_b = FastDivmod(t.tile_h);
+  } else {
+    t.fill_a = FastDivmod(t.cb / vec);
+    t.fill_b = FastDivmod(t.tile_w);
+  }
+  return t;
+}
+
+dim3 tile_grid(const char* op, const ConvGeom& g, const TileCfg& t) {
+  const int64_t blocks_x = g.N * ceil_div(g.C, t.cb);
+  const int64_t blocks_y = t.tiles_x * ceil_div(g.dst_h, t.by * t.rpt);
+  TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max() && blocks_y <= kMaxGridYZ, op,
+              ": the tensor is too large for the CUDA kernels (", blocks_x, " x ", blocks_y, " blocks)");
+  return dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y));
+}
+
+struct Conf {
+  int sh, sw, ph, pw;
+};
+
+Conf check_conf(const char* op, at::IntArrayRef stride, at::IntArrayRef padding) {
+  TORCH_CHECK(stride.size() == 2, op, ": stride must have 2 values, got ", stride);
+  TORCH_CHECK(padding.size() == 2, op, ": padding must have 2 values, got ", padding);
+  for (const int64_t s : stride) {
+    TORCH_CHECK(s == 1 || s == 2, op, ": stride must be 1 or 2 along each axis, got ", stride);
+  }
+  for (const int64_t p : padding) {
+    TORCH_CHECK(p >= 0 && p <= 1024, op, ": padding must be in [0, 1024], got ", padding);
+  }
+  return Conf{static_cast<int>(stride[0]), static_cast<int>(stride[1]), static_cast<int>(padding[0]),
+              static_cast<int>(padding[1])};
+}
+
+void check_kernel_hw(const char* op, const char* name, int64_t kh, int64_t kw) {
+  TORCH_CHECK(kh >= 1 && kh <= kMaxKernel && kw >= 1 && kw <= kMaxKernel, op, ": ", name,
+              " must have kernel sizes in [1, ", kMaxKernel, "], got ", kh, " x ", kw);
+}
+
+void check_spatial(const char* op, const char* name, int64_t h, int64_t w) {
+  TORCH_CHECK(h <= std::numeric_limits<int32_t>::max() / 4 && w <= std::numeric_limits<int32_t>::max() / 4, op,
+              ": ", name, " has a spatial size too large for the CUDA kernels: ", h, " x ", w);
+}
+
+// weight: (C, 1, kh, kw), contiguous, accumulation dtype of `ref`.
+void check_weight(const char* op, const at::Tensor& weight, const at::Tensor& ref, const char* ref_name) {
+  check_float(op, "weight", weight);
+  check_dim(op, "weight", weight, 4, "(C, 1, kh, kw)");
+  TORCH_CHECK(weight.size(0) == ref.size(1) && weight.size(1) == 1, op, ": weight must have shape (C, 1, kh, kw) with C=",
+              ref.size(1), " (the channels of ", ref_name, "), got ", weight.sizes());
+  check_dtype(op, "weight", weight, acc_dtype(ref.scalar_type()), "the accumulation dtype of the activations");
+  TORCH_CHECK(weight.is_contiguous(), op, ": weight must be contiguous");
+  check_kernel_hw(op, "weight", weight.size(2), weight.size(3));
+}
+
+void check_act(const char* op, const char* name, const at::Tensor& t) {
+  check_float(op, name, t);
+  check_dim(op, name, t, 4, "(N, C, H, W)");
+  check_spatial(op, name, t.size(2), t.size(3));
+}
+
+}  // namespace
+
+at::Tensor dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            at::IntArrayRef stride, at::IntArrayRef padding) {
+  constexpr const char* op = "nvae_fast::dwconv2d_forward";
+  check_act(op, "x", x);
+  const Layout layout = layout_of(op, "x", x);
+  check_weight(op, weight, x, "x");
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) check_vector(op, "bias", *bias, x.size(1), acc_dtype(x.scalar_type()), "one per channel of x");
+  const Conf cf = check_conf(op, stride, padding);
+  const int64_t kh = weight.size(2), kw = weight.size(3);
+  const int64_t ho = conv_out(x.size(2), kh, cf.sh, cf.ph), wo = conv_out(x.size(3), kw, cf.sw, cf.pw);
+  TORCH_CHECK(x.size(2) + 2 * cf.ph >= kh && x.size(3) + 2 * cf.pw >= kw && ho >= 1 && wo >= 1, op,
+              ": x's padded spatial size (", x.size(2) + 2 * cf.ph, ", ", x.size(3) + 2 * cf.pw,
+              ") is smaller than the kernel (", kh, ", ", kw, ")");
+  if (has_bias) {
+    check_cuda(op, {{"x", &x}, {"weight", &weight}, {"bias", &*bias}});
+  } else {
+    check_cuda(op, {{"x", &x}, {"weight", &weight}});
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = at::empty({x.size(0), x.size(1), ho, wo}, x.options().memory_format(memory_format(layout)));
+  if (y.numel() == 0) return y;
+  const ConvGeom g{x.size(0), x.size(1), static_cast<int>(x.size(2)), static_cast<int>(x.size(3)),
+                   static_cast<int>(ho), static_cast<int>(wo), static_cast<int>(kh), static_cast<int>(kw),
+                   cf.sh, cf.sw, cf.ph, cf.pw};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_forward", [&] {
+    using acc_t = AccT<scalar_t>;
+    int vec = (layout == Layout::NHWC && g.C % kVec<scalar_t> == 0 && aligned16(x.data_ptr())) ? kVec<scalar_t> : 1;
+    const TileCfg t = plan_tiles(layout, g, /*transposed=*/false, sizeof(acc_t), vec);
+    const dim3 grid = tile_grid(op, g, t);
+    const size_t smem = tile_smem(t, g.kh * g.kw, sizeof(acc_t));
+    const int threads = t.cb * t.bx * t.by;
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const acc_t* pw = weight.data_ptr<acc_t>();
+    const acc_t* pb = has_bias ? bias->data_ptr<acc_t>() : nullptr;
+    scalar_t* py = y.data_ptr<scalar_t>();
+    if (layout == Layout::NCHW) {
+      dw_forward_kernel<scalar_t, Layout::NCHW, 1><<<grid, threads, smem, stream>>>(px, pw, pb, py, g, t);
+    } else if (vec > 1) {
+      dw_forward_kernel<scalar_t, Layout::NHWC, kVec<scalar_t>><<<grid, threads, smem, stream>>>(px, pw, pb, py, g, t);
+    } else {
+      dw_forward_kernel<scalar_t, Layout::NHWC, 1><<<grid, threads, smem, stream>>>(px, pw, pb, py, g, t);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+at::Tensor dwconv2d_backward_input(const at::Tensor& dy, const at::Tensor& weight, at::IntArrayRef input_hw,
+                                   at::IntArrayRef stride, at::IntArrayRef padding) {
+  constexpr const char* op = "nvae_fast::dwconv2d_backward_input";
+  check_act(op, "dy", dy);
+  const Layout layout = layout_of(op, "dy", dy);
+  check_weight(op, weight, dy, "dy");
+  const Conf cf = check_conf(op, stride, padding);
+  TORCH_CHECK(input_hw.size() == 2 && input_hw[0] >= 1 && input_hw[1] >= 1, op,
+              ": input_hw must be two positive sizes (H, W), got ", input_hw);
+  check_spatial(op, "input_hw", input_hw[0], input_hw[1]);
+  const int64_t kh = weight.size(2), kw = weight.size(3);
+  const int64_t h = input_hw[0], w = input_hw[1];
+  TORCH_CHECK(h + 2 * cf.ph >= kh && w + 2 * cf.pw >= kw && conv_out(h, kh, cf.sh, cf.ph) == dy.size(2) &&
+                  conv_out(w, kw, cf.sw, cf.pw) == dy.size(3),
+              op, ": dy of spatial size (", dy.size(2), ", ", dy.size(3), ") is not the output of input_hw ", input_hw,
+              " with kernel (", kh, ", ", kw, "), stride ", stride, " and padding ", padding);
+  check_cuda(op, {{"dy", &dy}, {"weight", &weight}});
+  const c10::cuda::CUDAGuard guard(dy.device());
+  at::Tensor dx = at::empty({dy.size(0), dy.size(1), h, w}, dy.options().memory_format(memory_format(layout)));
+  if (dx.numel() == 0) return dx;
+  const ConvGeom g{dy.size(0), dy.size(1), static_cast<int>(dy.size(2)), static_cast<int>(dy.size(3)),
+                   static_cast<int>(h), static_cast<int>(w), static_cast<int>(kh), static_cast<int>(kw),
+                   cf.sh, cf.sw, cf.ph, cf.pw};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "dwconv2d_backward_input", [&] {
+    using acc_t = AccT<scalar_t>;
+    int vec = (layout == Layout::NHWC && g.C % kVec<scalar_t> == 0 && aligned16(dy.data_ptr())) ? kVec<scalar_t> : 1;
+    const TileCfg t = plan_tiles(layout, g, /*transposed=*/true, sizeof(acc_t), vec);
+    const dim3 grid = tile_grid(op, g, t);
+    const size_t smem = tile_smem(t, g.kh * g.kw, sizeof(acc_t));
+    const int threads = t.cb * t.bx * t.by;
+    const scalar_t* pdy = dy.data_ptr<scalar_t>();
+    const acc_t* pw = weight.data_ptr<acc_t>();
+    scalar_t* pdx = dx.data_ptr<scalar_t>();
+    if (layout == Layout::NCHW) {
+      dw_backward_input_kernel<scalar_t, Layout::NCHW, 1><<<grid, threads, smem, stream>>>(pdy, pw, pdx, g, t);
+    } else if (vec > 1) {
+      dw_backward_input_kernel<scalar_t, Layout::NHWC, kVec<scalar_t>>
+          <<<grid, threads, smem, stream>>>(pdy, pw, pdx, g, t);
+    } else {
+      dw_backward_input_kernel<scalar_t, Layout::NHWC, 1><<<grid, threads, smem, stream>>>(pdy, pw, pdx, g, t);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight(const at::Tensor& dy, const at::Tensor& x,
+                                                            at::IntArrayRef kernel_hw, at::IntArrayRef stride,
+                                                            at::IntArrayRef padding) {
+  constexpr const char* op = "nvae_fast::dwconv2d_backward_weight";
+  check_act(op, "x", x);
+  const Layout layout = layout_of(op, "x", x);
+  check_act(op, "dy", dy);
+  check_dtype(op, "dy", dy, x.scalar_type(), "the dtype of x");
+  check_layout(op, "dy", dy, layout, "x");
+  const Conf cf = check_conf(op, stride, padding);
+  TORCH_CHECK(kernel_hw.size() == 2, op, ": kernel_hw must have 2 values, got ", kernel_hw);
+  check_kernel_hw(op, "kernel_hw", kernel_hw[0], kernel_hw[1]);
+  const int64_t kh = kernel_hw[0], kw = kernel_hw[1];
+  TORCH_CHECK(dy.size(0) == x.size(0) && dy.size(1) == x.size(1) && x.size(2) + 2 * cf.ph >= kh &&
+                  x.size(3) + 2 * cf.pw >= kw && conv_out(x.size(2), kh, cf.sh, cf.ph) == dy.size(2) &&
+                  conv_out(x.size(3), kw, cf.sw, cf.pw) == dy.size(3),
+              op, ": dy of shape ", dy.sizes(), " is not the output of x of shape ", x.sizes(), " with kernel (", kh,
+              ", ", kw, "), stride ", stride, " and padding ", padding);
+  check_cuda(op, {{"x", &x}, {"dy", &dy}});
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), C = x.size(1);
+  const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
+  at::Tensor dw = at::empty({C, 1, kh, kw}, acc_opts);
+  at::Tensor db = at::empty({C}, acc_opts);
+  if (C == 0) return {dw, db};
+  if (N == 0) return {dw.zero_(), db.zero_()};
+  const ConvGeom g{N, C, static_cast<int>(x.size(2)), static_cast<int>(x.size(3)), static_cast<int>(dy.size(2)),
+                   static_cast<int>(dy.size(3)), static_cast<int>(kh), static_cast<int>(kw), cf.sh, cf.sw, cf.ph, cf.pw};
+  const int kk = g.kh * g.kw, taps = kk + 1;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight", [&] {
+    using acc_t = AccT<scalar_t>;
+    constexpr int VV = kVec<scalar_t>;
+    WgradCfg t{};
+    t.cb = static_cast<int>(std::min<int64_t>({C, 32, kThreads / taps}));
+    t.cb = std::max(t.cb, 1);
+    const bool can_vec = layout == Layout::NHWC && C % VV == 0 && aligned16(x.data_ptr()) && aligned16(dy.data_ptr());
+    if (can_vec && t.cb >= VV) t.cb -= t.cb % VV;
+    t.th = std::min(32, pow2_ceil(g.dst_h));
+    t.tw = std::min(32, pow2_ceil(g.dst_w));
+    auto smem_of = [&](const WgradCfg& c) {
+      const int pairs = c.cb * taps;
+      const int groups = kThreads / pairs;
+      const int tile_h = (c.th - 1) * g.sh + g.kh, tile_w = (c.tw - 1) * g.sw + g.kw;
+      return static_cast<size_t>(c.cb) * (((tile_h * tile_w) | 1) + ((c.th * c.tw) | 1)) * sizeof(acc_t) +
+             static_cast<size_t>(groups) * pairs * sizeof(acc_t);
+    };
+    while (smem_of(t) > kSmemBudget) {
+      if (t.th > 1 && t.th >= t.tw) {
+        t.th /= 2;
+      } else if (t.tw > 1) {
+        t.tw /= 2;
+      } else if (t.cb > 1) {
+        t.cb = (t.cb + 1) / 2;
+      } else {
+        break;
+      }
+    }
+    TORCH_INTERNAL_ASSERT(smem_of(t) <= kSmemBudget);
+    const int vec = (can_vec && t.cb % VV == 0) ? VV : 1;
+    const int pairs = t.cb * taps;
+    t.groups = kThreads / pairs;
+    t.tile_h = (t.th - 1) * g.sh + g.kh;
+    t.tile_w = (t.tw - 1) * g.sw + g.kw;
+    t.xplane = (t.tile_h * t.tile_w) | 1;
+    t.dplane = (t.th * t.tw) | 1;
+    t.tiles_x = static_cast<int>(ceil_div(g.dst_w, t.tw));
+    t.tiles = t.tiles_x * static_cast<int>(ceil_div(g.dst_h, t.th));
+    const int64_t blocks_x = N * ceil_div(C, t.cb);
+    TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max(), op, ": the tensor is too large for the CUDA kernels");
+    t.parts = static_cast<int>(clamp64(ceil_div(target_blocks(), blocks_x), 1, std::min<int64_t>(t.tiles, kMaxGridYZ)));
+    if (layout == Layout::NCHW) {
+      t.x_a = FastDivmod(t.tile_w);
+      t.x_b = FastDivmod(t.tile_h);
+      t.d_a = FastDivmod(t.tw);
+      t.d_b = FastDivmod(t.th);
+    } else {
+      t.x_a = FastDivmod(t.cb / vec);
+      t.x_b = FastDivmod(t.tile_w);
+      t.d_a = FastDivmod(t.cb / vec);
+      t.d_b = FastDivmod(t.tw);
+    }
+    t.pos = FastDivmod(t.tw);
+    const int64_t slices = N * t.parts;
+    at::Tensor partial = at::empty({slices * C * taps}, acc_opts);
+    const size_t smem = smem_of(t);
+    const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(t.parts));
+    const scalar_t* pdy = dy.data_ptr<scalar_t>();
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    acc_t* pp = partial.data_ptr<acc_t>();
+    if (layout == Layout::NCHW) {
+      dw_backward_weight_kernel<scalar_t, Layout::NCHW, 1><<<grid, kThreads, smem, stream>>>(pdy, px, pp, g, t);
+    } else if (vec > 1) {
+      dw_backward_weight_kernel<scalar_t, Layout::NHWC, VV><<<grid, kThreads, smem, stream>>>(pdy, px, pp, g, t);
+    } else {
+      dw_backward_weight_kernel<scalar_t, Layout::NHWC, 1><<<grid, kThreads, smem, stream>>>(pdy, px, pp, g, t);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t blocks = std::min<int64_t>(ceil_div(C * taps, kThreads), target_blocks());
+    dw_weight_finalize_kernel<acc_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        pp, dw.data_ptr<acc_t>(), db.data_ptr<acc_t>(), slices, C, taps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {dw, db};
+}
+
+}  // namespace nvae_fast

@@ -1,0 +1,44 @@
+// Host entry points of the nvae_fast CUDA ops, registered in bindings.cpp as torch.ops.nvae_fast.*.
+// Shapes, dtypes and the math of each op are documented next to its definition in the .cu file and in
+// the schema strings of bindings.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+namespace nvae_fast {
+
+// bn_swish.cu
+std::tuple<at::Tensor, at::Tensor> bn_swish_stats(const at::Tensor& x);
+at::Tensor bn_swish_normalize(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+                              const at::Tensor& weight, const at::Tensor& bias);
+std::tuple<at::Tensor, at::Tensor> bn_swish_backward_reduce(const at::Tensor& dy, const at::Tensor& x,
+                                                            const at::Tensor& mean, const at::Tensor& invstd,
+                                                            const at::Tensor& weight, const at::Tensor& bias);
+at::Tensor bn_swish_backward_dx(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias,
+                                const at::Tensor& sum_dz, const at::Tensor& sum_dz_xhat, std::optional<int64_t> count);
+
+// depthwise_conv2d.cu
+at::Tensor dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            at::IntArrayRef stride, at::IntArrayRef padding);
+at::Tensor dwconv2d_backward_input(const at::Tensor& dy, const at::Tensor& weight, at::IntArrayRef input_hw,
+                                   at::IntArrayRef stride, at::IntArrayRef padding);
+std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight(const at::Tensor& dy, const at::Tensor& x,
+                                                            at::IntArrayRef kernel_hw, at::IntArrayRef stride,
+                                                            at::IntArrayRef padding);
+
+// squeeze_excite.cu
+at::Tensor se_pool(const at::Tensor& x);
+at::Tensor se_scale(const at::Tensor& x, const at::Tensor& gate);
+at::Tensor se_backward_reduce(const at::Tensor& dy, const at::Tensor& x);
+at::Tensor se_backward_dx(const at::Tensor& dy, const at::Tensor& gate, const at::Tensor& dmean);
+
+// power_iteration.cu
+void power_iteration_update(at::TensorList mats, at::TensorList us, at::TensorList vs, int64_t n_iter);
+at::Tensor power_iteration_sigmas(at::TensorList mats, at::TensorList us, at::TensorList vs);
+
+}  // namespace nvae_fast

@@ -1,0 +1,79 @@
+"""Shared pieces of the CUDA-extension tests: availability markers, op names, input builders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nvae_fast import ops
+
+from nvae_fast.cuda import _library
+
+#: Every custom op of the extension, e.g. ``bn_swish_stats``.
+ALL_OPS = [name for names in _library.OPS.values() for name in names]
+
+#: Skips a test (with the import error as the reason) when the package was installed without ``_C``.
+needs_extension = pytest.mark.skipif(
+    not _library.available(), reason=f"the extension nvae_fast._C is not built here: {_library.missing()}"
+)
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", seed=0, scale=1.0, shift=0.0):
+    """Random normal values (never all zero) rounded to ``dtype``, reproducible from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(device=device, dtype=dtype)
+
+
+def in_layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """``x`` (N, C, H, W) as ``contiguous``, ``channels_last``, ``strided`` (dense in no format) or
+    ``unaligned`` (NCHW-contiguous at an odd element offset: no 16-byte vector loads)."""
+    if kind == "contiguous":
+        return x.contiguous()
+    if kind == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if kind == "strided":
+        n, c, h, w = x.shape
+        big = torch.zeros(n, c, h, 2 * w, dtype=x.dtype, device=x.device)
+        big[..., ::2] = x
+        return big[..., ::2]
+    if kind == "unaligned":
+        flat = torch.zeros(x.numel() + 1, dtype=x.dtype, device=x.device)
+        flat[1:] = x.reshape(-1)
+        return flat[1:].view(x.shape)
+    raise ValueError(kind)
+
+
+class Tiny(nn.Module):
+    """BN+Swish -> depthwise 5x5 -> squeeze-excitation, plus the spectral norms of two weights."""
+
+    def __init__(self, c: int = 16, hidden: int = 4):
+        super().__init__()
+        self.bn_weight = nn.Parameter(randn(c, seed=1, scale=0.1, shift=1.0))
+        self.bn_bias = nn.Parameter(randn(c, seed=2, scale=0.1))
+        self.register_buffer("running_mean", torch.zeros(c))
+        self.register_buffer("running_var", torch.ones(c))
+        self.dw_weight = nn.Parameter(randn(c, 1, 5, 5, seed=3, scale=0.2))
+        self.dw_bias = nn.Parameter(randn(c, seed=4, scale=0.1))
+        self.w1 = nn.Parameter(randn(hidden, c, seed=5, scale=0.3))
+        self.b1 = nn.Parameter(randn(hidden, seed=6, scale=0.1))
+        self.w2 = nn.Parameter(randn(c, hidden, seed=7, scale=0.3))
+        self.b2 = nn.Parameter(randn(c, seed=8, scale=0.1))
+        self.register_buffer("u0", nn.functional.normalize(randn(c, seed=9), dim=0))
+        self.register_buffer("v0", nn.functional.normalize(randn(25, seed=10), dim=0))
+        self.register_buffer("u1", nn.functional.normalize(randn(hidden, seed=11), dim=0))
+        self.register_buffer("v1", nn.functional.normalize(randn(c, seed=12), dim=0))
+
+    def forward(self, x):
+        y = ops.bn_swish(x, self.bn_weight, self.bn_bias, self.running_mean, self.running_var, self.training)
+        y = ops.depthwise_conv2d(y, self.dw_weight, self.dw_bias, stride=1, padding=2)
+        y = ops.squeeze_excite(y, self.w1, self.b1, self.w2, self.b2)
+        sigma = ops.power_iteration([self.dw_weight, self.w1], [self.u0, self.u1], [self.v0, self.v1], 1)
+        return y, sigma
+
+
+def step(model, x):
+    """One training step's compute: forward, then backward of a scalar of both outputs."""
+    y, sigma = model(x)
+    (y.square().mean() + sigma.sum()).backward()
+    return y, sigma

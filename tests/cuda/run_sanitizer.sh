@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the CUDA kernel tests under NVIDIA compute-sanitizer: memcheck (out-of-bounds and misaligned
+# accesses, launch errors) and racecheck (shared-memory hazards: tile copies, block reductions).
+#
+# Usage, from anywhere, on a machine with a GPU where the extension is built:
+#   tests/cuda/run_sanitizer.sh                      # every test of test_cuda_kernels.py
+#   tests/cuda/run_sanitizer.sh -k float32           # extra arguments go to pytest
+#   TOOLS="memcheck racecheck initcheck synccheck" tests/cuda/run_sanitizer.sh
+# Exits non-zero on the first tool that reports an error. PyTorch's caching allocator is disabled so
+# that memcheck sees the true bounds of every allocation.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
+TOOLS=${TOOLS:-"memcheck racecheck"}
+export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+for tool in $TOOLS; do
+  echo "== compute-sanitizer --tool $tool"
+  "$SANITIZER" --tool "$tool" --error-exitcode 1 --target-processes all \
+    python -m pytest -x -q -p no:cacheprovider tests/cuda/test_cuda_kernels.py "$@"
+done

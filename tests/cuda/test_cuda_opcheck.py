@@ -1,0 +1,66 @@
+"""torch.library.opcheck on every custom op of the extension (GPU only).
+
+opcheck checks each op's schema (aliasing and mutation: power_iteration_update mutates us and vs), that
+its fake implementation gives the real outputs' shapes, dtypes and strides, and that AOTAutograd traces
+it with dynamic shapes. Inputs do not require grad: the ops have no autograd formula of their own, the
+ops' autograd.Functions compose them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ._cases import ALL_OPS, in_layout, needs_extension, randn
+
+pytestmark = [pytest.mark.gpu, needs_extension]
+
+
+def _act(shape, dtype, kind, seed):
+    return in_layout(randn(*shape, dtype=dtype, seed=seed).cuda(), kind)
+
+
+def _vec(n, dtype, seed, positive=False):
+    v = randn(n, dtype=dtype, seed=seed).cuda()
+    return v.abs() + 0.5 if positive else v
+
+
+def _samples(dtype, kind):
+    """{op name: [args, ...]} for activations of ``dtype`` in memory layout ``kind``."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = _act((2, 8, 6, 5), dtype, kind, 0)
+    dy = _act((2, 8, 6, 5), dtype, kind, 1)
+    mean, invstd, w, b = _vec(8, acc, 2), _vec(8, acc, 3, True), _vec(8, acc, 4), _vec(8, acc, 5)
+    s1, s2 = _vec(8, acc, 6), _vec(8, acc, 7)
+    dw = randn(8, 1, 3, 3, dtype=acc, seed=8).cuda()
+    y2 = _act((2, 8, 3, 3), dtype, kind, 9)  # output of a 3x3 stride-2 padding-1 conv of x
+    gate = torch.sigmoid(randn(2, 8, dtype=acc, seed=10)).cuda()
+    mats = [randn(5, 27, dtype=dtype, seed=11).cuda(), randn(16, 8, dtype=dtype, seed=12).cuda()]
+    us = [randn(5, seed=13).cuda(), randn(16, seed=14).cuda()]
+    vs = [randn(27, seed=15).cuda(), randn(8, seed=16).cuda()]
+    return {
+        "bn_swish_stats": [(x,)],
+        "bn_swish_normalize": [(x, mean, invstd, w, b)],
+        "bn_swish_backward_reduce": [(dy, x, mean, invstd, w, b)],
+        "bn_swish_backward_dx": [(dy, x, mean, invstd, w, b, s1, s2, 60), (dy, x, mean, invstd, w, b, s1, s2, None)],
+        "dwconv2d_forward": [(x, dw, b, [2, 2], [1, 1]), (x, dw, None, [1, 1], [1, 1])],
+        "dwconv2d_backward_input": [(y2, dw, [6, 5], [2, 2], [1, 1])],
+        "dwconv2d_backward_weight": [(y2, x, [3, 3], [2, 2], [1, 1])],
+        "se_pool": [(x,)],
+        "se_scale": [(x, gate)],
+        "se_backward_reduce": [(dy, x)],
+        "se_backward_dx": [(dy, gate, gate * 0.5)],
+        "power_iteration_update": [(mats, us, vs, 2)],
+        "power_iteration_sigmas": [(mats, us, vs)],
+    }
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_opcheck(name, dtype, kind):
+    op = getattr(torch.ops.nvae_fast, name).default
+    samples = _samples(dtype, kind)
+    assert set(samples) == set(ALL_OPS)
+    for args in samples[name]:
+        torch.library.opcheck(op, args)

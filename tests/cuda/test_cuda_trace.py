@@ -1,0 +1,107 @@
+"""torch.compile traces the cuda kernel sets without graph breaks, checked on any machine (no GPU).
+
+Dynamo and AOTAutograd trace with fake tensors, so tracing needs only the fake implementations. The
+test compiles ``Tiny`` (all four ops, forward and backward) with ``fullgraph=True`` and a compiler
+backend that records the forward and backward graphs. Two stand-ins make this possible on CPU tensors:
+``backend.resolve`` hands out the cuda kernel sets directly (it would refuse CPU tensors), and the CPU
+kernels of the custom ops (argument checkers that reject CPU tensors) are overridden for the duration of
+the test by zero-filled outputs of the fake implementations, so the compiled step runs through backward
+and its backward graph gets traced. The real GPU run is test_cuda_compile.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch._functorch.aot_autograd import aot_module_simplified
+
+import nvae_fast.cuda as nvcuda
+from nvae_fast import backend
+
+from ._cases import ALL_OPS, Tiny, needs_extension, step
+
+FAKES = {
+    "bn_swish_stats": nvcuda.bn_swish._stats_fake,
+    "bn_swish_normalize": nvcuda.bn_swish._normalize_fake,
+    "bn_swish_backward_reduce": nvcuda.bn_swish._backward_reduce_fake,
+    "bn_swish_backward_dx": nvcuda.bn_swish._backward_dx_fake,
+    "dwconv2d_forward": nvcuda.depthwise_conv2d._forward_fake,
+    "dwconv2d_backward_input": nvcuda.depthwise_conv2d._backward_input_fake,
+    "dwconv2d_backward_weight": nvcuda.depthwise_conv2d._backward_weight_fake,
+    "se_pool": nvcuda.squeeze_excite._pool_fake,
+    "se_scale": nvcuda.squeeze_excite._scale_fake,
+    "se_backward_reduce": nvcuda.squeeze_excite._backward_reduce_fake,
+    "se_backward_dx": nvcuda.squeeze_excite._backward_dx_fake,
+    "power_iteration_update": nvcuda.power_iteration._update_fake,
+    "power_iteration_sigmas": nvcuda.power_iteration._sigmas_fake,
+}
+
+
+def _zero_filled(fake):
+    def run(*args):
+        out = fake(*args)
+        if out is None:
+            return None
+        return tuple(o.zero_() for o in out) if isinstance(out, tuple) else out.zero_()
+
+    return run
+
+
+@pytest.fixture
+def cpu_stand_ins(monkeypatch):
+    kernel_sets = {op: getattr(nvcuda, op) for op in nvcuda.OPS}
+
+    def resolve(op, device, torch_kernels, *support_args):
+        assert kernel_sets[op].supports(*support_args) is None
+        return "cuda", kernel_sets[op]
+
+    monkeypatch.setattr(backend, "resolve", resolve)
+    lib = torch.library.Library("nvae_fast", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
+        for name, fake in FAKES.items():
+            lib.impl(name, _zero_filled(fake), "CPU", allow_override=True)
+    torch._dynamo.reset()
+    yield
+    lib._destroy()
+    torch._dynamo.reset()
+
+
+@needs_extension
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_fullgraph_trace_of_all_ops(cpu_stand_ins, dynamic):
+    assert set(FAKES) == set(ALL_OPS)
+    graphs = {}
+
+    def recorder(gm, example_inputs):
+        def keep(kind):
+            def compiler(graph, inputs):
+                graphs[kind] = graph
+                return graph
+
+            return compiler
+
+        return aot_module_simplified(gm, example_inputs, fw_compiler=keep("forward"), bw_compiler=keep("backward"))
+
+    model = Tiny()
+    x = torch.randn(4, 16, 12, 12).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unboxed compiled graphs
+        y, sigma = step(torch.compile(model, fullgraph=True, backend=recorder, dynamic=dynamic), x)
+    assert y.shape == x.shape and sigma.shape == (2,)
+
+    def called(kind):
+        names = set()
+        for node in graphs[kind].graph.nodes:
+            if node.op == "call_function":
+                target = node.args[0] if "auto_functionalized" in str(node.target) else node.target
+                names.add(str(target).split(".")[1] if str(target).startswith("nvae_fast.") else str(target))
+        return names
+
+    forward, backward = called("forward"), called("backward")
+    assert {"bn_swish_stats", "bn_swish_normalize", "dwconv2d_forward", "se_pool", "se_scale"} <= forward
+    assert {"power_iteration_update", "power_iteration_sigmas"} <= forward
+    assert {"bn_swish_backward_reduce", "bn_swish_backward_dx", "dwconv2d_backward_input",
+            "dwconv2d_backward_weight", "se_backward_reduce", "se_backward_dx"} <= backward
