@@ -22,6 +22,15 @@ pip_install -r requirements.txt
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-echo "setup: building nvae_fast (CUDA extension: ${NVAE_FAST_BUILD_CUDA:-auto}, arch ${TORCH_CUDA_ARCH_LIST})"
-"$PY" -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e .
+# Rebuild only when the build inputs changed or this checkout is not the one installed.
+stamp=build/setup.stamp
+inputs=$(cat setup.py csrc/* 2>/dev/null | sha256sum | cut -d' ' -f1)-${NVAE_FAST_BUILD_CUDA:-auto}-${TORCH_CUDA_ARCH_LIST}
+installed=$(cd / && "$PY" -c "import nvae_fast, os; print(os.path.dirname(os.path.dirname(os.path.abspath(nvae_fast.__file__))))" 2>/dev/null || true)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && [ "$installed" = "$PWD" ]; then
+  echo "setup: nvae_fast is built and installed from this checkout (build/setup.stamp is current)"
+else
+  echo "setup: building nvae_fast (CUDA extension: ${NVAE_FAST_BUILD_CUDA:-auto}, arch ${TORCH_CUDA_ARCH_LIST})"
+  "$PY" -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e .
+  mkdir -p build && echo "$inputs" > "$stamp"
+fi
 "$PY" -c "import nvae_fast, json; print(json.dumps(nvae_fast.backend_info()['backends']))"
