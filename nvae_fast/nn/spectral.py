@@ -38,12 +38,14 @@ class SpectralNormRegularizer(nn.Module):
     def __init__(self, module: nn.Module, n_iter: int = 1, init_iter: int = 10):
         super().__init__()
         self.n_iter, self.init_iter = n_iter, init_iter
-        self._targets = [(name, m) for name, m in module.named_modules() if conv_weight(m) is not None]
-        if not self._targets:
+        with torch.no_grad():
+            found = [(name, m, conv_weight(m)) for name, m in module.named_modules()]
+        found = [(name, m, w) for name, m, w in found if w is not None]
+        if not found:
             raise ValueError("SpectralNormRegularizer: module has no convolution weights")
+        self._targets = [(name, m) for name, m, _ in found]
         generator = torch.Generator().manual_seed(0)
-        for i, (_, m) in enumerate(self._targets):
-            w = conv_weight(m).detach()
+        for i, (_, _, w) in enumerate(found):
             out, rest = w.shape[0], w.numel() // w.shape[0]
             u = F.normalize(torch.randn(out, generator=generator), dim=0)
             v = F.normalize(torch.randn(rest, generator=generator), dim=0)
