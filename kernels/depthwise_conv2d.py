@@ -1,0 +1,462 @@
+"""Triton kernel set of ``depthwise_conv2d`` (the contract is the docstring of nvae_fast.ops.depthwise_conv2d).
+
+Math, for x (N, C, H, W), weight (C, 1, KH, KW), stride (SH, SW), padding (PH, PW), dilation (DH, DW):
+
+    y[n, c, i, j]   = bias[c] + sum_{p, q} w[c, p, q] x[n, c, i SH - PH + p DH, j SW - PW + q DW]
+    dx[n, c, h, w]  = sum_{p, q : (h + PH - p DH) % SH == 0, (w + PW - q DW) % SW == 0}
+                          w[c, p, q] dy[n, c, (h + PH - p DH) / SH, (w + PW - q DW) / SW]
+    dw[c, p, q]     = sum_{n, i, j} dy[n, c, i, j] x[n, c, i SH - PH + p DH, j SW - PW + q DW]
+    dbias[c]        = sum_{n, i, j} dy[n, c, i, j]
+
+(out-of-range reads are zero; accumulation in float32, float64 for float64 inputs).
+
+Layouts. Every kernel takes the four strides of each tensor, so NCHW, channels_last and any other strided
+view (slices, expanded gradients) are read in place, without a copy. A program works on a register tile of
+``BLOCK_N x BLOCK_H x BLOCK_W`` pixels (flattened to the tile's first axis) by ``BLOCK_C`` channels; on a
+GPU ``BLOCK_N = 1`` and
+
+* channels_last tensors: ``BLOCK_C`` up to 64 channels, which are contiguous, so the loads of one tap are
+  coalesced vectors along C, by a spatial tile 8 pixels wide (about 2048 elements in all);
+* NCHW (and every other layout): ``BLOCK_C = 1``: one (n, c) plane per program, a spatial tile of up to
+  1024 pixels whose rows are contiguous.
+
+(The CPU interpreter takes whole images, several at a time, and up to 64 channels per tile instead: it
+pays per operation, not per element.) Outputs (y, dx) are allocated dense in the layout of the tensor they
+follow (x, respectively dy): channels_last when that tensor is channels_last (or, for a non-dense view,
+when its channel stride is smaller than its width stride), NCHW otherwise.
+
+Kernel size, stride and dilation are compile-time constants. The forward pass loops over the rows of
+taps and unrolls each row (unrolling all KH x KW taps makes 11 x 11 kernels take minutes to compile),
+gathering each tap's input tile straight from global memory (the tap tiles of one program overlap and are
+served from L1) into a register accumulator. The input gradient is a convolution of dy with the flipped
+taps; for stride > 1 each program handles one residue class (h % SH, w % SW) of dx pixels, for which a
+tap either always or never touches dy, so skipped taps cost nothing. The weight gradient gives each
+program a fixed chunk of spatial tiles for one channel block; tap by tap, it accumulates dy * x over the
+chunk in a register tile, reduces it once and writes one partial sum per (chunk, tap, channel); a second
+kernel adds the partials chunk by chunk in a fixed order. There are no atomics: dweight and dbias are
+bit-identical from run to run. Kernels up to 11 x 11 run here; larger ones fall back (``supports``).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import triton
+import triton.language as tl
+
+from ._aot import aot_spec, ptr
+from ._host import TL_DTYPES, interpreting, num_warps, pow2, sm_count, tl_acc
+
+__all__ = ["supports", "forward", "backward_input", "backward_weight", "AOT_SPECS"]
+
+MAX_KERNEL = 11  # largest unrolled kernel side
+MAX_INDEX = 2**31 - 1  # offsets inside one image are int32
+PIXELS_NCHW = 1024  # pixels per tile for one (n, c) plane
+TILE_NHWC = 2048  # pixels x channels per channels_last tile
+REDUCE_BLOCK = 1024  # columns per program of the partial-sum reduction
+INTERPRETER_TILE = 16384  # pixels x channels per tile under TRITON_INTERPRET=1
+WAVES = 4  # weight gradient: target programs per SM
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _tile(t, TILES_H, TILES_W, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """(image, row, column) of every pixel of tile ``t``: BLOCK_N images x BLOCK_H rows x BLOCK_W columns.
+
+    Tiles are numbered row-major over (image blocks, TILES_H, TILES_W); the pixels of a tile likewise.
+    """
+    tw = t % TILES_W
+    t = t // TILES_W
+    th = t % TILES_H
+    tn = t // TILES_H
+    p = tl.arange(0, BLOCK_N * BLOCK_H * BLOCK_W)
+    n = tn * BLOCK_N + p // (BLOCK_H * BLOCK_W)
+    return n, th * BLOCK_H + (p // BLOCK_W) % BLOCK_H, tw * BLOCK_W + p % BLOCK_W
+
+
+@triton.jit
+def _forward_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    N, C, H, W, HO, WO, TILES_H, TILES_W, C_BLOCKS, PAD_H, PAD_W,
+    sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
+    DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One y tile: BLOCK_N x BLOCK_H x BLOCK_W output pixels by BLOCK_C channels; grid: tiles x C_BLOCKS.
+
+    The rows of taps are a loop, each row is unrolled; every tap adds w[c, p, q] times a gathered x tile.
+    """
+    pid = tl.program_id(0)
+    cb = pid % C_BLOCKS
+    n, oh, ow = _tile(pid // C_BLOCKS, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    pmask = (n < N) & (oh < HO) & (ow < WO)
+    x_img = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :] * sxc
+    w_c = w_ptr + c * (KH * KW)
+    ih0 = oh * SH - PAD_H
+    iw0 = ow * SW - PAD_W
+    acc = tl.zeros([BLOCK_N * BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
+    for p in range(KH):  # rows of taps: a loop (code size), columns: unrolled
+        ih = ih0 + p * DH
+        row_ok = pmask & (ih >= 0) & (ih < H)
+        x_row = x_img + (ih * sxh)[:, None]
+        for q in tl.static_range(KW):
+            iw = iw0 + q * DW
+            ok = row_ok & (iw >= 0) & (iw < W)
+            xv = tl.load(x_row + (iw * sxw)[:, None], mask=ok[:, None] & cmask[None, :], other=0.0)
+            wv = tl.load(w_c + (p * KW + q), mask=cmask, other=0.0)
+            acc += xv.to(ACC) * wv.to(ACC)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(ACC)[None, :]
+    y_off = n.to(tl.int64)[:, None] * syn + c[None, :] * syc + (oh * syh + ow * syw)[:, None]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _backward_input_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    N, C, H, W, HO, WO, TILES_H, TILES_W, C_BLOCKS, PAD_H, PAD_W,
+    sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
+    DW: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dx tile: pixels (rh + SH a, rw + SW b) for a tile of (a, b) and one residue class (rh, rw).
+
+    Grid: images x SH*SW residue classes x tiles of the (ceil(H/SH), ceil(W/SW)) grid x C_BLOCKS.
+    """
+    pid = tl.program_id(0)
+    cb = pid % C_BLOCKS
+    t = pid // C_BLOCKS
+    tiles = TILES_H * TILES_W
+    r = (t // tiles) % (SH * SW)
+    t = (t // tiles // (SH * SW)) * tiles + t % tiles
+    rh = r // SW
+    rw = r % SW
+    n, a, b = _tile(t, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    ih = rh + a * SH
+    iw = rw + b * SW
+    pmask = (n < N) & (ih < H) & (iw < W)
+    dy_img = dy_ptr + n.to(tl.int64)[:, None] * sdn + c[None, :] * sdc
+    w_c = w_ptr + c * (KH * KW)
+    acc = tl.zeros([BLOCK_N * BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
+    for p in range(KH):
+        # dy row (ih + PAD_H - p DH) / SH = a + (rh + PAD_H - p DH) / SH: whole for all pixels of the class or none
+        num_h = rh + PAD_H - p * DH
+        if num_h % SH == 0:
+            oh = a + num_h // SH
+            row_ok = pmask & (oh >= 0) & (oh < HO)
+            dy_row = dy_img + (oh * sdh)[:, None]
+            for q in tl.static_range(KW):
+                num_w = rw + PAD_W - q * DW
+                if num_w % SW == 0:
+                    ow = b + num_w // SW
+                    ok = row_ok & (ow >= 0) & (ow < WO)
+                    g = tl.load(dy_row + (ow * sdw)[:, None], mask=ok[:, None] & cmask[None, :], other=0.0)
+                    wv = tl.load(w_c + (p * KW + q), mask=cmask, other=0.0)
+                    acc += g.to(ACC) * wv.to(ACC)[None, :]
+    dx_off = n.to(tl.int64)[:, None] * sxn + c[None, :] * sxc + (ih * sxh + iw * sxw)[:, None]
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _backward_weight_kernel(
+    dy_ptr, x_ptr, part_ptr,
+    N, C, H, W, HO, WO, TILES_H, TILES_W, C_BLOCKS, NUM_TILES, TILES_PER_CHUNK, PAD_H, PAD_W,
+    sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
+    DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Partial sums over one chunk of dy tiles for one channel block; grid: chunks x C_BLOCKS.
+
+    part[chunk, k, c] = sum over the chunk's pixels of dy * x(tap k) for taps k = p KW + q < KH KW (dweight)
+    and of dy alone for k = KH KW (dbias, when HAS_BIAS); each is accumulated in a register tile over the
+    whole chunk and reduced once.
+    """
+    pid = tl.program_id(0)
+    cb = pid % C_BLOCKS
+    chunk = pid // C_BLOCKS
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    first = chunk * TILES_PER_CHUNK
+    last = tl.minimum(first + TILES_PER_CHUNK, NUM_TILES)
+    TAPS: tl.constexpr = KH * KW + (1 if HAS_BIAS else 0)
+    part = part_ptr + chunk.to(tl.int64) * (TAPS * C) + c
+    dy_c = dy_ptr + c[None, :] * sdc
+    x_c = x_ptr + c[None, :] * sxc
+    for k in range(TAPS):  # a loop, not unrolled: one body of code for all taps
+        is_tap = k < KH * KW
+        dh = (k // KW) * DH - PAD_H
+        dw = (k % KW) * DW - PAD_W
+        acc = tl.zeros([BLOCK_N * BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
+        for t in range(first, last):
+            n, oh, ow = _tile(t, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
+            ok = (n < N) & (oh < HO) & (ow < WO)
+            n = n.to(tl.int64)
+            g = tl.load(dy_c + (n * sdn + oh * sdh + ow * sdw)[:, None], mask=ok[:, None] & cmask[None, :], other=0.0)
+            g = g.to(ACC)
+            if is_tap:  # dweight tap k = p KW + q; the last k (bias) sums dy alone
+                ih = oh * SH + dh
+                iw = ow * SW + dw
+                ok = ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                x_at = x_c + (n * sxn + ih * sxh + iw * sxw)[:, None]
+                g = g * tl.load(x_at, mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
+            acc += g
+        tl.store(part + k * C, tl.sum(acc, axis=0), mask=cmask)
+
+
+@triton.jit
+def _reduce_partials_kernel(
+    part_ptr, dw_ptr, db_ptr, CHUNKS, C,
+    TAPS_W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """dw[c, k] = sum_chunk part[chunk, k, c] (k < TAPS_W), db[c] = sum_chunk part[chunk, TAPS_W, c].
+
+    Chunks are added in increasing order: the result does not depend on scheduling.
+    """
+    TAPS: tl.constexpr = TAPS_W + (1 if HAS_BIAS else 0)
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    total = TAPS * C
+    mask = idx < total
+    acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+    rows = part_ptr + idx
+    for _ in range(CHUNKS):
+        acc += tl.load(rows, mask=mask, other=0.0)
+        rows += total
+    k = idx // C
+    c = idx % C
+    tl.store(dw_ptr + c * TAPS_W + k, acc, mask=mask & (k < TAPS_W))
+    if HAS_BIAS:
+        tl.store(db_ptr + c, acc, mask=mask & (k == TAPS_W))
+
+
+# -------------------------------------------------------------------------------------------- host side
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is read (and its outputs written) channels-last; ties (C == 1, H == W == 1) are NCHW."""
+    if t.is_contiguous():
+        return False
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    return t.stride(1) < t.stride(3)
+
+
+def _empty(shape, like: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Uninitialised (N, C, H, W) tensor of ``like``'s dtype and device, dense in the chosen layout."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+def _span(t: torch.Tensor) -> int:
+    """One past the largest offset inside one image of ``t`` (elements)."""
+    return 1 + sum((s - 1) * st for s, st in zip(t.shape[1:], t.stride()[1:]))
+
+
+def _indexable(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when int32 offsets reach every element of an image, else a dense copy."""
+    if _span(t) <= MAX_INDEX:
+        return t
+    return t.contiguous(memory_format=torch.channels_last if _channels_last(t) else torch.contiguous_format)
+
+
+def _gpu_blocks(rows: int, cols: int, channels: int, channels_last: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_H, BLOCK_W, BLOCK_C) on a GPU: one image's pixels by a block of channels.
+
+    channels_last: up to 64 contiguous channels by an 8-wide spatial tile of about 2048 elements in all;
+    otherwise one channel by a spatial tile of up to 1024 pixels whose rows are contiguous.
+    """
+    if channels_last:
+        bc = min(64, pow2(channels))
+        bw = min(8, pow2(cols))
+        return 1, min(pow2(rows), max(1, TILE_NHWC // (bc * bw))), bw, bc
+    bw = min(64, pow2(cols))
+    return 1, min(pow2(rows), max(1, PIXELS_NCHW // bw)), bw, 1
+
+
+def _plan(n: int, rows: int, cols: int, channels: int, channels_last: bool) -> dict:
+    """Tile sizes and tile counts over an (n, rows, cols) pixel grid of ``channels`` channels.
+
+    The CPU interpreter runs programs one after another at a large fixed cost per operation, so there a
+    tile holds whole images (several of them when they are small) and up to 64 channels, whatever the
+    layout; the kernels are the same.
+    """
+    if interpreting():
+        bc = min(64, pow2(channels))
+        bw = pow2(cols)
+        bh = min(pow2(rows), max(1, INTERPRETER_TILE // (bc * bw)))
+        bn = min(pow2(n), max(1, INTERPRETER_TILE // (bc * bw * bh)))
+    else:
+        bn, bh, bw, bc = _gpu_blocks(rows, cols, channels, channels_last)
+    return dict(
+        tiles=(triton.cdiv(n, bn), triton.cdiv(rows, bh), triton.cdiv(cols, bw)),
+        c_blocks=triton.cdiv(channels, bc),
+        meta=dict(BLOCK_N=bn, BLOCK_H=bh, BLOCK_W=bw, BLOCK_C=bc, num_warps=num_warps(bn * bh * bw * bc)),
+    )
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _weight_taps(weight: torch.Tensor) -> torch.Tensor:
+    """weight (C, 1, KH, KW) as a contiguous (C, KH*KW) matrix (a view when it already is contiguous)."""
+    return weight.reshape(weight.shape[0], -1).contiguous()
+
+
+def supports(x, weight, stride, padding, dilation):
+    """``None`` when the Triton kernels run this convolution, else the reason they do not."""
+    if x.dtype not in TL_DTYPES:
+        return f"x has dtype {x.dtype}; the Triton kernels take float16, bfloat16, float32 or float64"
+    kh, kw = weight.shape[2:]
+    if max(kh, kw) > MAX_KERNEL:
+        return f"kernel size {kh}x{kw} is larger than the unrolled maximum {MAX_KERNEL}x{MAX_KERNEL}"
+    ho = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
+    wo = _out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
+    if _span(x) > MAX_INDEX or x.shape[1] * max(ho * wo, x.shape[2] * x.shape[3]) > MAX_INDEX:
+        return f"one image of x {tuple(x.shape)} (or of y) has more than 2**31 - 1 elements (int32 offsets)"
+    return None
+
+
+def _geometry(kernel_hw, stride, padding, dilation) -> tuple[dict, tuple[int, int]]:
+    """The compile-time constants (kernel size, stride, dilation) and the padding pair."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_hw, stride, padding, dilation
+    return dict(KH=int(kh), KW=int(kw), SH=int(sh), SW=int(sw), DH=int(dh), DW=int(dw)), (int(ph), int(pw))
+
+
+def forward(x, weight, bias, stride, padding, dilation):
+    """y = depthwise conv of x (N, C, H, W) with weight (C, 1, KH, KW) (+ bias); y in x's dtype and layout."""
+    x = _indexable(x)
+    n, c, h, w = x.shape
+    consts, (ph, pw) = _geometry(weight.shape[2:], stride, padding, dilation)
+    ho = _out_size(h, consts["KH"], consts["SH"], ph, consts["DH"])
+    wo = _out_size(w, consts["KW"], consts["SW"], pw, consts["DW"])
+    channels_last = _channels_last(x)
+    y = _empty((n, c, ho, wo), x, channels_last)
+    if y.numel() == 0:
+        return y
+    taps = _weight_taps(weight)
+    plan = _plan(n, ho, wo, c, channels_last)
+    tiles_n, tiles_h, tiles_w = plan["tiles"]
+    _forward_kernel[(tiles_n * tiles_h * tiles_w * plan["c_blocks"],)](
+        x, taps, taps if bias is None else bias, y,
+        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], ph, pw,
+        *x.stride(), *y.stride(),
+        **consts, HAS_BIAS=bias is not None, ACC=tl_acc(x.dtype), **plan["meta"],
+    )
+    return y
+
+
+def backward_input(dy, weight, input_hw, stride, padding, dilation):
+    """dx (N, C, H, W), input_hw = (H, W): the transposed convolution of dy; dx in dy's dtype and layout."""
+    dy = _indexable(dy)
+    n, c, ho, wo = dy.shape
+    h, w = (int(s) for s in input_hw)
+    consts, (ph, pw) = _geometry(weight.shape[2:], stride, padding, dilation)
+    channels_last = _channels_last(dy)
+    dx = _empty((n, c, h, w), dy, channels_last)
+    if dx.numel() == 0:
+        return dx
+    sh, sw = consts["SH"], consts["SW"]
+    # one residue class (h % SH, w % SW) has at most ceil(H / SH) x ceil(W / SW) pixels
+    plan = _plan(n, triton.cdiv(h, sh), triton.cdiv(w, sw), c, channels_last)
+    tiles_n, tiles_h, tiles_w = plan["tiles"]
+    _backward_input_kernel[(tiles_n * sh * sw * tiles_h * tiles_w * plan["c_blocks"],)](
+        dy, _weight_taps(weight), dx,
+        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], ph, pw,
+        *dy.stride(), *dx.stride(),
+        **consts, ACC=tl_acc(dy.dtype), **plan["meta"],
+    )
+    return dx
+
+
+def _chunks(num_tiles: int, c_blocks: int, device: torch.device) -> tuple[int, int]:
+    """(chunks, tiles per chunk) for the weight gradient: about WAVES programs per SM in all.
+
+    Depends on the shape and the device only, so the summation order is the same in every run.
+    """
+    want = max(1, min(num_tiles, triton.cdiv(WAVES * sm_count(device), c_blocks)))
+    per_chunk = triton.cdiv(num_tiles, want)
+    return triton.cdiv(num_tiles, per_chunk), per_chunk
+
+
+def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
+    """(dweight (C, 1, KH, KW), dbias (C,) or None) in the accumulation dtype; bit-identical across runs."""
+    dy, x = _indexable(dy), _indexable(x)
+    n, c, h, w = x.shape
+    ho, wo = dy.shape[2:]
+    consts, (ph, pw) = _geometry(tuple(kernel_hw), stride, padding, dilation)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    taps_w = consts["KH"] * consts["KW"]
+    taps = taps_w + (1 if with_bias else 0)
+    dweight = torch.zeros((c, 1, consts["KH"], consts["KW"]), dtype=acc, device=x.device)
+    dbias = torch.zeros(c, dtype=acc, device=x.device) if with_bias else None
+    if dy.numel() == 0:
+        return dweight, dbias
+    plan = _plan(n, ho, wo, c, _channels_last(x))
+    tiles_n, tiles_h, tiles_w = plan["tiles"]
+    num_tiles = tiles_n * tiles_h * tiles_w
+    chunks, per_chunk = _chunks(num_tiles, plan["c_blocks"], x.device)
+    part = torch.empty((chunks, taps, c), dtype=acc, device=x.device)
+    _backward_weight_kernel[(chunks * plan["c_blocks"],)](
+        dy, x, part,
+        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], num_tiles, per_chunk, ph, pw,
+        *dy.stride(), *x.stride(),
+        **consts, HAS_BIAS=with_bias, ACC=TL_DTYPES[acc], **plan["meta"],
+    )
+    _reduce_partials_kernel[(triton.cdiv(taps * c, REDUCE_BLOCK),)](
+        part, dweight, dweight if dbias is None else dbias, chunks, c,
+        TAPS_W=taps_w, HAS_BIAS=with_bias, BLOCK=REDUCE_BLOCK, num_warps=4,
+    )
+    return dweight, dbias
+
+
+# --------------------------------------------------------------------------------- ahead-of-time specs
+
+
+def _aot_specs() -> list:
+    """Every kernel for each x dtype (weights float32, float64 with float64 x) at 5x5, stride 1, with the
+    channels_last tile of NVAE's 32x32x768 decoder maps; the NCHW tile at 3x3, stride 2, without bias;
+    11x11 (the largest unrolled row of taps) once; the partial-sum reduction per accumulation dtype."""
+    ints = ("N", "C", "H", "W", "HO", "WO", "TILES_H", "TILES_W", "C_BLOCKS", "NUM_TILES", "TILES_PER_CHUNK",
+            "PAD_H", "PAD_W", "sxn", "sxc", "sxh", "sxw", "syn", "syc", "syh", "syw", "sdn", "sdc", "sdh", "sdw")
+
+    def spec(fn, pointers: dict, consts: dict):
+        names = inspect.signature(fn.fn).parameters
+        args = {name: "i32" for name in ints if name in names}
+        blocks = dict(zip(("BLOCK_N", "BLOCK_H", "BLOCK_W", "BLOCK_C"), consts.pop("blocks")))
+        warps = num_warps(blocks["BLOCK_N"] * blocks["BLOCK_H"] * blocks["BLOCK_W"] * blocks["BLOCK_C"])
+        return aot_spec(fn, {**args, **pointers, **consts, **blocks}, warps)
+
+    nhwc, nchw = _gpu_blocks(32, 32, 768, True), _gpu_blocks(32, 32, 768, False)
+    variants = [(dt, 5, 1, True, nhwc) for dt in TL_DTYPES] + [(torch.float32, 3, 2, False, nchw),
+                                                              (torch.float16, 11, 1, True, nhwc)]
+    specs = []
+    for dtype, k, stride, bias, blocks in variants:
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        x, w, a = ptr(dtype), ptr(acc), ptr(acc)
+        geo = dict(KH=k, KW=k, SH=stride, SW=stride, DH=1, DW=1, ACC=TL_DTYPES[acc])
+        specs += [
+            spec(_forward_kernel, {"x_ptr": x, "w_ptr": w, "b_ptr": w, "y_ptr": x},
+                 dict(geo, HAS_BIAS=bias, blocks=blocks)),
+            spec(_backward_input_kernel, {"dy_ptr": x, "w_ptr": w, "dx_ptr": x}, dict(geo, blocks=blocks)),
+            spec(_backward_weight_kernel, {"dy_ptr": x, "x_ptr": x, "part_ptr": a},
+                 dict(geo, HAS_BIAS=bias, blocks=blocks)),
+        ]
+    for acc in (torch.float32, torch.float64):
+        for bias in (True, False):
+            specs.append(aot_spec(_reduce_partials_kernel, {
+                "part_ptr": ptr(acc), "dw_ptr": ptr(acc), "db_ptr": ptr(acc), "CHUNKS": "i32", "C": "i32",
+                "TAPS_W": 25, "HAS_BIAS": bias, "BLOCK": REDUCE_BLOCK}, 4))
+    return specs
+
+
+AOT_SPECS = _aot_specs()

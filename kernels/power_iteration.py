@@ -1,0 +1,557 @@
+"""Triton kernel set of ``power_iteration`` (the contract is the docstring of nvae_fast.ops.power_iteration).
+
+For every weight matrix W_i (out_i, rest_i) with vectors u_i (out_i,) and v_i (rest_i,), one step is
+
+    t_i = W_i^T u_i,   v_i = t_i / max(||t_i||, eps),   s_i = W_i v_i,   u_i = s_i / max(||s_i||, eps)
+
+and ``sigmas`` returns sigma_i = u_i^T W_i v_i. Accumulation is float32 (float64 when every weight is
+float64), whatever the storage dtypes; the iterates live in float32 (float64) work buffers and only the
+final u_i, v_i are rounded to the dtypes of the caller's tensors.
+
+Ragged batching. All weights of one call are processed together, whatever their shapes: device tables
+hold, per weight, the addresses of W_i, u_i and v_i (the kernels read W_i and read/write u_i, v_i in place,
+through their strides: nothing is packed or copied back), the shape, the strides and offsets into flat work
+buffers. Two schedules share these tables:
+
+* small weights (at most :data:`PERSISTENT_MAX` elements): one program per weight runs all ``n_iter``
+  steps, streaming W_i tile by tile (after the first step from L1/L2), with a block barrier between the
+  half-steps. All of them together take a single launch per call.
+* large weights are cut into *items*: column blocks of BLOCK_K columns (for t = W^T u) and row blocks of
+  BLOCK_R rows (for s = W v) of every weight, listed in one item table. Each half-step is one launch over
+  all items that reads the other vector unnormalised plus its per-item partial squared norms (summed in a
+  fixed order, then 1 / max(norm, eps) is applied; the first step reads the caller's u_i as given) and
+  writes its own unnormalised vector and one partial squared norm per item. ``n_iter`` steps take
+  2 n_iter launches plus one that writes the normalised u_i, v_i into the caller's tensors.
+
+``sigmas`` takes two launches (per-row-block partial sums, then a fixed-order sum per weight). Weights
+whose storage dtypes (of W, u, v) differ get launches per dtype combination. No atomics anywhere: results
+are bit-identical from run to run. W_i with non-contiguous rows (column stride != 1) are read from a
+contiguous copy; any other strides are read in place.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._aot import aot_spec, ptr
+from ._host import TL_DTYPES, interpreting, num_warps
+
+__all__ = ["supports", "update", "sigmas", "AOT_SPECS"]
+
+EPS = 1e-12  # as nvae_fast.ops.power_iteration.EPS
+GPU_BLOCKS = (32, 128)  # (BLOCK_R, BLOCK_K): a 4096-element tile, rows of 128 contiguous columns
+INTERPRETER_BLOCKS = (64, 256)  # fewer, larger items for the CPU interpreter
+SUM_BLOCK = tl.constexpr(128)  # partials added per step of the fixed-order sums
+PERSISTENT_MAX = 1 << 18  # weights of at most this many elements run all their steps in one program
+
+# Columns of the per-weight tables (int64): addresses, and sizes/strides/offsets; one row per weight.
+_W_ADDR = tl.constexpr(0)
+_U_ADDR = tl.constexpr(1)
+_V_ADDR = tl.constexpr(2)
+ADDR_FIELDS = tl.constexpr(4)
+_ROWS = tl.constexpr(0)
+_COLS = tl.constexpr(1)
+_W_STRIDE = tl.constexpr(2)  # row stride of W_i (its column stride is 1)
+_U_STRIDE = tl.constexpr(3)
+_V_STRIDE = tl.constexpr(4)
+_S_OFF = tl.constexpr(5)  # offset of s_i (out_i,) in the u work buffer
+_T_OFF = tl.constexpr(6)  # offset of t_i (rest_i,) in the v work buffer
+_ROW_FIRST = tl.constexpr(7)  # first row item of the weight, and their count
+_ROW_COUNT = tl.constexpr(8)
+_COL_FIRST = tl.constexpr(9)  # first column item of the weight, and their count
+_COL_COUNT = tl.constexpr(10)
+_OUT = tl.constexpr(11)  # position of sigma_i in the output
+META_FIELDS = tl.constexpr(12)
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+# (Table fields are read inline rather than through small helpers: the CPU interpreter pays heavily for
+# every call of a jit helper.)
+
+
+@triton.jit
+def _inv_norm(part_ptr, first, count, EPS_: tl.constexpr, BLOCK: tl.constexpr):
+    """1 / max(sqrt(sum(part[first : first + count])), eps), the partials added in a fixed order."""
+    acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+    for b in range(0, count, BLOCK):
+        o = b + tl.arange(0, BLOCK)
+        acc += tl.load(part_ptr + first + o, mask=o < count, other=0.0)
+    return 1.0 / tl.maximum(tl.sqrt(tl.sum(acc, axis=0)), EPS_)
+
+
+@triton.jit
+def _resident_kernel(
+    addr_ptr, meta_ptr, N_ITER,
+    W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, ACC: tl.constexpr,
+    EPS_: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Program i: all N_ITER steps for weight i, which fits one BLOCK_R x BLOCK_K tile: W_i is loaded once
+    and stays in registers, as do s, t and their scales; u_i, v_i are written normalised at the end."""
+    i = tl.program_id(0)
+    addr = addr_ptr + i * ADDR_FIELDS
+    meta = meta_ptr + i * META_FIELDS
+    w = tl.load(addr + _W_ADDR).to(tl.pointer_type(W_DTYPE))
+    u_io = tl.load(addr + _U_ADDR).to(tl.pointer_type(U_DTYPE))
+    v_io = tl.load(addr + _V_ADDR).to(tl.pointer_type(V_DTYPE))
+    r = tl.arange(0, BLOCK_R)
+    k = tl.arange(0, BLOCK_K)
+    rmask = r < tl.load(meta + _ROWS)
+    kmask = k < tl.load(meta + _COLS)
+    w_at = w + (r * tl.load(meta + _W_STRIDE))[:, None] + k[None, :]
+    wt = tl.load(w_at, mask=rmask[:, None] & kmask[None, :], other=0.0).to(ACC)
+    u_at = u_io + r * tl.load(meta + _U_STRIDE)
+    v_at = v_io + k * tl.load(meta + _V_STRIDE)
+    s = tl.load(u_at, mask=rmask, other=0.0).to(ACC)  # the caller's u, scale 1
+    t = tl.zeros([BLOCK_K], dtype=ACC)
+    inv_u = tl.full([], 1.0, dtype=ACC)
+    inv_v = tl.full([], 1.0, dtype=ACC)
+    for _ in range(N_ITER):
+        t = tl.sum(wt * s[:, None], axis=0) * inv_u
+        inv_v = 1.0 / tl.maximum(tl.sqrt(tl.sum(t * t, axis=0)), EPS_)
+        s = tl.sum(wt * t[None, :], axis=1) * inv_v
+        inv_u = 1.0 / tl.maximum(tl.sqrt(tl.sum(s * s, axis=0)), EPS_)
+    tl.store(u_at, (s * inv_u).to(U_DTYPE), mask=rmask)
+    tl.store(v_at, (t * inv_v).to(V_DTYPE), mask=kmask)
+
+
+@triton.jit
+def _persistent_kernel(
+    addr_ptr, meta_ptr, ws_u_ptr, ws_v_ptr, N_ITER,
+    W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, ACC: tl.constexpr,
+    EPS_: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Program i: all N_ITER steps for weight i, then u_i, v_i written normalised to the caller's tensors.
+
+    s (rows) and t (cols) are kept unnormalised in the work buffers with their scales inv_u, inv_v; a block
+    barrier separates each half-step from the one that reads what it wrote.
+    """
+    i = tl.program_id(0)
+    addr = addr_ptr + i * ADDR_FIELDS
+    meta = meta_ptr + i * META_FIELDS
+    w = tl.load(addr + _W_ADDR).to(tl.pointer_type(W_DTYPE))
+    u_io = tl.load(addr + _U_ADDR).to(tl.pointer_type(U_DTYPE))
+    v_io = tl.load(addr + _V_ADDR).to(tl.pointer_type(V_DTYPE))
+    rows = tl.load(meta + _ROWS)
+    cols = tl.load(meta + _COLS)
+    w_stride = tl.load(meta + _W_STRIDE)
+    u_stride = tl.load(meta + _U_STRIDE)
+    v_stride = tl.load(meta + _V_STRIDE)
+    s_buf = ws_u_ptr + tl.load(meta + _S_OFF)
+    t_buf = ws_v_ptr + tl.load(meta + _T_OFF)
+    for r0 in range(0, rows, BLOCK_R):  # s = the caller's u, scale 1
+        r = r0 + tl.arange(0, BLOCK_R)
+        tl.store(s_buf + r, tl.load(u_io + r * u_stride, mask=r < rows, other=0.0).to(ACC), mask=r < rows)
+    inv_u = tl.full([], 1.0, dtype=ACC)
+    inv_v = tl.full([], 1.0, dtype=ACC)
+    for _ in range(N_ITER):
+        tl.debug_barrier()
+        sq = tl.zeros([BLOCK_K], dtype=ACC)
+        for k0 in range(0, cols, BLOCK_K):  # t = W^T (s inv_u)
+            k = k0 + tl.arange(0, BLOCK_K)
+            kmask = k < cols
+            acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
+            for r0 in range(0, rows, BLOCK_R):
+                r = r0 + tl.arange(0, BLOCK_R)
+                rmask = r < rows
+                sv = tl.load(s_buf + r, mask=rmask, other=0.0)
+                wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+                acc += wt.to(ACC) * sv[:, None]
+            t = tl.sum(acc, axis=0) * inv_u
+            tl.store(t_buf + k, t, mask=kmask)
+            sq += t * t
+        inv_v = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), EPS_)
+        tl.debug_barrier()
+        sq = tl.zeros([BLOCK_R], dtype=ACC)
+        for r0 in range(0, rows, BLOCK_R):  # s = W (t inv_v)
+            r = r0 + tl.arange(0, BLOCK_R)
+            rmask = r < rows
+            acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
+            for k0 in range(0, cols, BLOCK_K):
+                k = k0 + tl.arange(0, BLOCK_K)
+                kmask = k < cols
+                tv = tl.load(t_buf + k, mask=kmask, other=0.0)
+                wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+                acc += wt.to(ACC) * tv[None, :]
+            sv = tl.sum(acc, axis=1) * inv_v
+            tl.store(s_buf + r, sv, mask=rmask)
+            sq += sv * sv
+        inv_u = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), EPS_)
+    tl.debug_barrier()
+    for r0 in range(0, rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        sv = tl.load(s_buf + r, mask=r < rows, other=0.0)
+        tl.store(u_io + r * u_stride, (sv * inv_u).to(U_DTYPE), mask=r < rows)
+    for k0 in range(0, cols, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        tv = tl.load(t_buf + k, mask=k < cols, other=0.0)
+        tl.store(v_io + k * v_stride, (tv * inv_v).to(V_DTYPE), mask=k < cols)
+
+
+@triton.jit
+def _v_step_kernel(
+    addr_ptr, meta_ptr, items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr,
+    W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, FIRST: tl.constexpr, ACC: tl.constexpr, EPS_: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Item j = BLOCK_K columns k of weight i: t[k] = sum_r W[r, k] u[r]; part_v[j] = sum_k t[k]^2.
+
+    u is the caller's u_i (FIRST) or the unnormalised s_i of the last half-step times 1 / max(||s_i||, eps).
+    """
+    j = tl.program_id(0)
+    i = tl.load(items_ptr + 2 * j)
+    k = tl.load(items_ptr + 2 * j + 1) + tl.arange(0, BLOCK_K)
+    addr = addr_ptr + i * ADDR_FIELDS
+    meta = meta_ptr + i * META_FIELDS
+    w = tl.load(addr + _W_ADDR).to(tl.pointer_type(W_DTYPE))
+    rows = tl.load(meta + _ROWS)
+    w_stride = tl.load(meta + _W_STRIDE)
+    if FIRST:
+        u = tl.load(addr + _U_ADDR).to(tl.pointer_type(U_DTYPE))
+        u_stride = tl.load(meta + _U_STRIDE)
+        scale = 1.0
+    else:
+        u = ws_u_ptr + tl.load(meta + _S_OFF)
+        u_stride = 1
+        scale = _inv_norm(part_u_ptr, tl.load(meta + _ROW_FIRST), tl.load(meta + _ROW_COUNT), EPS_, SUM_BLOCK)
+    kmask = k < tl.load(meta + _COLS)
+    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
+    for r0 in range(0, rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        rmask = r < rows
+        uv = tl.load(u + r * u_stride, mask=rmask, other=0.0).to(ACC)
+        wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        acc += wt.to(ACC) * uv[:, None]
+    t = tl.sum(acc, axis=0) * scale
+    tl.store(ws_v_ptr + tl.load(meta + _T_OFF) + k, t, mask=kmask)
+    tl.store(part_v_ptr + j, tl.sum(t * t, axis=0))
+
+
+@triton.jit
+def _u_step_kernel(
+    addr_ptr, meta_ptr, items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr,
+    W_DTYPE: tl.constexpr, ACC: tl.constexpr, EPS_: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Item j = BLOCK_R rows r of weight i: s[r] = sum_k W[r, k] v[k]; part_u[j] = sum_r s[r]^2.
+
+    v is the unnormalised t_i of the last half-step times 1 / max(||t_i||, eps).
+    """
+    j = tl.program_id(0)
+    i = tl.load(items_ptr + 2 * j)
+    r = tl.load(items_ptr + 2 * j + 1) + tl.arange(0, BLOCK_R)
+    meta = meta_ptr + i * META_FIELDS
+    w = tl.load(addr_ptr + i * ADDR_FIELDS + _W_ADDR).to(tl.pointer_type(W_DTYPE))
+    cols = tl.load(meta + _COLS)
+    rmask = r < tl.load(meta + _ROWS)
+    v = ws_v_ptr + tl.load(meta + _T_OFF)
+    scale = _inv_norm(part_v_ptr, tl.load(meta + _COL_FIRST), tl.load(meta + _COL_COUNT), EPS_, SUM_BLOCK)
+    w_rows = w + (r * tl.load(meta + _W_STRIDE))[:, None]
+    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
+    for k0 in range(0, cols, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < cols
+        vv = tl.load(v + k, mask=kmask, other=0.0)
+        wt = tl.load(w_rows + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        acc += wt.to(ACC) * vv[None, :]
+    s = tl.sum(acc, axis=1) * scale
+    tl.store(ws_u_ptr + tl.load(meta + _S_OFF) + r, s, mask=rmask)
+    tl.store(part_u_ptr + j, tl.sum(s * s, axis=0))
+
+
+@triton.jit
+def _write_back_kernel(
+    addr_ptr, meta_ptr, row_items_ptr, col_items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, ROW_ITEMS,
+    U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, EPS_: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """u_i = s_i / max(||s_i||, eps) into the caller's u_i (programs j < ROW_ITEMS: row item j),
+    v_i = t_i / max(||t_i||, eps) into the caller's v_i (the others: column item j - ROW_ITEMS)."""
+    j = tl.program_id(0)
+    if j < ROW_ITEMS:
+        i = tl.load(row_items_ptr + 2 * j)
+        r = tl.load(row_items_ptr + 2 * j + 1) + tl.arange(0, BLOCK_R)
+        meta = meta_ptr + i * META_FIELDS
+        scale = _inv_norm(part_u_ptr, tl.load(meta + _ROW_FIRST), tl.load(meta + _ROW_COUNT), EPS_, SUM_BLOCK)
+        rmask = r < tl.load(meta + _ROWS)
+        s = tl.load(ws_u_ptr + tl.load(meta + _S_OFF) + r, mask=rmask, other=0.0)
+        u = tl.load(addr_ptr + i * ADDR_FIELDS + _U_ADDR).to(tl.pointer_type(U_DTYPE))
+        tl.store(u + r * tl.load(meta + _U_STRIDE), (s * scale).to(U_DTYPE), mask=rmask)
+    else:
+        i = tl.load(col_items_ptr + 2 * (j - ROW_ITEMS))
+        k = tl.load(col_items_ptr + 2 * (j - ROW_ITEMS) + 1) + tl.arange(0, BLOCK_K)
+        meta = meta_ptr + i * META_FIELDS
+        scale = _inv_norm(part_v_ptr, tl.load(meta + _COL_FIRST), tl.load(meta + _COL_COUNT), EPS_, SUM_BLOCK)
+        kmask = k < tl.load(meta + _COLS)
+        t = tl.load(ws_v_ptr + tl.load(meta + _T_OFF) + k, mask=kmask, other=0.0)
+        v = tl.load(addr_ptr + i * ADDR_FIELDS + _V_ADDR).to(tl.pointer_type(V_DTYPE))
+        tl.store(v + k * tl.load(meta + _V_STRIDE), (t * scale).to(V_DTYPE), mask=kmask)
+
+
+@triton.jit
+def _sigma_weight_kernel(
+    addr_ptr, meta_ptr, out_ptr,
+    W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Program i: sigma[out_i] = sum_r u[r] sum_k W[r, k] v[k] for the whole of weight i (the caller's u, v)."""
+    i = tl.program_id(0)
+    addr = addr_ptr + i * ADDR_FIELDS
+    meta = meta_ptr + i * META_FIELDS
+    w = tl.load(addr + _W_ADDR).to(tl.pointer_type(W_DTYPE))
+    u = tl.load(addr + _U_ADDR).to(tl.pointer_type(U_DTYPE))
+    v = tl.load(addr + _V_ADDR).to(tl.pointer_type(V_DTYPE))
+    rows = tl.load(meta + _ROWS)
+    cols = tl.load(meta + _COLS)
+    w_stride = tl.load(meta + _W_STRIDE)
+    u_stride = tl.load(meta + _U_STRIDE)
+    v_stride = tl.load(meta + _V_STRIDE)
+    total = tl.zeros([BLOCK_R], dtype=ACC)
+    for r0 in range(0, rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        rmask = r < rows
+        acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
+        for k0 in range(0, cols, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            kmask = k < cols
+            vv = tl.load(v + k * v_stride, mask=kmask, other=0.0).to(ACC)
+            wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+            acc += wt.to(ACC) * vv[None, :]
+        total += tl.sum(acc, axis=1) * tl.load(u + r * u_stride, mask=rmask, other=0.0).to(ACC)
+    tl.store(out_ptr + tl.load(meta + _OUT), tl.sum(total, axis=0))
+
+
+@triton.jit
+def _sigma_rows_kernel(
+    addr_ptr, meta_ptr, items_ptr, part_ptr,
+    W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Item j = BLOCK_R rows r of weight i: part[j] = sum_r u[r] sum_k W[r, k] v[k] (the caller's u, v)."""
+    j = tl.program_id(0)
+    i = tl.load(items_ptr + 2 * j)
+    r = tl.load(items_ptr + 2 * j + 1) + tl.arange(0, BLOCK_R)
+    addr = addr_ptr + i * ADDR_FIELDS
+    meta = meta_ptr + i * META_FIELDS
+    w = tl.load(addr + _W_ADDR).to(tl.pointer_type(W_DTYPE))
+    u = tl.load(addr + _U_ADDR).to(tl.pointer_type(U_DTYPE))
+    v = tl.load(addr + _V_ADDR).to(tl.pointer_type(V_DTYPE))
+    cols = tl.load(meta + _COLS)
+    v_stride = tl.load(meta + _V_STRIDE)
+    rmask = r < tl.load(meta + _ROWS)
+    w_rows = w + (r * tl.load(meta + _W_STRIDE))[:, None]
+    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
+    for k0 in range(0, cols, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < cols
+        vv = tl.load(v + k * v_stride, mask=kmask, other=0.0).to(ACC)
+        wt = tl.load(w_rows + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        acc += wt.to(ACC) * vv[None, :]
+    uv = tl.load(u + r * tl.load(meta + _U_STRIDE), mask=rmask, other=0.0).to(ACC)
+    tl.store(part_ptr + j, tl.sum(tl.sum(acc, axis=1) * uv, axis=0))
+
+
+@triton.jit
+def _sigma_sum_kernel(meta_ptr, part_ptr, out_ptr, BLOCK: tl.constexpr):
+    """sigma[out_i] = sum of weight i's row-item partials, in item order (program i: weight i)."""
+    meta = meta_ptr + tl.program_id(0) * META_FIELDS
+    first = tl.load(meta + _ROW_FIRST)
+    count = tl.load(meta + _ROW_COUNT)
+    acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+    for b in range(0, count, BLOCK):
+        o = b + tl.arange(0, BLOCK)
+        acc += tl.load(part_ptr + first + o, mask=o < count, other=0.0)
+    tl.store(out_ptr + tl.load(meta + _OUT), tl.sum(acc, axis=0))
+
+
+# -------------------------------------------------------------------------------------------- host side
+
+
+def _acc(mats) -> torch.dtype:
+    return torch.float64 if all(m.dtype == torch.float64 for m in mats) else torch.float32
+
+
+def _readable(m: torch.Tensor) -> torch.Tensor:
+    """``m`` when its rows are contiguous (column stride 1), else a contiguous copy."""
+    return m if m.shape[1] == 1 or m.stride(1) == 1 else m.contiguous()
+
+
+def _blocks() -> tuple[int, int]:
+    return INTERPRETER_BLOCKS if interpreting() else GPU_BLOCKS
+
+
+def supports(mats):
+    """``None`` when the Triton kernels run these matrices, else the reason they do not."""
+    for i, m in enumerate(mats):
+        if m.dtype not in TL_DTYPES:
+            return f"weights[{i}] has dtype {m.dtype}; the Triton kernels take float16, bfloat16, float32 or float64"
+    return None
+
+
+class _Group:
+    """Device tables of some weights that share (W, u, v) storage dtypes, and their work buffers.
+
+    ``index`` lists the weights' positions in the call (where their sigmas go), in program order.
+    """
+
+    def __init__(self, index, mats, us, vs, acc):
+        block_r, block_k = _blocks()
+        self.dtypes = tuple(TL_DTYPES[t.dtype] for t in (mats[0], us[0], vs[0]))
+        self.mats = [_readable(m) for m in mats]  # keeps any copies alive while the kernels read them
+        addr, meta, row_items, col_items = [], [], [], []
+        sizes = [0, 0]
+        for i, (out, m, u, v) in enumerate(zip(index, self.mats, us, vs)):
+            rows, cols = m.shape
+            n_rows, n_cols = triton.cdiv(rows, block_r), triton.cdiv(cols, block_k)
+            addr += [m.data_ptr(), u.data_ptr(), v.data_ptr(), 0]
+            meta += [rows, cols, m.stride(0), u.stride(0), v.stride(0), sizes[0], sizes[1],
+                     len(row_items) // 2, n_rows, len(col_items) // 2, n_cols, out]
+            for b in range(n_rows):
+                row_items += [i, b * block_r]
+            for b in range(n_cols):
+                col_items += [i, b * block_k]
+            sizes[0] += rows
+            sizes[1] += cols
+        self.n_weights, self.n_rows, self.n_cols = len(mats), len(row_items) // 2, len(col_items) // 2
+        tables = torch.tensor(addr + meta + row_items + col_items, dtype=torch.int64)
+        device = mats[0].device
+        if device.type == "cuda":  # pinned + non_blocking: the copy does not wait for the GPU's queue
+            tables = tables.pin_memory().to(device, non_blocking=True)
+        self.addr, self.meta, self.row_items, self.col_items = torch.split(
+            tables, [len(addr), len(meta), len(row_items), len(col_items)]
+        )
+        self.acc = acc
+        self.blocks = dict(BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps(block_r * block_k))
+        self.sizes = tuple(sizes)
+
+    def work(self, parts: bool):
+        """Work buffers (s, t[, per-row-item, per-column-item partial squared norms]) in the acc dtype."""
+        rows, cols = self.sizes
+        sizes = [rows, cols] + ([self.n_rows, self.n_cols] if parts else [])
+        return torch.split(torch.empty(sum(sizes), dtype=self.acc, device=self.meta.device), sizes)
+
+
+def _groups(mats, us, vs, index):
+    """One :class:`_Group` per (W, u, v) dtype combination among the weights ``index``."""
+    acc = _acc(mats)
+    members: dict[tuple, list[int]] = {}
+    for i in index:
+        members.setdefault((mats[i].dtype, us[i].dtype, vs[i].dtype), []).append(i)
+    return [
+        _Group(idx, [mats[i] for i in idx], [us[i] for i in idx], [vs[i] for i in idx], acc)
+        for idx in members.values()
+    ]
+
+
+def update(mats, us, vs, n_iter):
+    """``n_iter`` power-iteration steps for every (out_i, rest_i) matrix; ``us``/``vs`` updated in place."""
+    if n_iter == 0 or not mats:
+        return
+    acc = TL_DTYPES[_acc(mats)]
+    small, large = _split(mats)
+    block_r, block_k = _blocks()
+    fits = [i for i in small if mats[i].shape[0] <= block_r and mats[i].shape[1] <= block_k]
+    streamed = [i for i in small if mats[i].shape[0] > block_r or mats[i].shape[1] > block_k]
+    for g in _groups(mats, us, vs, fits):
+        _resident_kernel[(g.n_weights,)](
+            g.addr, g.meta, n_iter,
+            W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], ACC=acc, EPS_=EPS, **g.blocks,
+        )
+    for g in _groups(mats, us, vs, streamed):
+        _persistent_kernel[(g.n_weights,)](
+            g.addr, g.meta, *g.work(parts=False), n_iter,
+            W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], ACC=acc, EPS_=EPS, **g.blocks,
+        )
+    groups = _groups(mats, us, vs, large)
+    work = [g.work(parts=True) for g in groups]
+    for step in range(n_iter):
+        for g, buffers in zip(groups, work):
+            _v_step_kernel[(g.n_cols,)](
+                g.addr, g.meta, g.col_items, *buffers,
+                W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], FIRST=step == 0, ACC=acc, EPS_=EPS, **g.blocks,
+            )
+            _u_step_kernel[(g.n_rows,)](
+                g.addr, g.meta, g.row_items, *buffers, W_DTYPE=g.dtypes[0], ACC=acc, EPS_=EPS, **g.blocks,
+            )
+    for g, buffers in zip(groups, work):
+        _write_back_kernel[(g.n_rows + g.n_cols,)](
+            g.addr, g.meta, g.row_items, g.col_items, *buffers, g.n_rows,
+            U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], EPS_=EPS, **g.blocks,
+        )
+
+
+def _split(mats):
+    """(small, large) weight indices, largest first so that the longest programs start first."""
+    order = sorted(range(len(mats)), key=lambda i: -mats[i].numel())
+    small = [i for i in order if mats[i].numel() <= PERSISTENT_MAX]
+    return small, [i for i in order if mats[i].numel() > PERSISTENT_MAX]
+
+
+def sigmas(mats, us, vs):
+    """sigma_i = u_i^T W_i v_i for every matrix: an (n,) tensor in the accumulation dtype.
+
+    Small weights: one program each (one launch); large ones: row items, then a fixed-order sum per weight.
+    """
+    acc = _acc(mats)
+    out = torch.empty(len(mats), dtype=acc, device=mats[0].device)
+    small, large = _split(mats)
+    for g in _groups(mats, us, vs, small):
+        _sigma_weight_kernel[(g.n_weights,)](
+            g.addr, g.meta, out, W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2],
+            ACC=TL_DTYPES[acc], **g.blocks,
+        )
+    for g in _groups(mats, us, vs, large):
+        part = torch.empty(g.n_rows, dtype=acc, device=out.device)
+        _sigma_rows_kernel[(g.n_rows,)](
+            g.addr, g.meta, g.row_items, part, W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2],
+            ACC=TL_DTYPES[acc], **g.blocks,
+        )
+        _sigma_sum_kernel[(g.n_weights,)](g.meta, part, out, BLOCK=SUM_BLOCK, num_warps=1)
+    return out
+
+
+# --------------------------------------------------------------------------------- ahead-of-time specs
+
+
+def _aot_specs() -> list:
+    """Every kernel for weights in each float dtype (u, v float32, or float64 throughout), both variants of
+    the first half-step, with the GPU tile."""
+    block_r, block_k = GPU_BLOCKS
+    blocks = {"BLOCK_R": block_r, "BLOCK_K": block_k, "EPS_": EPS}
+    warps = num_warps(block_r * block_k)
+    tables = {"addr_ptr": "*i64", "meta_ptr": "*i64"}
+    specs = []
+    for w_dtype in TL_DTYPES:
+        acc = torch.float64 if w_dtype == torch.float64 else torch.float32
+        a, tw, ta = ptr(acc), TL_DTYPES[w_dtype], TL_DTYPES[acc]
+        work = {"ws_u_ptr": a, "ws_v_ptr": a}
+        parts = {**work, "items_ptr": "*i64", "part_u_ptr": a, "part_v_ptr": a}
+        specs += [
+            aot_spec(_resident_kernel, {**tables, "N_ITER": "i32", "W_DTYPE": tw, "U_DTYPE": ta, "V_DTYPE": ta,
+                                        "ACC": ta, **blocks}, warps),
+            aot_spec(_persistent_kernel, {**tables, **work, "N_ITER": "i32", "W_DTYPE": tw, "U_DTYPE": ta,
+                                          "V_DTYPE": ta, "ACC": ta, **blocks}, warps),
+            aot_spec(_u_step_kernel, {**tables, **parts, "W_DTYPE": tw, "ACC": ta, **blocks}, warps),
+            aot_spec(_sigma_weight_kernel, {**tables, "out_ptr": a, "W_DTYPE": tw, "U_DTYPE": ta, "V_DTYPE": ta,
+                                            "ACC": ta, "BLOCK_R": block_r, "BLOCK_K": block_k}, warps),
+            aot_spec(_sigma_rows_kernel, {**tables, "items_ptr": "*i64", "part_ptr": a, "W_DTYPE": tw,
+                                          "U_DTYPE": ta, "V_DTYPE": ta, "ACC": ta, "BLOCK_R": block_r,
+                                          "BLOCK_K": block_k}, warps),
+        ]
+        specs += [
+            aot_spec(_v_step_kernel, {**tables, **parts, "W_DTYPE": tw, "U_DTYPE": ta, "FIRST": first, "ACC": ta,
+                                      **blocks}, warps)
+            for first in (True, False)
+        ]
+    for acc in (torch.float32, torch.float64):
+        a, ta = ptr(acc), TL_DTYPES[acc]
+        specs += [
+            aot_spec(_write_back_kernel, {**tables, "row_items_ptr": "*i64", "col_items_ptr": "*i64", "ws_u_ptr": a,
+                                          "ws_v_ptr": a, "part_u_ptr": a, "part_v_ptr": a, "ROW_ITEMS": "i32",
+                                          "U_DTYPE": ta, "V_DTYPE": ta, **blocks}, warps),
+            aot_spec(_sigma_sum_kernel, {"meta_ptr": "*i64", "part_ptr": a, "out_ptr": a, "BLOCK": SUM_BLOCK}, 1),
+        ]
+    return specs
+
+
+AOT_SPECS = _aot_specs()

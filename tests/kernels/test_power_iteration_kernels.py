@@ -1,0 +1,149 @@
+"""The Triton power-iteration kernel set against the float64 reference, on ragged batches of weights.
+
+Runs on the GPU when there is one, otherwise in the Triton interpreter (``tests/conftest.py`` sets
+``TRITON_INTERPRET=1``). Every schedule is exercised (the ``schedule`` fixture): by default the weights that
+fit one tile stay in registers and the two larger ones of SHAPES are streamed over several tiles by one
+program each; ``items`` sets ``PERSISTENT_MAX = 0`` so that every weight takes the multi-launch item schedule.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nvae_fast.ops.power_iteration import power_iteration_reference
+
+pi = pytest.importorskip("nvae_fast.kernels.power_iteration")
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# Ragged shapes: conv-like weights and plain matrices, one wider than a GPU/interpreter tile (67 x 520:
+# several row and column tiles), one taller (130 x 40), repeats and degenerate 1-column / 1-row cases.
+SHAPES = [(4, 3, 3, 3), (6, 5), (67, 520), (7, 2, 1, 1), (3, 11), (16, 4, 5, 5), (130, 40), (6, 5), (5, 1), (1, 9)]
+
+# Weights are the same rounded values on both sides; the kernels accumulate in float32 (float64 for
+# float64), so u, v and sigma match the float64 reference to float32 accuracy whatever the weight dtype.
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-5, torch.bfloat16: 2e-5}
+
+
+def _inputs(shapes, dtype, seed=0, vec_dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(*s, generator=g, dtype=torch.float64).to(DEVICE, dtype) for s in shapes]
+    mats = [w.reshape(w.shape[0], -1) for w in weights]
+    def unit(n):
+        return F.normalize(torch.randn(n, generator=g, dtype=torch.float64), dim=0).to(DEVICE, vec_dtype)
+
+    us = [unit(m.shape[0]) for m in mats]
+    vs = [unit(m.shape[1]) for m in mats]
+    return mats, us, vs
+
+
+def _reference(mats, us, vs, n_iter):
+    """(sigma, u, v) of the float64 reference from the same inputs."""
+    u64, v64 = [u.double().clone() for u in us], [v.double().clone() for v in vs]
+    sigma = power_iteration_reference([m.double() for m in mats], u64, v64, n_iter)
+    return sigma, u64, v64
+
+
+def _run(mats, us, vs, n_iter):
+    us, vs = [u.clone() for u in us], [v.clone() for v in vs]
+    pi.update(mats, us, vs, n_iter)
+    return pi.sigmas(mats, us, vs), us, vs
+
+
+def _assert_close(actual, expected, tol, what):
+    err = (actual.double() - expected.double()).abs().max().item()
+    assert err <= tol * max(expected.double().abs().max().item(), 1.0), f"{what}: max error {err:.3g} (tol {tol:g})"
+
+
+def _check(result, reference, tol):
+    (sig, us, vs), (sig_ref, us_ref, vs_ref) = result, reference
+    _assert_close(sig, sig_ref, tol, "sigma")
+    for i, (u, u_ref, v, v_ref) in enumerate(zip(us, us_ref, vs, vs_ref)):
+        _assert_close(u, u_ref, tol, f"u[{i}]")
+        _assert_close(v, v_ref, tol, f"v[{i}]")
+
+
+@pytest.fixture(params=["default", "items"])
+def schedule(request, monkeypatch):
+    if request.param == "items":
+        monkeypatch.setattr(pi, "PERSISTENT_MAX", 0)
+    return request.param
+
+
+@pytest.mark.parametrize(
+    "dtype, n_iter",
+    [(torch.float32, 0), (torch.float32, 1), (torch.float32, 3), (torch.float16, 3), (torch.bfloat16, 3),
+     (torch.float64, 3)],
+    ids=lambda p: str(p).replace("torch.", ""),
+)
+def test_matches_reference(schedule, dtype, n_iter):
+    vec = torch.float64 if dtype == torch.float64 else torch.float32
+    mats, us, vs = _inputs(SHAPES, dtype, vec_dtype=vec)
+    result = _run(mats, us, vs, n_iter)
+    assert result[0].dtype == vec and result[0].shape == (len(mats),)
+    _check(result, _reference(mats, us, vs, n_iter), TOL[dtype])
+
+
+def test_mixed_dtypes_and_strided_views(schedule):
+    """fp16 and fp32 weights in one call (one launch set per dtype), a transposed (column-strided) weight,
+    u/v as strided views and in float16: the float16 u/v only round the final vectors."""
+    mats, us, vs = _inputs(SHAPES[:6], torch.float32, seed=4)
+    mats[1] = mats[1].half()
+    mats[3] = torch.randn(2, 7, device=DEVICE).t()  # (7, 2) like before, with column stride 7
+    us[2] = torch.randn(2 * us[2].numel(), device=DEVICE)[::2]
+    vs[4] = torch.randn(3 * vs[4].numel(), device=DEVICE)[1::3]
+    us[5], vs[5] = us[5].half(), vs[5].half()
+    sig_ref, us_ref, vs_ref = _reference(mats, us, vs, 2)
+    pi.update(mats, us, vs, 2)
+    sig = pi.sigmas(mats, us, vs)
+    assert sig.dtype == torch.float32 and us[2].stride(0) == 2 and vs[4].stride(0) == 3
+    _check((sig[:5], us[:5], vs[:5]), (sig_ref[:5], us_ref[:5], vs_ref[:5]), 2e-5)
+    _check((sig[5:], us[5:], vs[5:]), (sig_ref[5:], us_ref[5:], vs_ref[5:]), 2e-3)
+
+
+def test_updates_in_place():
+    mats, us, vs = _inputs(SHAPES[:4], torch.float32, seed=2)
+    _, us_ref, vs_ref = _reference(mats, us, vs, 2)
+    tensors = us + vs
+    pi.update(mats, us, vs, 2)
+    assert all(a is b for a, b in zip(us + vs, tensors))
+    for i, (a, b) in enumerate(zip(us + vs, us_ref + vs_ref)):
+        _assert_close(a, b, 2e-5, f"vector {i}")
+
+
+def test_converges_to_spectral_norm(schedule):
+    mats, us, vs = _inputs([(6, 3, 3, 3), (9, 4), (3, 12), (20, 7)], torch.float32, seed=7)
+    pi.update(mats, us, vs, 30)
+    sig = pi.sigmas(mats, us, vs)
+    exact = torch.stack([torch.linalg.matrix_norm(m.double(), ord=2) for m in mats])
+    torch.testing.assert_close(sig.double(), exact, rtol=1e-4, atol=0)
+    for m, u, v in zip(mats, us, vs):  # unit singular vectors: W v = sigma u
+        torch.testing.assert_close(u.norm().item(), 1.0, rtol=1e-5, atol=0)
+        torch.testing.assert_close(m @ v, (u @ m @ v) * u, rtol=1e-3, atol=1e-4)
+
+
+def test_tiny_norms_are_clamped_like_the_reference(schedule):
+    """||W^T u|| below eps: v = W^T u / eps, as F.normalize(eps=1e-12) does."""
+    mats, us, vs = _inputs([(4, 6), (3, 5)], torch.float64, vec_dtype=torch.float64, seed=5)
+    mats[0] = mats[0] * 1e-14
+    _check(_run(mats, us, vs, 2), _reference(mats, us, vs, 2), 1e-12)
+
+
+def test_bit_identical_across_runs(schedule):
+    mats, us, vs = _inputs(SHAPES, torch.bfloat16, seed=9)
+    first, second = _run(mats, us, vs, 2), _run(mats, us, vs, 2)
+    assert torch.equal(first[0], second[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[1] + first[2], second[1] + second[2]))
+
+
+def test_default_schedule_uses_registers_and_streaming():
+    block_r, block_k = pi._blocks()
+    mats, _, _ = _inputs(SHAPES, torch.float32)
+    fits = [m.shape[0] <= block_r and m.shape[1] <= block_k for m in mats]
+    assert any(fits) and not all(fits) and all(m.numel() <= pi.PERSISTENT_MAX for m in mats)
+
+
+def test_supports():
+    mats, _, _ = _inputs(SHAPES[:3], torch.bfloat16)
+    assert pi.supports(mats) is None
+    assert "dtype" in pi.supports(mats + [torch.ones(3, 4, dtype=torch.int32, device=DEVICE)])
