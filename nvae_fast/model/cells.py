@@ -11,7 +11,9 @@ Every cell computes ``skip(x) + 0.1 * SE(branch(x))`` (SE: squeeze-excitation, o
   its skip is bilinear up-sampling followed by a 1×1 conv.
 
 BN-Swish is :class:`nvae_fast.nn.BNSwish`, the depthwise conv :class:`nvae_fast.nn.DepthwiseConv2d`, the
-squeeze-excitation :class:`nvae_fast.nn.SqueezeExcite`; the backend switch changes only how they run.
+squeeze-excitation :class:`nvae_fast.nn.SqueezeExcite`; the backend switch changes only how they run. Each
+BN-Swish and the conv after it run as one op (:func:`nvae_fast.nn.bn_swish_conv2d_modules`), which keeps
+only the BN-Swish input for backward; the modules (and state-dict keys) stay separate.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import BNSwish, DepthwiseConv2d, SqueezeExcite
+from ..nn import BNSwish, DepthwiseConv2d, SqueezeExcite, bn_swish_conv2d_modules
 from ..ops import depthwise_conv2d
 
 __all__ = [
@@ -91,7 +93,8 @@ class ResidualBranch(nn.Module):
         self.conv2 = WNConv2d(cout, cout, 3, padding=1)
 
     def forward(self, x):
-        return self.conv2(self.bn_swish2(self.conv1(self.bn_swish1(x))))
+        h = bn_swish_conv2d_modules(self.bn_swish1, self.conv1, x)
+        return bn_swish_conv2d_modules(self.bn_swish2, self.conv2, h)
 
 
 class InvertedResidualBranch(nn.Module):
@@ -115,9 +118,8 @@ class InvertedResidualBranch(nn.Module):
     def forward(self, x):
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
-        x = self.bn_swish1(self.expand(self.bn_in(x)))
-        x = self.bn_swish2(self.depthwise(x))
-        return self.bn_out(self.project(x))
+        x = bn_swish_conv2d_modules(self.bn_swish1, self.depthwise, self.expand(self.bn_in(x)))
+        return self.bn_out(bn_swish_conv2d_modules(self.bn_swish2, self.project, x))
 
 
 class FactorizedReduce(nn.Module):

@@ -1,6 +1,7 @@
 """Drop-in modules of nvae_fast; each runs its op on the selected backend."""
 
 from .bn_swish import BNSwish, SyncBNSwish, convert_sync_bn_swish
+from .bn_swish_conv2d import BNSwishConv2d, bn_swish_conv2d_modules
 from .depthwise_conv2d import DepthwiseConv2d
 from .patch import PatchReport, patch
 from .spectral import SpectralNormRegularizer, conv_weight
@@ -10,6 +11,8 @@ __all__ = [
     "BNSwish",
     "SyncBNSwish",
     "convert_sync_bn_swish",
+    "BNSwishConv2d",
+    "bn_swish_conv2d_modules",
     "DepthwiseConv2d",
     "SqueezeExcite",
     "SpectralNormRegularizer",

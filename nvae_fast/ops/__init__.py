@@ -5,6 +5,7 @@ plain PyTorch compositions that define the semantics.
 """
 
 from .bn_swish import bn_swish, bn_swish_reference
+from .bn_swish_conv2d import bn_swish_conv2d, bn_swish_conv2d_reference
 from .depthwise_conv2d import depthwise_conv2d, depthwise_conv2d_reference
 from .power_iteration import power_iteration, power_iteration_reference
 from .squeeze_excite import squeeze_excite, squeeze_excite_reference
@@ -12,6 +13,8 @@ from .squeeze_excite import squeeze_excite, squeeze_excite_reference
 __all__ = [
     "bn_swish",
     "bn_swish_reference",
+    "bn_swish_conv2d",
+    "bn_swish_conv2d_reference",
     "depthwise_conv2d",
     "depthwise_conv2d_reference",
     "squeeze_excite",

@@ -145,37 +145,72 @@ def _sync_stats(mean, var, count, process_group):
     return joint_mean, m2 / total, int(total.item())
 
 
+def lean_forward(kernels, x, weight, bias, running_mean, running_var, training, momentum, eps, process_group):
+    """Forward of the lean backends: ``(y, mean, invstd, count)``.
+
+    ``mean``/``invstd`` (C,) are the statistics used (the batch's, or the running ones in eval; with a
+    ``process_group`` those of all ranks), ``count`` is n = N*H*W over all ranks when training, ``None`` in
+    eval. Running statistics are updated in place when training. ``weight``/``bias`` must be tensors.
+    """
+    c = x.shape[1]
+    fused = None
+    if training:
+        count = x.numel() // c
+        synced = _group_size(process_group) > 1
+        if not synced and count > 1 and hasattr(kernels, "train_forward"):
+            fused = kernels.train_forward(x, weight, bias, eps)
+        if fused is not None:
+            y, mean, var = fused
+        else:
+            mean, var = kernels.batch_stats(x)
+        if synced:
+            mean, var, count = _sync_stats(mean, var, count, process_group)
+        if count <= 1:
+            raise ValueError(f"bn_swish: expected more than 1 value per channel when training, got x of shape {tuple(x.shape)}")
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            unbiased = var * (count / (count - 1))
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    else:
+        acc = acc_dtype(x.dtype)
+        mean, var, count = running_mean.to(acc), running_var.to(acc), None
+    invstd = torch.rsqrt(var + eps)
+    if fused is None:
+        y = kernels.normalize(x, mean, invstd, weight, bias)
+    return y, mean, invstd, count
+
+
+def lean_backward(kernels, dy, x, mean, invstd, weight, bias, count, process_group, need_dx):
+    """Backward of the lean backends from ``dy`` = dL/dy: ``(dx or None, sum_dz, sum_dz_xhat)``.
+
+    ``sum_dz``/``sum_dz_xhat`` (C,) are this rank's dbias/dweight in the accumulation dtype; ``dx`` (only
+    when ``need_dx``) uses the sums over every rank of ``process_group`` (SyncBN).
+    """
+    synced = count is not None and _group_size(process_group) > 1
+    if need_dx and not synced and hasattr(kernels, "backward"):
+        return kernels.backward(dy, x, mean, invstd, weight, bias, count)
+    sum_dz, sum_dz_xhat = kernels.backward_reduce(dy, x, mean, invstd, weight, bias)
+    dx = None
+    if need_dx:
+        if synced:  # dx needs the sums over every rank; dweight/dbias stay local for DDP
+            both = torch.cat([sum_dz, sum_dz_xhat])
+            torch.distributed.all_reduce(both, group=process_group)
+            global_dz, global_dz_xhat = both.chunk(2)
+        else:
+            global_dz, global_dz_xhat = sum_dz, sum_dz_xhat
+        dx = kernels.backward_dx(dy, x, mean, invstd, weight, bias, global_dz, global_dz_xhat, count)
+    return dx, sum_dz, sum_dz_xhat
+
+
 class BNSwishFunction(torch.autograd.Function):
     """One autograd node for BN+Swish; saves x, mean and invstd only."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, process_group, kernels):
-        c = x.shape[1]
-        fused = None
-        if training:
-            count = x.numel() // c
-            synced = _group_size(process_group) > 1
-            if not synced and count > 1 and hasattr(kernels, "train_forward"):
-                fused = kernels.train_forward(x, weight, bias, eps)
-            if fused is not None:
-                y, mean, var = fused
-            else:
-                mean, var = kernels.batch_stats(x)
-            if synced:
-                mean, var, count = _sync_stats(mean, var, count, process_group)
-            if count <= 1:
-                raise ValueError(f"bn_swish: expected more than 1 value per channel when training, got x of shape {tuple(x.shape)}")
-            if running_mean is not None:
-                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            if running_var is not None:
-                unbiased = var * (count / (count - 1))
-                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
-        else:
-            acc = acc_dtype(x.dtype)
-            mean, var, count = running_mean.to(acc), running_var.to(acc), None
-        invstd = torch.rsqrt(var + eps)
-        if fused is None:
-            y = kernels.normalize(x, mean, invstd, weight, bias)
+        y, mean, invstd, count = lean_forward(
+            kernels, x, weight, bias, running_mean, running_var, training, momentum, eps, process_group
+        )
         ctx.save_for_backward(x, mean, invstd, weight, bias)
         ctx.count, ctx.kernels, ctx.process_group = count, kernels, process_group
         return y
@@ -183,34 +218,33 @@ class BNSwishFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, mean, invstd, weight, bias = ctx.saved_tensors
-        kernels, count = ctx.kernels, ctx.count
-        synced = count is not None and _group_size(ctx.process_group) > 1
-        dx = None
-        if ctx.needs_input_grad[0] and not synced and hasattr(kernels, "backward"):
-            dx, sum_dz, sum_dz_xhat = kernels.backward(dy, x, mean, invstd, weight, bias, count)
-        else:
-            sum_dz, sum_dz_xhat = kernels.backward_reduce(dy, x, mean, invstd, weight, bias)
-            if ctx.needs_input_grad[0]:
-                if synced:  # dx needs the sums over every rank; dweight/dbias stay local for DDP
-                    both = torch.cat([sum_dz, sum_dz_xhat])
-                    torch.distributed.all_reduce(both, group=ctx.process_group)
-                    global_dz, global_dz_xhat = both.chunk(2)
-                else:
-                    global_dz, global_dz_xhat = sum_dz, sum_dz_xhat
-                dx = kernels.backward_dx(dy, x, mean, invstd, weight, bias, global_dz, global_dz_xhat, count)
+        dx, sum_dz, sum_dz_xhat = lean_backward(
+            ctx.kernels, dy, x, mean, invstd, weight, bias, ctx.count, ctx.process_group, ctx.needs_input_grad[0]
+        )
         dweight = sum_dz_xhat.to(weight.dtype) if ctx.needs_input_grad[1] else None
         dbias = sum_dz.to(bias.dtype) if ctx.needs_input_grad[2] else None
         return dx, dweight, dbias, None, None, None, None, None, None, None
 
 
-def _check(x, weight, bias, running_mean, running_var, training):
-    check_tensor(_OP, "x", x, ndim=4)
+def check_args(op, x, weight, bias, running_mean, running_var, training):
+    """Validate bn_swish's tensor arguments (errors name ``op`` and the argument)."""
+    check_tensor(op, "x", x, ndim=4)
     c = x.shape[1]
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        check_vector(_OP, name, t, c)
-    check_same_device(_OP, "x", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+        check_vector(op, name, t, c)
+    check_same_device(op, "x", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     if not training and (running_mean is None or running_var is None):
-        raise ValueError("bn_swish: running_mean and running_var are required when training=False")
+        raise ValueError(f"{op}: running_mean and running_var are required when training=False")
+
+
+def affine_params(x, weight, bias):
+    """``weight``/``bias`` as tensors: ones/zeros (C,) in the accumulation dtype where ``None``."""
+    c = x.shape[1]
+    if weight is None:
+        weight = x.new_ones(c, dtype=acc_dtype(x.dtype))
+    if bias is None:
+        bias = x.new_zeros(c, dtype=acc_dtype(x.dtype))
+    return weight, bias
 
 
 def bn_swish(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5, process_group=None):
@@ -220,17 +254,13 @@ def bn_swish(x, weight, bias, running_mean, running_var, training, momentum=0.1,
     when ``training`` (unbiased variance, like PyTorch). With ``process_group`` the batch statistics are
     those of all ranks' batches together (SyncBN). Returns a tensor like ``x``.
     """
-    _check(x, weight, bias, running_mean, running_var, training)
+    check_args(_OP, x, weight, bias, running_mean, running_var, training)
     name, kernels = backend.resolve(_OP, x.device, TorchKernels, x)
     if name == "reference":
         if process_group is not None and _group_size(process_group) > 1:
             raise ValueError("bn_swish: the reference backend has no process_group support; use 'torch' for SyncBN")
         return bn_swish_reference(x, weight, bias, running_mean, running_var, training, momentum, eps)
-    c = x.shape[1]
-    if weight is None:
-        weight = x.new_ones(c, dtype=acc_dtype(x.dtype))
-    if bias is None:
-        bias = x.new_zeros(c, dtype=acc_dtype(x.dtype))
+    weight, bias = affine_params(x, weight, bias)
     return BNSwishFunction.apply(
         x, weight, bias, running_mean, running_var, bool(training), float(momentum), float(eps), process_group, kernels
     )

@@ -67,9 +67,11 @@ def _saved_bytes(cfg, backend):
         return saved_tensor_bytes(lambda: nvae_loss(model, model(x), 0.5, 1e-2)[0]).saved_bytes
 
 
-# Measured ratios torch / reference at batch 2 (CPU): tiny 0.82, cifar10 0.82. The fused BN-Swish drops the
-# BN output copy, the other lean ops save what their references save.
-@pytest.mark.parametrize("name,bound", [("tiny", 0.85), ("cifar10", 0.85)])
+# Measured ratios torch / reference at batch 2 (CPU): tiny 0.639, cifar10 0.647. The fused BN-Swish-conv keeps
+# neither the BN output nor the Swish output (backward recomputes them from the BN input); the other lean ops
+# save what their references save. What remains is mostly the cell inputs, the non-fused convs' inputs and the
+# weight-normalised weights.
+@pytest.mark.parametrize("name,bound", [("tiny", 0.66), ("cifar10", 0.66)])
 def test_lean_backend_saves_less_for_backward(name, bound):
     cfg = preset(name)
     ratio = _saved_bytes(cfg, "torch") / _saved_bytes(cfg, "reference")

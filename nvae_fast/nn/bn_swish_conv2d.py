@@ -1,0 +1,71 @@
+"""A :class:`BNSwish` followed by an ``nn.Conv2d``, run as one op (:func:`nvae_fast.ops.bn_swish_conv2d`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import bn_swish_conv2d
+from .bn_swish import BNSwish, SyncBNSwish
+from .spectral import conv_weight
+
+__all__ = ["BNSwishConv2d", "bn_swish_conv2d_modules"]
+
+
+def _check_pair(bn, conv) -> None:
+    if not isinstance(bn, BNSwish):
+        raise TypeError(f"bn_swish_conv2d: bn must be a BNSwish, got {type(bn).__name__}")
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"bn_swish_conv2d: conv must be an nn.Conv2d, got {type(conv).__name__}")
+    if conv.in_channels != bn.num_features:
+        raise ValueError(f"bn_swish_conv2d: conv has {conv.in_channels} input channels but bn has {bn.num_features}")
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise ValueError(
+            f"bn_swish_conv2d: conv must use numeric zero padding, got padding={conv.padding!r}, "
+            f"padding_mode={conv.padding_mode!r}"
+        )
+
+
+def bn_swish_conv2d_modules(bn: BNSwish, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(bn(x))`` computed by the fused op: (N, C, H, W) -> (N, Cout, Ho, Wo).
+
+    Uses ``bn``'s parameters, buffers and momentum rules exactly as :meth:`BNSwish.forward` does (running
+    statistics and ``num_batches_tracked`` are updated in training) and the weight ``conv`` convolves with
+    (``conv.spectral_weight()`` when it defines one, e.g. a weight-normalised conv, else ``conv.weight``).
+    """
+    _check_pair(bn, conv)
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or bn.running_mean is None
+    track = not bn.training or bn.track_running_stats
+    group = bn.process_group
+    if isinstance(bn, SyncBNSwish) and group is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        group = bn.process_group = torch.distributed.group.WORLD
+    return bn_swish_conv2d(
+        x, bn.weight, bn.bias,
+        bn.running_mean if track else None, bn.running_var if track else None,
+        use_batch_stats, factor, bn.eps,
+        conv_weight(conv), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+        group,
+    )
+
+
+class BNSwishConv2d(nn.Module):
+    """``conv(bn(x))`` for a :class:`BNSwish` ``bn`` and an ``nn.Conv2d`` ``conv`` as one fused op.
+
+    Input (N, C, H, W) -> (N, Cout, Ho, Wo). Holds the two modules (state-dict keys ``bn.*`` and
+    ``conv.*``); the backward recomputes ``bn(x)`` instead of keeping it (see
+    :func:`nvae_fast.ops.bn_swish_conv2d`).
+    """
+
+    def __init__(self, bn: BNSwish, conv: nn.Conv2d):
+        super().__init__()
+        _check_pair(bn, conv)
+        self.bn = bn
+        self.conv = conv
+
+    def forward(self, x):
+        return bn_swish_conv2d_modules(self.bn, self.conv, x)
