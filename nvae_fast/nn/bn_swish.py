@@ -47,7 +47,13 @@ class BNSwish(nn.Module):
             self.running_var.fill_(1)
             self.num_batches_tracked.zero_()
 
-    def forward(self, x):
+    def functional_args(self) -> tuple:
+        """The arguments after ``x`` of :func:`nvae_fast.ops.bn_swish` for one forward call of this module.
+
+        Applies ``nn.BatchNorm2d``'s rules: in training with running statistics ``num_batches_tracked``
+        is incremented and ``momentum=None`` becomes ``1 / num_batches_tracked``; batch statistics are
+        used in training or when there are no running statistics.
+        """
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
@@ -55,8 +61,7 @@ class BNSwish(nn.Module):
                 factor = 1.0 / float(self.num_batches_tracked)
         use_batch_stats = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
-        return bn_swish(
-            x,
+        return (
             self.weight,
             self.bias,
             self.running_mean if track else None,
@@ -64,8 +69,14 @@ class BNSwish(nn.Module):
             use_batch_stats,
             factor,
             self.eps,
-            self.process_group,
+            self._group(),
         )
+
+    def _group(self):
+        return self.process_group
+
+    def forward(self, x):
+        return bn_swish(x, *self.functional_args())
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
@@ -74,10 +85,10 @@ class BNSwish(nn.Module):
 class SyncBNSwish(BNSwish):
     """:class:`BNSwish` whose statistics span ``process_group`` (default: the whole world)."""
 
-    def forward(self, x):
+    def _group(self):
         if self.process_group is None and torch.distributed.is_available() and torch.distributed.is_initialized():
             self.process_group = torch.distributed.group.WORLD
-        return super().forward(x)
+        return self.process_group
 
 
 def convert_sync_bn_swish(module: nn.Module, process_group=None) -> nn.Module:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..ops import bn_swish_conv2d
-from .bn_swish import BNSwish, SyncBNSwish
+from .bn_swish import BNSwish
 from .spectral import conv_weight
 
 __all__ = ["BNSwishConv2d", "bn_swish_conv2d_modules"]
@@ -34,20 +34,9 @@ def bn_swish_conv2d_modules(bn: BNSwish, conv: nn.Conv2d, x: torch.Tensor) -> to
     (``conv.spectral_weight()`` when it defines one, e.g. a weight-normalised conv, else ``conv.weight``).
     """
     _check_pair(bn, conv)
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            factor = 1.0 / float(bn.num_batches_tracked)
-    use_batch_stats = bn.training or bn.running_mean is None
-    track = not bn.training or bn.track_running_stats
-    group = bn.process_group
-    if isinstance(bn, SyncBNSwish) and group is None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        group = bn.process_group = torch.distributed.group.WORLD
+    weight, bias, running_mean, running_var, use_batch_stats, factor, eps, group = bn.functional_args()
     return bn_swish_conv2d(
-        x, bn.weight, bn.bias,
-        bn.running_mean if track else None, bn.running_var if track else None,
-        use_batch_stats, factor, bn.eps,
+        x, weight, bias, running_mean, running_var, use_batch_stats, factor, eps,
         conv_weight(conv), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
         group,
     )
