@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+pip_install() { "$PY" -m pip install --disable-pip-version-check --root-user-action=ignore -q "$@"; }
 
 if ! "$PY" - <<'PYCHECK' 2>/dev/null; then
 import torch, sys
@@ -30,7 +30,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && [ "$installed" = "$PW
   echo "setup: nvae_fast is built and installed from this checkout (build/setup.stamp is current)"
 else
   echo "setup: building nvae_fast (CUDA extension: ${NVAE_FAST_BUILD_CUDA:-auto}, arch ${TORCH_CUDA_ARCH_LIST})"
-  "$PY" -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e .
+  pip_install --no-build-isolation --no-deps -e .
   mkdir -p build && echo "$inputs" > "$stamp"
 fi
 "$PY" -c "import nvae_fast, json; print(json.dumps(nvae_fast.backend_info()['backends']))"
