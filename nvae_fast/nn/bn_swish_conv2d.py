@@ -32,8 +32,12 @@ def bn_swish_conv2d_modules(bn: BNSwish, conv: nn.Conv2d, x: torch.Tensor) -> to
     Uses ``bn``'s parameters, buffers and momentum rules exactly as :meth:`BNSwish.forward` does (running
     statistics and ``num_batches_tracked`` are updated in training) and the weight ``conv`` convolves with
     (``conv.spectral_weight()`` when it defines one, e.g. a weight-normalised conv, else ``conv.weight``).
+    When either module has forward hooks (or pre-hooks) the two modules are called one after the other
+    instead, so the hooks fire; the result is the same up to rounding.
     """
     _check_pair(bn, conv)
+    if any(m._forward_pre_hooks or m._forward_hooks for m in (bn, conv)):
+        return conv(bn(x))  # hooks on either module see the calls they were registered for
     weight, bias, running_mean, running_var, use_batch_stats, factor, eps, group = bn.functional_args()
     return bn_swish_conv2d(
         x, weight, bias, running_mean, running_var, use_batch_stats, factor, eps,

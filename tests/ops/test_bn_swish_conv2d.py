@@ -226,3 +226,16 @@ def test_bad_inputs_name_the_argument(backend):
         BNSwishConv2d(BNSwish(3), nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"))
     with pytest.raises(ValueError, match="conv has 4 input channels"):
         BNSwishConv2d(BNSwish(3), nn.Conv2d(4, 4, 3))
+
+
+def test_module_hooks_still_fire():
+    """With a hook on either module the pair runs unfused, so the hook sees its call; same result."""
+    torch.manual_seed(0)
+    fused = BNSwishConv2d(BNSwish(4), nn.Conv2d(4, 6, 3, padding=1))
+    x = torch.randn(2, 4, 5, 5)
+    expected = fused(x)
+    seen = []
+    handle = fused.bn.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    torch.testing.assert_close(fused(x), expected)
+    handle.remove()
+    assert seen == [x.shape]
