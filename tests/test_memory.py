@@ -20,6 +20,13 @@ def test_counts_each_storage_once():
     assert m.peak_cuda_bytes is None or torch.cuda.is_available()
 
 
+def test_excluded_storages_are_not_counted():
+    w = torch.randn(8, 8, requires_grad=True)
+    x = torch.randn(8, 8, requires_grad=True)
+    m = saved_tensor_bytes(lambda: x @ w, exclude=[w])
+    assert m.saved_bytes == x.numel() * 4 and m.num_tensors == 1
+
+
 def _saved(module, x, backend):
     with nvae_fast.use_backend(backend):
         return saved_tensor_bytes(module, x).saved_bytes
