@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import backend
 from ..nn import BNSwish, DepthwiseConv2d, SqueezeExcite, bn_swish_conv2d_modules
 from ..ops import depthwise_conv2d
+from .weight_norm import weight_norm, wn_conv2d
 
 __all__ = [
     "WNConv2d",
@@ -52,7 +54,9 @@ class WNConv2d(nn.Conv2d):
     over (in, kh, kw). An optional ``mask`` (a non-persistent buffer of ``V``'s shape) multiplies ``V``
     first (masked convolutions of the flows). :meth:`spectral_weight` returns ``W``, which is what
     :class:`nvae_fast.nn.SpectralNormRegularizer` regularises. Depthwise instances run
-    :func:`nvae_fast.ops.depthwise_conv2d`.
+    :func:`nvae_fast.ops.depthwise_conv2d` on ``W`` (their weights are tiny). Under the ``reference``
+    backend the others run ``F.conv2d`` on ``W`` (autograd keeps ``W``); under any other backend they run
+    :func:`nvae_fast.model.weight_norm.wn_conv2d`, whose backward recomputes ``W`` instead of keeping it.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True,
@@ -71,15 +75,15 @@ class WNConv2d(nn.Conv2d):
 
     def spectral_weight(self) -> torch.Tensor:
         """The effective (normalised, masked) weight ``W``."""
-        v = self._direction()
-        norm = torch.linalg.vector_norm(v, dim=(1, 2, 3), keepdim=True)
-        return v * (torch.exp(self.log_weight_norm) / (norm + 1e-5))
+        return weight_norm(self.weight, self.log_weight_norm, self.mask)
 
     def forward(self, x):
-        w = self.spectral_weight()
         if self._depthwise:
-            return depthwise_conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
-        return self._conv_forward(x, w, self.bias)
+            return depthwise_conv2d(x, self.spectral_weight(), self.bias, self.stride, self.padding, self.dilation)
+        if backend.get_backend() == "reference" or isinstance(self.padding, str):
+            return self._conv_forward(x, self.spectral_weight(), self.bias)
+        return wn_conv2d(x, self.weight, self.log_weight_norm, self.bias, self.mask,
+                         self.stride, self.padding, self.dilation, self.groups)
 
 
 class ResidualBranch(nn.Module):
