@@ -46,6 +46,27 @@ def pair(op: str, name: str, value) -> tuple[int, int]:
     return a, b
 
 
+def conv_stride_dilation(op: str, stride, dilation) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Normalise a convolution's stride and dilation to pairs, each entry >= 1."""
+    stride, dilation = pair(op, "stride", stride), pair(op, "dilation", dilation)
+    if min(stride) < 1:
+        raise ValueError(f"{op}: stride must be >= 1, got {stride}")
+    if min(dilation) < 1:
+        raise ValueError(f"{op}: dilation must be >= 1, got {dilation}")
+    return stride, dilation
+
+
+def check_kernel_fits(op: str, x: torch.Tensor, kernel_hw, padding, dilation) -> None:
+    """Require the padded spatial extent of ``x`` (N, C, H, W) to hold the dilated kernel."""
+    for axis, size in enumerate(x.shape[2:]):
+        span = dilation[axis] * (kernel_hw[axis] - 1) + 1
+        if size + 2 * padding[axis] < span:
+            raise ValueError(
+                f"{op}: x's spatial size {tuple(x.shape[2:])} with padding {padding} is smaller than the dilated "
+                f"kernel {span}"
+            )
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float64 for float64 inputs, float32 for everything else."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -25,7 +25,7 @@ from .. import backend
 from .bn_swish import TorchKernels as BNSwishTorchKernels
 from .bn_swish import _group_size, affine_params, bn_swish_reference, check_args, lean_backward, lean_forward
 from .depthwise_conv2d import TorchKernels as DepthwiseTorchKernels
-from ._checks import check_same_device, check_tensor, check_vector, pair
+from ._checks import check_kernel_fits, check_same_device, check_tensor, check_vector, conv_stride_dilation, pair
 
 __all__ = ["bn_swish_conv2d", "bn_swish_conv2d_reference", "BNSwishConv2dFunction"]
 
@@ -131,18 +131,9 @@ def _check_conv(x, conv_weight, conv_bias, stride, padding, dilation, groups):
     check_same_device(_OP, "x", x, conv_weight=conv_weight, conv_bias=conv_bias)
     if isinstance(padding, str):
         raise ValueError(f"{_OP}: padding must be an int or a pair of ints, got {padding!r}")
-    stride, padding, dilation = pair(_OP, "stride", stride), pair(_OP, "padding", padding), pair(_OP, "dilation", dilation)
-    if min(stride) < 1:
-        raise ValueError(f"{_OP}: stride must be >= 1, got {stride}")
-    if min(dilation) < 1:
-        raise ValueError(f"{_OP}: dilation must be >= 1, got {dilation}")
-    for axis, size in enumerate(x.shape[2:]):
-        span = dilation[axis] * (conv_weight.shape[2 + axis] - 1) + 1
-        if size + 2 * padding[axis] < span:
-            raise ValueError(
-                f"{_OP}: x's spatial size {tuple(x.shape[2:])} with padding {padding} is smaller than the dilated "
-                f"kernel {span}"
-            )
+    stride, dilation = conv_stride_dilation(_OP, stride, dilation)
+    padding = pair(_OP, "padding", padding)
+    check_kernel_fits(_OP, x, conv_weight.shape[2:], padding, dilation)
     return stride, padding, dilation
 
 

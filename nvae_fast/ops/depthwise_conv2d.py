@@ -26,7 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
-from ._checks import acc_dtype, check_same_device, check_tensor, check_vector, pair
+from ._checks import (
+    acc_dtype,
+    check_kernel_fits,
+    check_same_device,
+    check_tensor,
+    check_vector,
+    conv_stride_dilation,
+    pair,
+)
 
 __all__ = ["depthwise_conv2d", "depthwise_conv2d_reference", "TorchKernels", "DepthwiseConv2dFunction"]
 
@@ -121,19 +129,9 @@ def _check(x, weight, bias, stride, padding, dilation):
         )
     check_vector(_OP, "bias", bias, c)
     check_same_device(_OP, "x", x, weight=weight, bias=bias)
-    stride, dilation = pair(_OP, "stride", stride), pair(_OP, "dilation", dilation)
-    if min(stride) < 1:
-        raise ValueError(f"depthwise_conv2d: stride must be >= 1, got {stride}")
-    if min(dilation) < 1:
-        raise ValueError(f"depthwise_conv2d: dilation must be >= 1, got {dilation}")
+    stride, dilation = conv_stride_dilation(_OP, stride, dilation)
     padding = _padding(padding, weight.shape[2:], stride, dilation)
-    for axis, size in enumerate(x.shape[2:]):
-        span = dilation[axis] * (weight.shape[2 + axis] - 1) + 1
-        if size + 2 * padding[axis] < span:
-            raise ValueError(
-                f"depthwise_conv2d: x's spatial size {tuple(x.shape[2:])} with padding {padding} is smaller than the "
-                f"dilated kernel {span}"
-            )
+    check_kernel_fits(_OP, x, weight.shape[2:], padding, dilation)
     return stride, padding, dilation
 
 
