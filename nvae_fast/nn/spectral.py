@@ -52,6 +52,11 @@ class SpectralNormRegularizer(nn.Module):
             self.register_buffer(f"u{i}", u.to(w.device))
             self.register_buffer(f"v{i}", v.to(w.device))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.long))
+        self._warm = False  # steps > 0 once seen; avoids reading the buffer (a GPU sync) on every call
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._warm = False  # the loaded step count decides again
 
     @property
     def names(self) -> list[str]:
@@ -64,8 +69,9 @@ class SpectralNormRegularizer(nn.Module):
         n = len(weights)
         us = [getattr(self, f"u{i}") for i in range(n)]
         vs = [getattr(self, f"v{i}") for i in range(n)]
-        n_iter = self.init_iter if int(self.steps) == 0 else self.n_iter
+        n_iter = self.n_iter if self._warm or int(self.steps) > 0 else self.init_iter
         self.steps.add_(1)
+        self._warm = True
         return power_iteration(weights, us, vs, n_iter)
 
     def forward(self) -> torch.Tensor:
