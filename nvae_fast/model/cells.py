@@ -27,7 +27,7 @@ from torch import nn
 from .. import backend
 from ..nn import BNSwish, DepthwiseConv2d, SqueezeExcite, bn_swish_conv2d_modules
 from ..ops import depthwise_conv2d
-from .weight_norm import weight_norm, wn_conv2d
+from ..ops.weight_norm import weight_norm, wn_conv2d
 
 __all__ = [
     "WNConv2d",
@@ -56,7 +56,7 @@ class WNConv2d(nn.Conv2d):
     :class:`nvae_fast.nn.SpectralNormRegularizer` regularises. Depthwise instances run
     :func:`nvae_fast.ops.depthwise_conv2d` on ``W`` (their weights are tiny). Under the ``reference``
     backend the others run ``F.conv2d`` on ``W`` (autograd keeps ``W``); under any other backend they run
-    :func:`nvae_fast.model.weight_norm.wn_conv2d`, whose backward recomputes ``W`` instead of keeping it.
+    :func:`nvae_fast.ops.wn_conv2d`, whose backward recomputes ``W`` instead of keeping it.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=True,
@@ -75,7 +75,12 @@ class WNConv2d(nn.Conv2d):
 
     def spectral_weight(self) -> torch.Tensor:
         """The effective (normalised, masked) weight ``W``."""
-        return weight_norm(self.weight, self.log_weight_norm, self.mask)
+        return weight_norm(*self.weight_norm_params())
+
+    def weight_norm_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(V, g, mask)``: what :func:`nvae_fast.ops.weight_norm.weight_norm` turns into ``W`` (the fused
+        BN-Swish-conv takes these, so that it recomputes ``W`` in backward)."""
+        return self.weight, self.log_weight_norm, self.mask
 
     def forward(self, x):
         if self._depthwise:

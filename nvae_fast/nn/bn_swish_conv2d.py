@@ -31,7 +31,10 @@ def bn_swish_conv2d_modules(bn: BNSwish, conv: nn.Conv2d, x: torch.Tensor) -> to
 
     Uses ``bn``'s parameters, buffers and momentum rules exactly as :meth:`BNSwish.forward` does (running
     statistics and ``num_batches_tracked`` are updated in training) and the weight ``conv`` convolves with
-    (``conv.spectral_weight()`` when it defines one, e.g. a weight-normalised conv, else ``conv.weight``).
+    (``conv.spectral_weight()`` when it defines one, else ``conv.weight``). A weight-normalised conv says so
+    by defining ``weight_norm_params()`` -> ``(V, log_gain, mask or None)`` (its ``spectral_weight()`` being
+    ``nvae_fast.ops.weight_norm.weight_norm`` of them): the op then gets ``V`` and recomputes ``W`` in
+    backward instead of keeping it.
     When either module has forward hooks (or pre-hooks) the two modules are called one after the other
     instead, so the hooks fire; the result is the same up to rounding.
     """
@@ -39,10 +42,14 @@ def bn_swish_conv2d_modules(bn: BNSwish, conv: nn.Conv2d, x: torch.Tensor) -> to
     if any(m._forward_pre_hooks or m._forward_hooks for m in (bn, conv)):
         return conv(bn(x))  # hooks on either module see the calls they were registered for
     weight, bias, running_mean, running_var, use_batch_stats, factor, eps, group = bn.functional_args()
+    if hasattr(conv, "weight_norm_params"):
+        direction, log_gain, mask = conv.weight_norm_params()
+    else:
+        direction, log_gain, mask = conv_weight(conv), None, None
     return bn_swish_conv2d(
         x, weight, bias, running_mean, running_var, use_batch_stats, factor, eps,
-        conv_weight(conv), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
-        group,
+        direction, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+        group, wn_log_gain=log_gain, wn_mask=mask,
     )
 
 

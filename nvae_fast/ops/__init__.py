@@ -9,6 +9,7 @@ from .bn_swish_conv2d import bn_swish_conv2d, bn_swish_conv2d_reference
 from .depthwise_conv2d import depthwise_conv2d, depthwise_conv2d_reference
 from .power_iteration import power_iteration, power_iteration_reference
 from .squeeze_excite import squeeze_excite, squeeze_excite_reference
+from .weight_norm import weight_norm, wn_conv2d
 
 __all__ = [
     "bn_swish",
@@ -21,4 +22,6 @@ __all__ = [
     "squeeze_excite_reference",
     "power_iteration",
     "power_iteration_reference",
+    "weight_norm",
+    "wn_conv2d",
 ]

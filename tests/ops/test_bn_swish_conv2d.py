@@ -239,3 +239,151 @@ def test_module_hooks_still_fire():
     torch.testing.assert_close(fused(x), expected)
     handle.remove()
     assert seen == [x.shape]
+
+
+# Weight-normalised conv: conv_weight is the direction V, W = exp(g) * u / (||u|| + eps), u = V * mask.
+WN_CASES = [("3x3", CONVS[2], False), ("3x3-s2-masked", CONVS[3], True), ("1x1", CONVS[0], False), ("dw5x5", CONVS[5], True)]
+
+
+def _wn_inputs(shape, conv, dtype, kind, device, masked, seed=0):
+    x, bn_w, bn_b, rm, rv, v, b, conf = _inputs(shape, conv, dtype, kind, device, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    log_gain = randn(v.shape[0], 1, 1, 1, dtype=dtype, generator=g, scale=0.3).to(device)
+    mask = (torch.rand(v.shape, generator=g) < 0.7).to(dtype).to(device) if masked else None
+    return x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf
+
+
+def _run_wn(fn, x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf, training, dout=None, cast=None):
+    """Output and gradients of (x, bn_w, bn_b, v, b, log_gain) for a fixed random dout."""
+    tensors = (x, bn_w, bn_b, v, b, log_gain)
+    if cast is not None:
+        tensors = tuple(t.to(cast) for t in tensors)
+        rm, rv, mask = rm.to(cast), rv.to(cast), None if mask is None else mask.to(cast)
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(leaves[0], leaves[1], leaves[2], rm.clone(), rv.clone(), training, 0.1, 1e-5, leaves[3], leaves[4],
+             wn_log_gain=leaves[5], wn_mask=mask, **conf)
+    if dout is None:
+        dout = randn(*out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(7)).to(out.device)
+    return out, torch.autograd.grad(out, leaves, dout.to(out.dtype)), dout
+
+
+WN_GRADS = ("dx", "dbn_weight", "dbn_bias", "dv", "dconv_bias", "dlog_gain")
+
+
+@pytest.mark.parametrize("case", WN_CASES, ids=[c[0] for c in WN_CASES])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+def test_weight_normalised_conv_matches_reference(dtype, kind, case):
+    _, conv, masked = case
+    x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf = _wn_inputs((2, 6, 7, 9), conv, dtype, kind, "cpu", masked)
+    with nvae_fast.use_backend("torch"):
+        out, grads, dout = _run_wn(bn_swish_conv2d, x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf, True)
+    out_ref, grads_ref, _ = _run_wn(bn_swish_conv2d_reference, x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf, True,
+                                    dout, cast=torch.float64)
+    assert_close_scaled(out, out_ref, dtype, "out", factor=4)
+    for name, grad, ref in zip(WN_GRADS, grads, grads_ref):
+        assert_close_scaled(grad, ref, dtype, name, factor=8)
+    if mask is not None:
+        assert grads[3][mask == 0].abs().max() == 0, "masked entries of V get no gradient"
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("case", [WN_CASES[1], WN_CASES[3]], ids=[WN_CASES[1][0], WN_CASES[3][0]])
+def test_weight_normalised_conv_kernel_backends(backend, case):
+    _, conv, masked = case
+    device = require(backend)
+    x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf = _wn_inputs((2, 3, 5, 6), conv, torch.float32, "contiguous", device, masked)
+    with nvae_fast.use_backend(backend):
+        out, grads, dout = _run_wn(bn_swish_conv2d, x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf, True)
+    out_ref, grads_ref, _ = _run_wn(bn_swish_conv2d_reference, x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf, True,
+                                    dout, cast=torch.float64)
+    assert nvae_fast.backend_info()["fallbacks"] == []
+    assert_close_scaled(out, out_ref, torch.float32, "out", factor=4)
+    for name, grad, ref in zip(WN_GRADS, grads, grads_ref):
+        assert_close_scaled(grad, ref, torch.float32, name, factor=8)
+
+
+@pytest.mark.parametrize("case", WN_CASES, ids=[c[0] for c in WN_CASES])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_weight_normalised_gradcheck_float64(training, case):
+    _, conv, masked = case
+    x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf = _wn_inputs((2, 4, 5, 6), conv, torch.float64, "contiguous", "cpu", masked)
+    leaves = [t.detach().double().requires_grad_() for t in (x, bn_w, bn_b, v, b, log_gain)]
+
+    def fn(x, bn_w, bn_b, v, b, log_gain):
+        return bn_swish_conv2d(x, bn_w, bn_b, rm.double(), rv.double(), training, 0.1, 1e-5, v, b,
+                               wn_log_gain=log_gain, wn_mask=mask, **conf)
+
+    with nvae_fast.use_backend("torch"):
+        assert torch.autograd.gradcheck(fn, leaves)
+
+
+@pytest.mark.parametrize("only", ["v", "log_gain"])
+def test_weight_normalised_partial_gradients(only):
+    """Only V or only g requires grad: the other gradient is skipped, the wanted one is still right."""
+    x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf = _wn_inputs((2, 4, 5, 6), CONVS[2], torch.float64, "contiguous", "cpu", True)
+    results = []
+    for fn in (bn_swish_conv2d, bn_swish_conv2d_reference):
+        leaf = (v if only == "v" else log_gain).clone().requires_grad_()
+        args = (leaf, log_gain) if only == "v" else (v, leaf)
+        with nvae_fast.use_backend("torch"):
+            out = fn(x, bn_w.double(), bn_b.double(), rm.double(), rv.double(), True, 0.1, 1e-5, args[0], b,
+                     wn_log_gain=args[1], wn_mask=mask, **conf)
+        results.append(torch.autograd.grad(out.square().sum(), leaf)[0])
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)
+
+
+def test_weight_normalised_conv_saves_no_weight():
+    """With weight norm the lean op saves x, the stats and the parameters; W (a computed tensor) is not kept."""
+    x, bn_w, bn_b, rm, rv, v, b, log_gain, _, conf = _wn_inputs((2, 8, 6, 6), ("c", 64, 3, 1, 1), torch.float32,
+                                                                 "contiguous", "cpu", False)
+    leaves = [t.requires_grad_() for t in (x, bn_w, bn_b, v, b, log_gain)]
+    args = (*leaves[:3], rm, rv, True, 0.1, 1e-5, leaves[3], leaves[4])
+    with nvae_fast.use_backend("torch"):
+        lean = saved_tensor_bytes(bn_swish_conv2d, *args, wn_log_gain=leaves[5], exclude=leaves, **conf).saved_bytes
+    assert lean == 2 * 8 * 4, "only mean and invstd (fp32, per channel) besides the inputs and parameters"
+    with nvae_fast.use_backend("reference"):
+        ref = saved_tensor_bytes(bn_swish_conv2d, *args, wn_log_gain=leaves[5], exclude=leaves, **conf).saved_bytes
+    assert ref >= v.numel() * 4 + 2 * x.numel() * 4, "the reference keeps W and the BN-Swish output"
+
+
+def test_weight_normalised_autocast_bfloat16():
+    """Under CPU autocast W is computed in float32 and cast for the conv; gradients reach float32 leaves."""
+    x, bn_w, bn_b, rm, rv, v, b, log_gain, mask, conf = _wn_inputs((2, 4, 6, 5), CONVS[2], torch.float32, "contiguous", "cpu", True)
+    results = []
+    for backend in ("reference", "torch"):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, bn_w, bn_b, v, b, log_gain)]
+        with nvae_fast.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = bn_swish_conv2d(leaves[0], leaves[1], leaves[2], rm.clone(), rv.clone(), True, 0.1, 1e-5, leaves[3],
+                                  leaves[4], wn_log_gain=leaves[5], wn_mask=mask, **conf)
+        assert out.dtype == torch.bfloat16
+        results.append((out, torch.autograd.grad(out.float().square().sum(), leaves)))
+    (out, grads), (out_ref, grads_ref) = results[1], results[0]
+    assert_close_scaled(out, out_ref, torch.bfloat16, "out")
+    for name, g, r in zip(WN_GRADS, grads, grads_ref):
+        assert g.dtype == torch.float32, name
+        assert_close_scaled(g, r, torch.bfloat16, name, factor=4)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_weight_norm_arguments_are_checked(backend):
+    x = torch.randn(2, 3, 6, 6)
+    bw, bb, rm, rv = torch.ones(3), torch.zeros(3), torch.zeros(3), torch.ones(3)
+    v = torch.randn(4, 3, 3, 3)
+
+    def call(log_gain=torch.zeros(4, 1, 1, 1), mask=None):
+        return bn_swish_conv2d(x, bw, bb, rm, rv, True, 0.1, 1e-5, v, None, wn_log_gain=log_gain, wn_mask=mask)
+
+    with nvae_fast.use_backend(backend):
+        with pytest.raises(ValueError, match="wn_mask is given without wn_log_gain"):
+            call(log_gain=None, mask=torch.ones_like(v))
+        with pytest.raises(ValueError, match="wn_log_gain must be 4-D"):
+            call(log_gain=torch.zeros(4))
+        with pytest.raises(ValueError, match=r"wn_log_gain must have shape \(4, 1, 1, 1\)"):
+            call(log_gain=torch.zeros(3, 1, 1, 1))
+        with pytest.raises(TypeError, match="wn_log_gain must have conv_weight's dtype"):
+            call(log_gain=torch.zeros(4, 1, 1, 1, dtype=torch.float64))
+        with pytest.raises(ValueError, match="wn_mask must be a constant"):
+            call(mask=torch.ones(4, 3, 1, 3))
+        with pytest.raises(ValueError, match="wn_mask must be a constant"):
+            call(mask=torch.ones_like(v).requires_grad_())

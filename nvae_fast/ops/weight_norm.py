@@ -28,7 +28,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["WN_EPS", "weight_norm", "wn_conv2d", "WeightNormConv2dFunction"]
+from ._autocast import conv_autocast_dtype
+
+__all__ = ["WN_EPS", "weight_norm", "weight_norm_backward", "wn_conv2d", "WeightNormConv2dFunction"]
 
 WN_EPS = 1e-5
 
@@ -46,12 +48,23 @@ def weight_norm(v: torch.Tensor, log_gain: torch.Tensor, mask: torch.Tensor | No
     return u * (torch.exp(log_gain) / (norm + WN_EPS))
 
 
-def _autocast_dtype(device: torch.device):
-    """The dtype autocast gives convolutions on ``device``, or ``None`` when autocast is off there."""
-    kind = device.type
-    if not torch.amp.is_autocast_available(kind) or not torch.is_autocast_enabled(kind):
-        return None
-    return torch.get_autocast_dtype(kind)
+def weight_norm_backward(dw: torch.Tensor, v: torch.Tensor, log_gain: torch.Tensor, mask: torch.Tensor | None,
+                         need_v: bool = True, need_gain: bool = True):
+    """``(dv, dg)`` from ``dw`` = dL/dW (any float dtype, cast to ``v``'s): the chain rule through
+    :func:`weight_norm` as the module docstring states it, recomputing ``u``, ``n``, ``r``, ``s``; an
+    entry is ``None`` where its ``need_*`` flag is false."""
+    u = v if mask is None else v * mask
+    norm, inv, scale = _scale(u, log_gain)
+    dw = dw.to(v.dtype)
+    dot = (dw * u).sum(dim=(1, 2, 3), keepdim=True)
+    dg = (scale * dot).to(log_gain.dtype) if need_gain else None
+    dv = None
+    if need_v:
+        coef = inv * dot / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+        dv = scale * (dw - coef * u)
+        if mask is not None:
+            dv = dv * mask
+    return dv, dg
 
 
 class WeightNormConv2dFunction(torch.autograd.Function):
@@ -60,9 +73,7 @@ class WeightNormConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v, log_gain, bias, mask, conf, conv_dtype):
         stride, padding, dilation, groups = conf
-        u = v if mask is None else v * mask
-        w = (u * _scale(u, log_gain)[2]).to(conv_dtype)
-        del u
+        w = weight_norm(v, log_gain, mask).to(conv_dtype)
         xc = x.to(conv_dtype)
         y = F.conv2d(xc, w, None if bias is None else bias.to(conv_dtype), stride, padding, dilation, groups)
         ctx.save_for_backward(xc, v, log_gain, mask)
@@ -77,25 +88,13 @@ class WeightNormConv2dFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         need_w = need[1] or need[2]
         need_b = ctx.bias_dtype is not None and need[3]
-        u = v if mask is None else v * mask
-        norm, inv, scale = _scale(u, log_gain)
-        w = (u * scale).to(xc.dtype)
+        w = weight_norm(v, log_gain, mask).to(xc.dtype)
         dx, dw, db = torch.ops.aten.convolution_backward(
             dy.to(xc.dtype), xc, w, [w.shape[0]] if need_b else None,
             list(stride), list(padding), list(dilation), False, [0, 0], groups, [need[0], need_w, need_b],
         )
         del w
-        dv = dg = None
-        if need_w:
-            dw = dw.to(v.dtype)
-            dot = (dw * u).sum(dim=(1, 2, 3), keepdim=True)
-            if need[2]:
-                dg = (scale * dot).to(log_gain.dtype)
-            if need[1]:
-                coef = inv * dot / norm.clamp_min(torch.finfo(norm.dtype).tiny)
-                dv = scale * (dw - coef * u)
-                if mask is not None:
-                    dv = dv * mask
+        dv, dg = weight_norm_backward(dw, v, log_gain, mask, need[1], need[2]) if need_w else (None, None)
         if dx is not None:
             dx = dx.to(ctx.x_dtype)
         if db is not None:
@@ -114,7 +113,7 @@ def wn_conv2d(x, v, log_gain, bias=None, mask=None, stride=(1, 1), padding=(0, 0
         raise ValueError(f"wn_conv2d: padding must be a pair of ints, got {padding!r}")
     if mask is not None and mask.requires_grad:
         raise ValueError("wn_conv2d: mask must not require grad")
-    conv_dtype = _autocast_dtype(x.device)
+    conv_dtype = conv_autocast_dtype(x.device)
     if conv_dtype is None:
         if v.dtype != x.dtype:
             raise TypeError(f"wn_conv2d: v must have x's dtype {x.dtype}, got {v.dtype}")

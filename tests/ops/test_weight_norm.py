@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import nvae_fast
 from nvae_fast.memory import saved_tensor_bytes
 from nvae_fast.model.cells import WNConv2d
-from nvae_fast.model.weight_norm import weight_norm, wn_conv2d
+from nvae_fast.ops.weight_norm import weight_norm, wn_conv2d
 
 # (cin, cout, kernel, stride, padding, groups, bias, masked, input size): the model's variants (3×3 stem and
 # heads, 1×1 combiners, 1×1 stride-2 factorised reduction, masked flow convs) plus grouped and odd ones.
