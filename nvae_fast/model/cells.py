@@ -28,6 +28,7 @@ from .. import backend
 from ..nn import BNSwish, DepthwiseConv2d, SqueezeExcite, bn_swish_conv2d_modules
 from ..ops import depthwise_conv2d
 from ..ops.weight_norm import weight_norm, wn_conv2d
+from .checkpointing import run_with_recompute
 
 __all__ = [
     "WNConv2d",
@@ -165,16 +166,28 @@ class UpsampleSkip(nn.Module):
 
 
 class Cell(nn.Module):
-    """``skip(x) + 0.1 * se(branch(x))``; ``skip`` is ``nn.Identity`` for resolution-preserving cells."""
+    """``skip(x) + 0.1 * se(branch(x))``; ``skip`` is ``nn.Identity`` for resolution-preserving cells.
+
+    With ``gradient_checkpointing`` set (see :meth:`nvae_fast.model.NVAE.set_gradient_checkpointing`) a
+    training-mode forward under grad mode keeps only its input for backward and recomputes the rest
+    there (:func:`nvae_fast.model.checkpointing.run_with_recompute`; BN running statistics are
+    updated once). Eval mode and ``torch.no_grad`` run the plain forward.
+    """
 
     def __init__(self, skip: nn.Module, branch: nn.Module, channels_out: int, use_se: bool):
         super().__init__()
         self.skip = skip
         self.branch = branch
         self.se = SqueezeExcite(channels_out) if use_se else nn.Identity()
+        self.gradient_checkpointing = False
+
+    def _residual(self, x):
+        return self.skip(x) + RESIDUAL_SCALE * self.se(self.branch(x))
 
     def forward(self, x):
-        return self.skip(x) + RESIDUAL_SCALE * self.se(self.branch(x))
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return run_with_recompute(self, self._residual, x)
+        return self._residual(x)
 
 
 def encoder_cell(cin: int, kind: str, cfg) -> Cell:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..nn import BNSwish, SpectralNormRegularizer
-from .cells import DecoderCombiner, EncoderCombiner, WNConv2d, decoder_cell, encoder_cell
+from .cells import Cell, DecoderCombiner, EncoderCombiner, WNConv2d, decoder_cell, encoder_cell
 from .config import NVAEConfig
 from .flows import PairedFlow
 from .latent import Normal
@@ -55,6 +55,8 @@ class NVAE(nn.Module):
     ``spectral_regularizer()`` is the sum of the largest singular values of every conv (effective,
     weight-normalised weights; its power-iteration vectors are buffers of the model);
     :meth:`bn_scale_penalty` the BN scale penalty. Both are weighted in :func:`nvae_loss`.
+    :meth:`set_gradient_checkpointing` trades compute for memory: every residual cell then recomputes
+    its activations in backward.
     """
 
     def __init__(self, cfg: NVAEConfig):
@@ -130,6 +132,22 @@ class NVAE(nn.Module):
         self.postprocess = nn.Sequential(*cells)
         out_channels = param_channels(cfg.likelihood, cfg.image_channels, cfg.num_mix)
         self.to_params = nn.Sequential(nn.ELU(), WNConv2d(cd * mult, out_channels, 3, padding=1))
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Turn per-cell gradient checkpointing on or off.
+
+        When on, every residual :class:`~nvae_fast.model.cells.Cell` (pre-/post-processing, encoder,
+        decoder, down and up cells) that runs in training mode with grad enabled keeps only its input
+        for backward and runs its forward again there (:mod:`nvae_fast.model.checkpointing`): the
+        saved activations shrink to the cell inputs plus what lies outside the cells (latent heads,
+        combiners, flows, output), for about one more forward pass of the cells per step. Losses,
+        gradients and BN running statistics are unchanged. Eval mode and ``torch.no_grad`` are unaffected.
+        """
+        if not isinstance(enabled, bool):
+            raise TypeError(f"set_gradient_checkpointing: enabled must be a bool, got {type(enabled).__name__}")
+        for module in self.modules():
+            if isinstance(module, Cell):
+                module.gradient_checkpointing = enabled
 
     # ----------------------------------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,6 @@ def test_bad_arguments_exit_with_usage(capsys):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--grad-checkpointing"], "set_gradient_checkpointing"),
     (["--set", "image_size=15"], "image_size"),
     (["--set", "no_such_field=1"], "no_such_field"),
     (["--preset", "huge"], "huge"),
