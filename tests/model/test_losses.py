@@ -1,9 +1,12 @@
 """Training objective and schedules: KL warm-up, regularisation annealing, KL balancing, nvae_loss."""
 
 import math
+import os
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from nvae_fast.model import NVAE, kl_balance_weights, kl_coefficient, nvae_loss, preset, reg_coefficient
 from nvae_fast.model.losses import balanced_kl
@@ -53,6 +56,67 @@ def test_balanced_kl():
     torch.testing.assert_close(out, 0.5 * (kl * gamma).sum(1))
     out.sum().backward()  # gamma is a constant: d/dKL = 0.5 gamma
     torch.testing.assert_close(kl.grad, 0.5 * gamma.expand(6, -1))
+
+
+def test_balanced_kl_makes_no_distributed_call_without_a_process_group(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("torch.distributed was called in a single-process run")
+
+    assert not dist.is_initialized()
+    for name in ("all_reduce", "get_world_size", "get_rank"):
+        monkeypatch.setattr(dist, name, forbidden)
+    kl = torch.randn(5, 3, generator=torch.Generator().manual_seed(1)) + 2
+    alpha = torch.tensor([1.0, 2.0, 2.0])
+    gamma = (kl.abs().mean(0) + 0.01) / alpha
+    torch.testing.assert_close(balanced_kl(kl, alpha, 0.4), 0.4 * (kl * gamma / gamma.mean()).sum(1))
+
+
+SHARDS = (3, 6)  # uneven rows per rank
+
+
+def _joint_kl(dtype):
+    """(9, 5) group KLs of both signs whose rows of rank 0 and rank 1 have very different magnitudes."""
+    g = torch.Generator().manual_seed(7)
+    kl = torch.randn(sum(SHARDS), 5, generator=g, dtype=torch.float64) + 0.5
+    kl[: SHARDS[0]] *= torch.tensor([6.0, 0.2, 1.0, 3.0, 0.05], dtype=torch.float64)
+    alpha = torch.tensor([1.0, 1.0, 2.0, 2.0, 4.0], dtype=torch.float64)
+    weights = torch.randn(sum(SHARDS), generator=g, dtype=torch.float64)
+    return kl.to(dtype), alpha.to(dtype), weights.to(dtype)
+
+
+def _balanced_with_grad(kl, alpha, weights, process_group):
+    """``(balanced_kl(kl), d sum(weights * balanced_kl) / d kl)`` at kl_coeff 0.3."""
+    kl = kl.detach().requires_grad_()
+    out = balanced_kl(kl, alpha, 0.3, True, process_group)
+    (grad,) = torch.autograd.grad((weights * out).sum(), kl)
+    return out.detach(), grad
+
+
+def _kl_rank(rank, dtype, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=len(SHARDS))
+    try:
+        kl, alpha, weights = _joint_kl(dtype)
+        rows = slice(sum(SHARDS[:rank]), sum(SHARDS[: rank + 1]))
+        results = {"default": _balanced_with_grad(kl[rows], alpha, weights[rows], None),
+                   "explicit": _balanced_with_grad(kl[rows], alpha, weights[rows], dist.new_group([0, 1]))}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_balanced_kl_on_two_gloo_ranks_equals_the_joint_batch(dtype, tmp_path):
+    mp.spawn(_kl_rank, args=(dtype, str(tmp_path / "init"), str(tmp_path)), nprocs=len(SHARDS), join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(len(SHARDS))]
+    kl, alpha, weights = _joint_kl(dtype)
+    joint, joint_grad = _balanced_with_grad(kl, alpha, weights, None)
+    for group in ("default", "explicit"):  # float32: default tolerances (rtol 1.3e-6); float64: rtol 1e-7
+        torch.testing.assert_close(torch.cat([r[group][0] for r in ranks]), joint, msg=group)
+        torch.testing.assert_close(torch.cat([r[group][1] for r in ranks]), joint_grad, msg=group)
+    # the shards' own statistics give other weights: the all-reduce is what makes the outputs equal
+    local = balanced_kl(kl[: SHARDS[0]], alpha, 0.3)
+    assert not torch.allclose(local, joint[: SHARDS[0]], rtol=1e-2)
 
 
 def test_nvae_loss_composition():

@@ -1,8 +1,8 @@
 """Two gloo ranks (SyncBN + DDP) make the same parameter update as one process over the joint batch.
 
 The latent noise is the only randomness that differs between the two set-ups (each rank draws its own),
-so both replace ``torch.randn_like`` by the same deterministic function of its argument's values; and
-KL balancing is off, because its weights are batch statistics of each rank's half of the batch.
+so both replace ``torch.randn_like`` by the same deterministic function of its argument's values. KL
+balancing is on at every step (KL coefficient 0.5): its weights are statistics of the joint batch.
 """
 
 import socket
@@ -17,6 +17,8 @@ from nvae_fast.train import Trainer
 from ._helpers import random_images, tiny_config, train_config
 
 STEPS, WORLD, BATCH = 2, 2, 2
+# KL coefficient max((t - 2e-4) / 2, 0.5) = 0.5 < 1 at t = 0, 1: balancing is active at both steps
+BALANCED = dict(steps=STEPS, kl_balance=True, kl_warmup_portion=1.0, kl_min_coeff=0.5)
 
 
 def _fixed_noise(t, **kwargs):
@@ -29,8 +31,8 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        trainer = Trainer(tiny_config(), train_config(steps=STEPS, batch_size=BATCH * WORLD // world,
-                                                      kl_balance=False), random_images(12, seed=4))
+        trainer = Trainer(tiny_config(), train_config(batch_size=BATCH * WORLD // world, **BALANCED),
+                          random_images(12, seed=4))
         if world > 1:
             assert any(isinstance(m, SyncBNSwish) for m in trainer.model.modules())
         losses = [trainer.train_step()["loss"] for _ in range(STEPS)]
@@ -59,7 +61,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     ddp, single = torch.load(ddp_out, weights_only=True), torch.load(single_out, weights_only=True)
     assert ddp["skipped"] == single["skipped"] == 0
-    initial = Trainer(tiny_config(), train_config(steps=STEPS), random_images(12, seed=4)).model.state_dict()
+    reference = Trainer(tiny_config(), train_config(**BALANCED), random_images(12, seed=4))
+    assert all(reference.coefficients(t)[0] < 1 for t in range(STEPS))
+    initial = reference.model.state_dict()
     moved = 0
     for name, value in single["model"].items():
         # The set-ups sum the same fp32 terms in different orders (relative gradient error ~1e-5), and
