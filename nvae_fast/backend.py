@@ -93,10 +93,20 @@ class _State:
 
     def _probe_triton(self) -> tuple[bool, str]:
         try:
-            import triton  # noqa: F401
+            import triton
         except Exception as exc:  # ImportError, or a broken triton install
             return False, f"triton cannot be imported: {exc}"
-        if torch.cuda.is_available() or self.interpreting:
+        if self.interpreting:
+            import numpy
+
+            if _minor_version(triton.__version__) < (3, 7) and _minor_version(numpy.__version__) >= (2, 4):
+                return False, (
+                    f"the interpreter of triton {triton.__version__} fails under numpy {numpy.__version__} (it "
+                    "converts 1-element arrays with int(), which numpy 2.4 refuses; fixed in triton 3.7): "
+                    "install numpy<2.4 or triton>=3.7"
+                )
+            return True, ""
+        if torch.cuda.is_available():
             return True, ""
         return False, "no CUDA device, and TRITON_INTERPRET=1 is not set"
 
@@ -116,6 +126,12 @@ class _State:
                 self.kernels[(op, name)] = importlib.import_module(f"{package}.{op}")
         except Exception as exc:  # a kernel module that does not import makes the backend unavailable
             self.status[name] = (False, f"{package}.{op} cannot be imported: {exc}")
+
+
+def _minor_version(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a version string such as ``"3.6.0"`` or ``"2.4.0rc1"``."""
+    major, minor = (version.split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
 def _env_choice() -> str:

@@ -75,6 +75,24 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
         bn_swish(torch.randn(2, 3, 4, 4), None, None, None, None, True)
 
 
+@pytest.mark.parametrize("triton_version,numpy_version,usable", [
+    ("3.6.0", "2.4.1", False), ("3.6.0", "2.3.5", True), ("3.7.1", "2.4.1", True), ("3.10.0", "2.10.0", True),
+])
+def test_interpreter_probe_names_the_triton_numpy_clash(monkeypatch, triton_version, numpy_version, usable):
+    """Triton 3.6's interpreter calls int() on 1-element arrays, which numpy 2.4 refuses: reported, not a crash."""
+    import numpy
+    import triton
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    nvae_fast.reset()
+    info = nvae_fast.backend_info()["backends"]["triton"]
+    assert info["available"] is usable, info
+    if not usable:
+        assert f"triton {triton_version}" in info["reason"] and "numpy<2.4" in info["reason"]
+
+
 def test_unsupported_inputs_fall_back_visibly(monkeypatch, caplog):
     """A kernel set that declines the inputs leads to the torch kernels, one warning, and a record."""
     declining = types.SimpleNamespace(supports=lambda *args: "no kernel for this test")
