@@ -49,6 +49,9 @@ import triton
 import triton.language as tl
 
 TARGETS = (80, 90)
+# Largest shared memory one block may use (bytes, opt-in dynamic): A100 163 KiB, H100 227 KiB (CUDA
+# programming guide, compute capability tables). A kernel over the limit compiles but fails to launch.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 _WORKER_FLAG = "--aot-worker"
 _SELFTEST = "<selftest>"
 
@@ -67,7 +70,7 @@ def _compile_module(name: str) -> dict:
     try:
         module = importlib.import_module(f"nvae_fast.kernels.{name}")
     except Exception as exc:  # noqa: BLE001 - the report names the failure
-        return {"specs": 0, "compiled": 0, "errors": [f"import failed: {exc!r}"]}
+        return {"specs": 0, "compiled": 0, "max_shared": 0, "errors": [f"import failed: {exc!r}"]}
     return _compile_specs(module)
 
 
@@ -77,7 +80,7 @@ def _compile_specs(module) -> dict:
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    report = {"specs": 0, "compiled": 0, "errors": []}
+    report = {"specs": 0, "compiled": 0, "max_shared": 0, "errors": []}
     specs = getattr(module, "AOT_SPECS", None)
     if not isinstance(specs, (list, tuple)) or not specs:
         report["errors"].append("module defines no non-empty AOT_SPECS list")
@@ -111,8 +114,14 @@ def _compile_specs(module) -> dict:
         for cc in TARGETS:
             try:
                 source = ASTSource(fn, signature, constexprs, attrs)
-                triton.compile(source, target=GPUTarget("cuda", cc, 32), options=options)
+                compiled = triton.compile(source, target=GPUTarget("cuda", cc, 32), options=options)
                 report["compiled"] += 1
+                shared = int(compiled.metadata.shared)
+                report["max_shared"] = max(report["max_shared"], shared)
+                if shared > SHARED_LIMIT[cc]:
+                    report["errors"].append(
+                        f"{label} sm_{cc}: needs {shared} bytes of shared memory, the device allows {SHARED_LIMIT[cc]}"
+                    )
             except Exception as exc:  # noqa: BLE001 - the report names the failure
                 report["errors"].append(f"{label} sm_{cc}: {type(exc).__name__}: {str(exc)[-1500:]}")
     covered = {fn.__name__ for _, fn, _, _, _ in jobs}
@@ -138,20 +147,30 @@ def _count_kernel(x_ptr, n):
 
 
 @triton.jit
+def _greedy_kernel(a_ptr, b_ptr, c_ptr, K: tl.constexpr):
+    m = tl.arange(0, 16)
+    k = tl.arange(0, K)
+    a = tl.load(a_ptr + m[:, None] * K + k[None, :])
+    b = tl.load(b_ptr + k[:, None] * 16 + m[None, :])
+    tl.store(c_ptr + m[:, None] * 16 + m[None, :], tl.dot(a, b))  # K = 2048: 256 KiB of staged operands
+
+
+@triton.jit
 def _forgotten_kernel(x_ptr):
     tl.store(x_ptr, 1.0)
 
 
 def _selftest() -> dict:
     """The harness on a module with a good kernel, a broken one, one that breaks when an argument is
-    1, and one without a spec."""
+    1, one that needs more shared memory than a block may have, and one without a spec."""
     module = types.ModuleType(__name__)
-    for fn in (_copy_kernel, _broken_kernel, _count_kernel, _forgotten_kernel):
+    for fn in (_copy_kernel, _broken_kernel, _count_kernel, _greedy_kernel, _forgotten_kernel):
         setattr(module, fn.__name__, fn)
     module.AOT_SPECS = [
         (_copy_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"}, {"BLOCK": 128}),
         (_broken_kernel, {"x_ptr": "*fp32", "BLOCK": "constexpr"}, {"BLOCK": 3}, {"num_warps": 1}),
         (_count_kernel, {"x_ptr": "*fp32", "n": "i32"}, {}),
+        (_greedy_kernel, {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32", "K": "constexpr"}, {"K": 2048}),
     ]
     return _compile_specs(module)
 
@@ -181,12 +200,14 @@ def aot_report():
 
 def test_harness_reports_broken_and_uncovered_kernels(aot_report):
     report = aot_report[_SELFTEST]
-    # per target: _copy_kernel as listed and with n = 1, _count_kernel as listed
-    assert report["compiled"] == 3 * len(TARGETS), report
+    # per target: _copy_kernel as listed and with n = 1, _count_kernel and _greedy_kernel as listed
+    assert report["compiled"] == 4 * len(TARGETS), report
     errors = report["errors"]
-    assert len(errors) == 2 * len(TARGETS) + 1, report
-    assert all("_broken_kernel" in e for e in errors[: len(TARGETS)]), report
-    assert all("_count_kernel" in e and "['n'] = 1" in e for e in errors[len(TARGETS) : -1]), report
+    assert len(errors) == 3 * len(TARGETS) + 1, report
+    t = len(TARGETS)
+    assert all("_broken_kernel" in e for e in errors[:t]), report
+    assert all("_greedy_kernel" in e and "shared memory" in e for e in errors[t : 2 * t]), report
+    assert all("_count_kernel" in e and "['n'] = 1" in e for e in errors[2 * t : -1]), report
     assert errors[-1] == "kernel _forgotten_kernel has no entry in AOT_SPECS", report
 
 
@@ -199,6 +220,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90(aot_report, module):
     report = aot_report[module]
     assert not report["errors"], f"{module}: " + "\n".join(report["errors"])
     assert report["compiled"] >= report["specs"] * len(TARGETS) > 0
+    assert 0 <= report["max_shared"] <= SHARED_LIMIT[80]
 
 
 if __name__ == "__main__" and sys.argv[1:2] == [_WORKER_FLAG]:
