@@ -30,7 +30,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && [ "$installed" = "$PW
   echo "setup: nvae_fast is built and installed from this checkout (build/setup.stamp is current)"
 else
   echo "setup: building nvae_fast (CUDA extension: ${NVAE_FAST_BUILD_CUDA:-auto}, arch ${TORCH_CUDA_ARCH_LIST})"
-  pip_install --no-build-isolation --no-deps -e .
+  pip_install --no-build-isolation --no-deps --use-pep517 -e .
   mkdir -p build && echo "$inputs" > "$stamp"
 fi
 "$PY" -c "import nvae_fast, json; print(json.dumps(nvae_fast.backend_info()['backends']))"
