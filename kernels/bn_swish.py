@@ -74,6 +74,47 @@ def _swish_grad(dy, z):
 
 
 @triton.jit
+def _centre(v, mask, n, AXIS: tl.constexpr):
+    """(mean, d, M2) of the n values of v where ``mask`` (v is 0 elsewhere), reduced along AXIS (``None``:
+    the whole tile): mean = sum v / n, d = v - mean (0 outside the mask), M2 = sum d^2."""
+    mean = tl.sum(v, AXIS) / n
+    d = tl.where(mask, v - mean, 0)
+    return mean, d, tl.sum(d * d, AXIS)
+
+
+@triton.jit
+def _fold_tile(count, mean, m2, v, mask, n_t, AXIS: tl.constexpr):
+    """Running (count, mean, M2) with a tile's n_t values folded in by Chan et al.'s update (the tile's
+    mean and M2 from :func:`_centre`, reduced along AXIS)."""
+    mean_t, _, m2_t = _centre(v, mask, n_t, AXIS)
+    total = count + n_t
+    delta = mean_t - mean
+    return total, mean + delta * (n_t / total), m2 + (m2_t + delta * delta * (count * n_t / total))
+
+
+@triton.jit
+def _nchw_tile(t, hw_blocks, N, HW, BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Tile t of one channel's N x HW matrix, tiles in row-major order (hw_blocks = cdiv(HW, BLOCK_HW)
+    per row): (rows n, columns hw, mask, number of values)."""
+    tn = t // hw_blocks
+    th = t - tn * hw_blocks
+    r = tn * BLOCK_N + tl.arange(0, BLOCK_N)
+    q = th * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    n_t = tl.minimum(N - tn * BLOCK_N, BLOCK_N) * tl.minimum(HW - th * BLOCK_HW, BLOCK_HW)
+    return r, q, (r < N)[:, None] & (q < HW)[None, :], n_t
+
+
+@triton.jit
+def _store_partials(part_ptr, s, c, C, SPLIT, count, mean, m2, mask):
+    """part[k, s, c] = (count, mean, M2)[k] of a (SPLIT, C) plane each; ``c`` scalar or vector."""
+    out = part_ptr + s * C + c
+    plane = SPLIT * C
+    tl.store(out, count, mask=mask)
+    tl.store(out + plane, mean, mask=mask)
+    tl.store(out + 2 * plane, m2, mask=mask)
+
+
+@triton.jit
 def _bn_stats_nchw_kernel(
     x_ptr, part_ptr, N, C, HW, SPLIT,
     BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
@@ -83,35 +124,16 @@ def _bn_stats_nchw_kernel(
     c = tl.program_id(0)
     s = tl.program_id(1)
     hw_blocks = tl.cdiv(HW, BLOCK_HW)
-    tiles = tl.cdiv(N, BLOCK_N) * hw_blocks
-    rows = tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_HW)
     row_stride = C * HW
     base = x_ptr + c * HW
     count = tl.zeros((), ACC)
     mean = tl.zeros((), ACC)
     m2 = tl.zeros((), ACC)
-    for t in range(s, tiles, SPLIT):
-        tn = t // hw_blocks
-        th = t - tn * hw_blocks
-        r = tn * BLOCK_N + rows
-        q = th * BLOCK_HW + cols
-        mask = (r < N)[:, None] & (q < HW)[None, :]
+    for t in range(s, tl.cdiv(N, BLOCK_N) * hw_blocks, SPLIT):
+        r, q, mask, n_t = _nchw_tile(t, hw_blocks, N, HW, BLOCK_N, BLOCK_HW)
         v = tl.load(base + r[:, None] * row_stride + q[None, :], mask=mask, other=0).to(ACC)
-        n_t = (tl.minimum(N - tn * BLOCK_N, BLOCK_N) * tl.minimum(HW - th * BLOCK_HW, BLOCK_HW)).to(ACC)
-        mean_t = tl.sum(v) / n_t
-        d = tl.where(mask, v - mean_t, 0)
-        m2_t = tl.sum(d * d)
-        total = count + n_t
-        delta = mean_t - mean
-        mean += delta * (n_t / total)
-        m2 += m2_t + delta * delta * (count * n_t / total)
-        count = total
-    out = part_ptr + s * C + c
-    plane = SPLIT * C
-    tl.store(out, count)
-    tl.store(out + plane, mean)
-    tl.store(out + 2 * plane, m2)
+        count, mean, m2 = _fold_tile(count, mean, m2, v, mask, n_t.to(ACC), None)
+    _store_partials(part_ptr, s, c, C, SPLIT, count, mean, m2, None)
 
 
 @triton.jit
@@ -132,20 +154,8 @@ def _bn_stats_nhwc_kernel(
         r = t * BLOCK_R + rows
         mask = (r < R)[:, None] & cmask[None, :]
         v = tl.load(x_ptr + r[:, None] * C + cols[None, :], mask=mask, other=0).to(ACC)
-        n_t = tl.minimum(R - t * BLOCK_R, BLOCK_R).to(ACC)
-        mean_t = tl.sum(v, 0) / n_t
-        d = tl.where(mask, v - mean_t[None, :], 0)
-        m2_t = tl.sum(d * d, 0)
-        total = count + n_t
-        delta = mean_t - mean
-        mean += delta * (n_t / total)
-        m2 += m2_t + delta * delta * (count * n_t / total)
-        count = total
-    out = part_ptr + s * C + cols
-    plane = SPLIT * C
-    tl.store(out, tl.zeros((BLOCK_C,), ACC) + count, mask=cmask)
-    tl.store(out + plane, mean, mask=cmask)
-    tl.store(out + 2 * plane, m2, mask=cmask)
+        count, mean, m2 = _fold_tile(count, mean, m2, v, mask, tl.minimum(R - t * BLOCK_R, BLOCK_R).to(ACC), 0)
+    _store_partials(part_ptr, s, cols, C, SPLIT, tl.zeros((BLOCK_C,), ACC) + count, mean, m2, cmask)
 
 
 @triton.jit
@@ -175,26 +185,53 @@ def _bn_stats_finalize_kernel(part_ptr, mean_ptr, var_ptr, C, SPLIT, BLOCK_C: tl
 
 
 @triton.jit
+def _along(v, CHANNEL_ON_ROWS: tl.constexpr):
+    """Per-channel vector v broadcast over a tile: a column (channels on its rows) or a row."""
+    if CHANNEL_ON_ROWS:
+        out = v[:, None]
+    else:
+        out = v[None, :]
+    return out
+
+
+@triton.jit
+def _tile_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, CHANNEL_ON_ROWS: tl.constexpr, ACC: tl.constexpr):
+    """:func:`_channel_affine` of a tile's channels ``ch``, each broadcast over the tile as :func:`_along`
+    does (written out here: the CPU interpreter pays for every call of a jit helper)."""
+    mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, ACC)
+    if CHANNEL_ON_ROWS:
+        out = mean[:, None], invstd[:, None], scale[:, None], shift[:, None]
+    else:
+        out = mean[None, :], invstd[None, :], scale[None, :], shift[None, :]
+    return out
+
+
+@triton.jit
+def _layout_tile(ROWS, COLS, C, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr):
+    """This program's BLOCK_R x BLOCK_COL tile of the layout's row-major ROWS x COLS matrix:
+    (offsets, mask, channels, channel mask), the channels of its rows (row % C) or of its columns."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    q = tl.program_id(1) * BLOCK_COL + tl.arange(0, BLOCK_COL)
+    rmask = r < ROWS
+    qmask = q < COLS
+    if CHANNEL_ON_ROWS:
+        ch = r % C
+        chmask = rmask
+    else:
+        ch = q
+        chmask = qmask
+    return r[:, None] * COLS + q[None, :], rmask[:, None] & qmask[None, :], ch, chmask
+
+
+@triton.jit
 def _bn_normalize_kernel(
     x_ptr, y_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, ROWS, COLS, C,
     CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr, ACC: tl.constexpr,
 ):
     """Grid (cdiv(ROWS, BLOCK_R), cdiv(COLS, BLOCK_COL)) over the layout's row-major matrix; the channel
     of an element is row % C (NCHW, CHANNEL_ON_ROWS) or its column (NHWC). y = silu(scale x + shift)."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    q = tl.program_id(1) * BLOCK_COL + tl.arange(0, BLOCK_COL)
-    rmask = r < ROWS
-    qmask = q < COLS
-    if CHANNEL_ON_ROWS:
-        _, _, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, r % C, rmask, ACC)
-        scale = scale[:, None]
-        shift = shift[:, None]
-    else:
-        _, _, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, q, qmask, ACC)
-        scale = scale[None, :]
-        shift = shift[None, :]
-    mask = rmask[:, None] & qmask[None, :]
-    offs = r[:, None] * COLS + q[None, :]
+    offs, mask, ch, chmask = _layout_tile(ROWS, COLS, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    _, _, scale, shift = _tile_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, CHANNEL_ON_ROWS, ACC)
     z = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC) * scale + shift
     y = z * tl.sigmoid(z)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -210,19 +247,12 @@ def _bn_backward_reduce_nchw_kernel(
     c = tl.program_id(0)
     s = tl.program_id(1)
     mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, c, c < C, ACC)
-    hw_blocks = tl.cdiv(HW, BLOCK_HW)
-    tiles = tl.cdiv(N, BLOCK_N) * hw_blocks
-    rows = tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_HW)
-    row_stride = C * HW
     acc_dz = tl.zeros((BLOCK_N, BLOCK_HW), ACC)
     acc_dzx = tl.zeros((BLOCK_N, BLOCK_HW), ACC)
-    for t in range(s, tiles, SPLIT):
-        tn = t // hw_blocks
-        th = t - tn * hw_blocks
-        r = tn * BLOCK_N + rows
-        q = th * BLOCK_HW + cols
-        mask = (r < N)[:, None] & (q < HW)[None, :]
+    hw_blocks = tl.cdiv(HW, BLOCK_HW)
+    row_stride = C * HW
+    for t in range(s, tl.cdiv(N, BLOCK_N) * hw_blocks, SPLIT):
+        r, q, mask, _ = _nchw_tile(t, hw_blocks, N, HW, BLOCK_N, BLOCK_HW)
         offs = c * HW + r[:, None] * row_stride + q[None, :]
         v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
         g = tl.load(dy_ptr + offs, mask=mask, other=0).to(ACC)
@@ -269,39 +299,12 @@ def _bn_backward_dx_kernel(
 ):
     """Grid and channel mapping as :func:`_bn_normalize_kernel`. dx = scale (dz - a - xhat b) with
     a = sum_dz / COUNT, b = sum_dz_xhat / COUNT in training, dx = scale dz in eval."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    q = tl.program_id(1) * BLOCK_COL + tl.arange(0, BLOCK_COL)
-    rmask = r < ROWS
-    qmask = q < COLS
-    if CHANNEL_ON_ROWS:
-        ch = r % C
-        chmask = rmask
-    else:
-        ch = q
-        chmask = qmask
-    mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, ACC)
+    offs, mask, ch, chmask = _layout_tile(ROWS, COLS, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    mean, invstd, scale, shift = _tile_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, CHANNEL_ON_ROWS, ACC)
     if TRAINING:
         inv_n = 1 / tl.cast(COUNT, ACC)
-        a = tl.load(sdz_ptr + ch, mask=chmask, other=0).to(ACC) * inv_n
-        bc = tl.load(sdzx_ptr + ch, mask=chmask, other=0).to(ACC) * inv_n
-    if CHANNEL_ON_ROWS:
-        mean = mean[:, None]
-        invstd = invstd[:, None]
-        scale = scale[:, None]
-        shift = shift[:, None]
-        if TRAINING:
-            a = a[:, None]
-            bc = bc[:, None]
-    else:
-        mean = mean[None, :]
-        invstd = invstd[None, :]
-        scale = scale[None, :]
-        shift = shift[None, :]
-        if TRAINING:
-            a = a[None, :]
-            bc = bc[None, :]
-    mask = rmask[:, None] & qmask[None, :]
-    offs = r[:, None] * COLS + q[None, :]
+        a = _along(tl.load(sdz_ptr + ch, mask=chmask, other=0).to(ACC) * inv_n, CHANNEL_ON_ROWS)
+        bc = _along(tl.load(sdzx_ptr + ch, mask=chmask, other=0).to(ACC) * inv_n, CHANNEL_ON_ROWS)
     v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
     g = tl.load(dy_ptr + offs, mask=mask, other=0).to(ACC)
     dz = _swish_grad(g, v * scale + shift)
@@ -336,9 +339,8 @@ def _bn_train_forward_nchw_kernel(
     offs = c * HW + rows[:, None] * (C * HW) + cols[None, :]
     v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
     n = tl.cast(N * HW, ACC)
-    mean = tl.sum(v) / n
-    d = tl.where(mask, v - mean, 0)
-    var = tl.sum(d * d) / n
+    mean, d, m2 = _centre(v, mask, n, None)
+    var = m2 / n
     w = tl.load(w_ptr + c).to(ACC)
     b = tl.load(b_ptr + c).to(ACC)
     y = _centred_swish(d, var, w, b, eps, ACC)
@@ -361,9 +363,8 @@ def _bn_train_forward_nhwc_kernel(
     offs = rows[:, None] * C + cols[None, :]
     v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
     n = tl.cast(R, ACC)
-    mean = tl.sum(v, 0) / n
-    d = tl.where(mask, v - mean[None, :], 0)
-    var = tl.sum(d * d, 0) / n
+    mean, d, m2 = _centre(v, mask, n, 0)
+    var = m2 / n
     w = tl.load(w_ptr + cols, mask=cmask, other=0).to(ACC)
     b = tl.load(b_ptr + cols, mask=cmask, other=0).to(ACC)
     y = _centred_swish(d, var[None, :], w[None, :], b[None, :], eps, ACC)

@@ -67,18 +67,95 @@ META_FIELDS = tl.constexpr(12)
 
 
 # ----------------------------------------------------------------------------------------------- kernels
-# (Table fields are read inline rather than through small helpers: the CPU interpreter pays heavily for
-# every call of a jit helper.)
+# The helpers below are called once per program or per tile block, never per element: the CPU
+# interpreter pays for every call of a jit helper.
 
 
 @triton.jit
-def _inv_norm(part_ptr, first, count, EPS_: tl.constexpr, BLOCK: tl.constexpr):
-    """1 / max(sqrt(sum(part[first : first + count])), eps), the partials added in a fixed order."""
+def _item(items_ptr, j):
+    """(i, start) of item j: its weight and its first column (column items) or row (row items)."""
+    return tl.load(items_ptr + 2 * j), tl.load(items_ptr + 2 * j + 1)
+
+
+@triton.jit
+def _io_ptr(addr_ptr, i, FIELD: tl.constexpr, DTYPE: tl.constexpr):
+    """Address FIELD (_W_ADDR, _U_ADDR or _V_ADDR) of weight i, as a pointer to DTYPE."""
+    return tl.load(addr_ptr + i * ADDR_FIELDS + FIELD).to(tl.pointer_type(DTYPE))
+
+
+@triton.jit
+def _io_ptrs(addr_ptr, i, W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr):
+    """(W_i, u_i, v_i): pointers to the caller's weight i and its vectors."""
+    return (
+        _io_ptr(addr_ptr, i, _W_ADDR, W_DTYPE),
+        _io_ptr(addr_ptr, i, _U_ADDR, U_DTYPE),
+        _io_ptr(addr_ptr, i, _V_ADDR, V_DTYPE),
+    )
+
+
+@triton.jit
+def _shape(meta):
+    """(rows, cols, w_stride, u_stride, v_stride) from the meta row ``meta`` of one weight."""
+    return (
+        tl.load(meta + _ROWS),
+        tl.load(meta + _COLS),
+        tl.load(meta + _W_STRIDE),
+        tl.load(meta + _U_STRIDE),
+        tl.load(meta + _V_STRIDE),
+    )
+
+
+@triton.jit
+def _fixed_sum(part_ptr, first, count, BLOCK: tl.constexpr):
+    """sum(part[first : first + count]), the partials added in a fixed order."""
     acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
     for b in range(0, count, BLOCK):
         o = b + tl.arange(0, BLOCK)
         acc += tl.load(part_ptr + first + o, mask=o < count, other=0.0)
-    return 1.0 / tl.maximum(tl.sqrt(tl.sum(acc, axis=0)), EPS_)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _inv_norm(part_ptr, meta, FIRST: tl.constexpr, COUNT: tl.constexpr, EPS_: tl.constexpr):
+    """1 / max(sqrt(sum of one weight's partial squared norms), eps); its items are those at meta fields
+    FIRST and COUNT (_ROW_FIRST, _ROW_COUNT or _COL_FIRST, _COL_COUNT)."""
+    total = _fixed_sum(part_ptr, tl.load(meta + FIRST), tl.load(meta + COUNT), SUM_BLOCK)
+    return 1.0 / tl.maximum(tl.sqrt(total), EPS_)
+
+
+@triton.jit
+def _rows_dot(w, w_stride, r, rmask, x, x_stride, cols, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """(BLOCK_R,) sum_k W[r, k] x[k] over all ``cols`` columns, x read through x_stride; in ACC."""
+    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
+    for k0 in range(0, cols, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < cols
+        xv = tl.load(x + k * x_stride, mask=kmask, other=0.0).to(ACC)
+        wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        acc += wt.to(ACC) * xv[None, :]
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _cols_dot(w, w_stride, k, kmask, x, x_stride, rows, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """(BLOCK_K,) sum_r W[r, k] x[r] over all ``rows`` rows, x read through x_stride; in ACC."""
+    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
+    for r0 in range(0, rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        rmask = r < rows
+        xv = tl.load(x + r * x_stride, mask=rmask, other=0.0).to(ACC)
+        wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        acc += wt.to(ACC) * xv[:, None]
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _store_scaled(dst, dst_stride, src, src_stride, o, mask, scale):
+    """dst[o] = src[o] scale where ``mask``: src upcast to scale's dtype, the product rounded to dst's."""
+    x = tl.load(src + o * src_stride, mask=mask, other=0.0).to(scale.dtype)
+    tl.store(dst + o * dst_stride, (x * scale).to(dst.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -90,19 +167,16 @@ def _resident_kernel(
     """Program i: all N_ITER steps for weight i, which fits one BLOCK_R x BLOCK_K tile: W_i is loaded once
     and stays in registers, as do s, t and their scales; u_i, v_i are written normalised at the end."""
     i = tl.program_id(0)
-    addr = addr_ptr + i * ADDR_FIELDS
-    meta = meta_ptr + i * META_FIELDS
-    w = tl.load(addr + _W_ADDR).to(tl.pointer_type(W_DTYPE))
-    u_io = tl.load(addr + _U_ADDR).to(tl.pointer_type(U_DTYPE))
-    v_io = tl.load(addr + _V_ADDR).to(tl.pointer_type(V_DTYPE))
+    w, u_io, v_io = _io_ptrs(addr_ptr, i, W_DTYPE, U_DTYPE, V_DTYPE)
+    rows, cols, w_stride, u_stride, v_stride = _shape(meta_ptr + i * META_FIELDS)
     r = tl.arange(0, BLOCK_R)
     k = tl.arange(0, BLOCK_K)
-    rmask = r < tl.load(meta + _ROWS)
-    kmask = k < tl.load(meta + _COLS)
-    w_at = w + (r * tl.load(meta + _W_STRIDE))[:, None] + k[None, :]
+    rmask = r < rows
+    kmask = k < cols
+    w_at = w + (r * w_stride)[:, None] + k[None, :]
     wt = tl.load(w_at, mask=rmask[:, None] & kmask[None, :], other=0.0).to(ACC)
-    u_at = u_io + r * tl.load(meta + _U_STRIDE)
-    v_at = v_io + k * tl.load(meta + _V_STRIDE)
+    u_at = u_io + r * u_stride
+    v_at = v_io + k * v_stride
     s = tl.load(u_at, mask=rmask, other=0.0).to(ACC)  # the caller's u, scale 1
     t = tl.zeros([BLOCK_K], dtype=ACC)
     inv_u = tl.full([], 1.0, dtype=ACC)
@@ -128,37 +202,23 @@ def _persistent_kernel(
     barrier separates each half-step from the one that reads what it wrote.
     """
     i = tl.program_id(0)
-    addr = addr_ptr + i * ADDR_FIELDS
     meta = meta_ptr + i * META_FIELDS
-    w = tl.load(addr + _W_ADDR).to(tl.pointer_type(W_DTYPE))
-    u_io = tl.load(addr + _U_ADDR).to(tl.pointer_type(U_DTYPE))
-    v_io = tl.load(addr + _V_ADDR).to(tl.pointer_type(V_DTYPE))
-    rows = tl.load(meta + _ROWS)
-    cols = tl.load(meta + _COLS)
-    w_stride = tl.load(meta + _W_STRIDE)
-    u_stride = tl.load(meta + _U_STRIDE)
-    v_stride = tl.load(meta + _V_STRIDE)
+    w, u_io, v_io = _io_ptrs(addr_ptr, i, W_DTYPE, U_DTYPE, V_DTYPE)
+    rows, cols, w_stride, u_stride, v_stride = _shape(meta)
     s_buf = ws_u_ptr + tl.load(meta + _S_OFF)
     t_buf = ws_v_ptr + tl.load(meta + _T_OFF)
-    for r0 in range(0, rows, BLOCK_R):  # s = the caller's u, scale 1
-        r = r0 + tl.arange(0, BLOCK_R)
-        tl.store(s_buf + r, tl.load(u_io + r * u_stride, mask=r < rows, other=0.0).to(ACC), mask=r < rows)
     inv_u = tl.full([], 1.0, dtype=ACC)
     inv_v = tl.full([], 1.0, dtype=ACC)
+    for r0 in range(0, rows, BLOCK_R):  # s = the caller's u, scale 1
+        r = r0 + tl.arange(0, BLOCK_R)
+        _store_scaled(s_buf, 1, u_io, u_stride, r, r < rows, inv_u)
     for _ in range(N_ITER):
         tl.debug_barrier()
         sq = tl.zeros([BLOCK_K], dtype=ACC)
         for k0 in range(0, cols, BLOCK_K):  # t = W^T (s inv_u)
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < cols
-            acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
-            for r0 in range(0, rows, BLOCK_R):
-                r = r0 + tl.arange(0, BLOCK_R)
-                rmask = r < rows
-                sv = tl.load(s_buf + r, mask=rmask, other=0.0)
-                wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-                acc += wt.to(ACC) * sv[:, None]
-            t = tl.sum(acc, axis=0) * inv_u
+            t = _cols_dot(w, w_stride, k, kmask, s_buf, 1, rows, ACC, BLOCK_R, BLOCK_K) * inv_u
             tl.store(t_buf + k, t, mask=kmask)
             sq += t * t
         inv_v = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), EPS_)
@@ -167,26 +227,17 @@ def _persistent_kernel(
         for r0 in range(0, rows, BLOCK_R):  # s = W (t inv_v)
             r = r0 + tl.arange(0, BLOCK_R)
             rmask = r < rows
-            acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
-            for k0 in range(0, cols, BLOCK_K):
-                k = k0 + tl.arange(0, BLOCK_K)
-                kmask = k < cols
-                tv = tl.load(t_buf + k, mask=kmask, other=0.0)
-                wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-                acc += wt.to(ACC) * tv[None, :]
-            sv = tl.sum(acc, axis=1) * inv_v
+            sv = _rows_dot(w, w_stride, r, rmask, t_buf, 1, cols, ACC, BLOCK_R, BLOCK_K) * inv_v
             tl.store(s_buf + r, sv, mask=rmask)
             sq += sv * sv
         inv_u = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), EPS_)
     tl.debug_barrier()
     for r0 in range(0, rows, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        sv = tl.load(s_buf + r, mask=r < rows, other=0.0)
-        tl.store(u_io + r * u_stride, (sv * inv_u).to(U_DTYPE), mask=r < rows)
+        _store_scaled(u_io, u_stride, s_buf, 1, r, r < rows, inv_u)
     for k0 in range(0, cols, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        tv = tl.load(t_buf + k, mask=k < cols, other=0.0)
-        tl.store(v_io + k * v_stride, (tv * inv_v).to(V_DTYPE), mask=k < cols)
+        _store_scaled(v_io, v_stride, t_buf, 1, k, k < cols, inv_v)
 
 
 @triton.jit
@@ -200,30 +251,20 @@ def _v_step_kernel(
     u is the caller's u_i (FIRST) or the unnormalised s_i of the last half-step times 1 / max(||s_i||, eps).
     """
     j = tl.program_id(0)
-    i = tl.load(items_ptr + 2 * j)
-    k = tl.load(items_ptr + 2 * j + 1) + tl.arange(0, BLOCK_K)
-    addr = addr_ptr + i * ADDR_FIELDS
+    i, k0 = _item(items_ptr, j)
+    k = k0 + tl.arange(0, BLOCK_K)
     meta = meta_ptr + i * META_FIELDS
-    w = tl.load(addr + _W_ADDR).to(tl.pointer_type(W_DTYPE))
-    rows = tl.load(meta + _ROWS)
-    w_stride = tl.load(meta + _W_STRIDE)
+    rows, cols, w_stride, u_stride, _ = _shape(meta)
+    w = _io_ptr(addr_ptr, i, _W_ADDR, W_DTYPE)
     if FIRST:
-        u = tl.load(addr + _U_ADDR).to(tl.pointer_type(U_DTYPE))
-        u_stride = tl.load(meta + _U_STRIDE)
+        u = _io_ptr(addr_ptr, i, _U_ADDR, U_DTYPE)
         scale = 1.0
     else:
         u = ws_u_ptr + tl.load(meta + _S_OFF)
         u_stride = 1
-        scale = _inv_norm(part_u_ptr, tl.load(meta + _ROW_FIRST), tl.load(meta + _ROW_COUNT), EPS_, SUM_BLOCK)
-    kmask = k < tl.load(meta + _COLS)
-    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
-    for r0 in range(0, rows, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        rmask = r < rows
-        uv = tl.load(u + r * u_stride, mask=rmask, other=0.0).to(ACC)
-        wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        acc += wt.to(ACC) * uv[:, None]
-    t = tl.sum(acc, axis=0) * scale
+        scale = _inv_norm(part_u_ptr, meta, _ROW_FIRST, _ROW_COUNT, EPS_)
+    kmask = k < cols
+    t = _cols_dot(w, w_stride, k, kmask, u, u_stride, rows, ACC, BLOCK_R, BLOCK_K) * scale
     tl.store(ws_v_ptr + tl.load(meta + _T_OFF) + k, t, mask=kmask)
     tl.store(part_v_ptr + j, tl.sum(t * t, axis=0))
 
@@ -238,23 +279,15 @@ def _u_step_kernel(
     v is the unnormalised t_i of the last half-step times 1 / max(||t_i||, eps).
     """
     j = tl.program_id(0)
-    i = tl.load(items_ptr + 2 * j)
-    r = tl.load(items_ptr + 2 * j + 1) + tl.arange(0, BLOCK_R)
+    i, r0 = _item(items_ptr, j)
+    r = r0 + tl.arange(0, BLOCK_R)
     meta = meta_ptr + i * META_FIELDS
-    w = tl.load(addr_ptr + i * ADDR_FIELDS + _W_ADDR).to(tl.pointer_type(W_DTYPE))
-    cols = tl.load(meta + _COLS)
-    rmask = r < tl.load(meta + _ROWS)
+    rows, cols, w_stride, _, _ = _shape(meta)
+    w = _io_ptr(addr_ptr, i, _W_ADDR, W_DTYPE)
+    rmask = r < rows
+    scale = _inv_norm(part_v_ptr, meta, _COL_FIRST, _COL_COUNT, EPS_)
     v = ws_v_ptr + tl.load(meta + _T_OFF)
-    scale = _inv_norm(part_v_ptr, tl.load(meta + _COL_FIRST), tl.load(meta + _COL_COUNT), EPS_, SUM_BLOCK)
-    w_rows = w + (r * tl.load(meta + _W_STRIDE))[:, None]
-    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
-    for k0 in range(0, cols, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        kmask = k < cols
-        vv = tl.load(v + k, mask=kmask, other=0.0)
-        wt = tl.load(w_rows + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        acc += wt.to(ACC) * vv[None, :]
-    s = tl.sum(acc, axis=1) * scale
+    s = _rows_dot(w, w_stride, r, rmask, v, 1, cols, ACC, BLOCK_R, BLOCK_K) * scale
     tl.store(ws_u_ptr + tl.load(meta + _S_OFF) + r, s, mask=rmask)
     tl.store(part_u_ptr + j, tl.sum(s * s, axis=0))
 
@@ -269,23 +302,21 @@ def _write_back_kernel(
     v_i = t_i / max(||t_i||, eps) into the caller's v_i (the others: column item j - ROW_ITEMS)."""
     j = tl.program_id(0)
     if j < ROW_ITEMS:
-        i = tl.load(row_items_ptr + 2 * j)
-        r = tl.load(row_items_ptr + 2 * j + 1) + tl.arange(0, BLOCK_R)
+        i, r0 = _item(row_items_ptr, j)
+        r = r0 + tl.arange(0, BLOCK_R)
         meta = meta_ptr + i * META_FIELDS
-        scale = _inv_norm(part_u_ptr, tl.load(meta + _ROW_FIRST), tl.load(meta + _ROW_COUNT), EPS_, SUM_BLOCK)
-        rmask = r < tl.load(meta + _ROWS)
-        s = tl.load(ws_u_ptr + tl.load(meta + _S_OFF) + r, mask=rmask, other=0.0)
-        u = tl.load(addr_ptr + i * ADDR_FIELDS + _U_ADDR).to(tl.pointer_type(U_DTYPE))
-        tl.store(u + r * tl.load(meta + _U_STRIDE), (s * scale).to(U_DTYPE), mask=rmask)
+        rows, _, _, u_stride, _ = _shape(meta)
+        scale = _inv_norm(part_u_ptr, meta, _ROW_FIRST, _ROW_COUNT, EPS_)
+        u = _io_ptr(addr_ptr, i, _U_ADDR, U_DTYPE)
+        _store_scaled(u, u_stride, ws_u_ptr + tl.load(meta + _S_OFF), 1, r, r < rows, scale)
     else:
-        i = tl.load(col_items_ptr + 2 * (j - ROW_ITEMS))
-        k = tl.load(col_items_ptr + 2 * (j - ROW_ITEMS) + 1) + tl.arange(0, BLOCK_K)
+        i, k0 = _item(col_items_ptr, j - ROW_ITEMS)
+        k = k0 + tl.arange(0, BLOCK_K)
         meta = meta_ptr + i * META_FIELDS
-        scale = _inv_norm(part_v_ptr, tl.load(meta + _COL_FIRST), tl.load(meta + _COL_COUNT), EPS_, SUM_BLOCK)
-        kmask = k < tl.load(meta + _COLS)
-        t = tl.load(ws_v_ptr + tl.load(meta + _T_OFF) + k, mask=kmask, other=0.0)
-        v = tl.load(addr_ptr + i * ADDR_FIELDS + _V_ADDR).to(tl.pointer_type(V_DTYPE))
-        tl.store(v + k * tl.load(meta + _V_STRIDE), (t * scale).to(V_DTYPE), mask=kmask)
+        _, cols, _, _, v_stride = _shape(meta)
+        scale = _inv_norm(part_v_ptr, meta, _COL_FIRST, _COL_COUNT, EPS_)
+        v = _io_ptr(addr_ptr, i, _V_ADDR, V_DTYPE)
+        _store_scaled(v, v_stride, ws_v_ptr + tl.load(meta + _T_OFF), 1, k, k < cols, scale)
 
 
 @triton.jit
@@ -296,28 +327,15 @@ def _sigma_weight_kernel(
 ):
     """Program i: sigma[out_i] = sum_r u[r] sum_k W[r, k] v[k] for the whole of weight i (the caller's u, v)."""
     i = tl.program_id(0)
-    addr = addr_ptr + i * ADDR_FIELDS
     meta = meta_ptr + i * META_FIELDS
-    w = tl.load(addr + _W_ADDR).to(tl.pointer_type(W_DTYPE))
-    u = tl.load(addr + _U_ADDR).to(tl.pointer_type(U_DTYPE))
-    v = tl.load(addr + _V_ADDR).to(tl.pointer_type(V_DTYPE))
-    rows = tl.load(meta + _ROWS)
-    cols = tl.load(meta + _COLS)
-    w_stride = tl.load(meta + _W_STRIDE)
-    u_stride = tl.load(meta + _U_STRIDE)
-    v_stride = tl.load(meta + _V_STRIDE)
+    w, u, v = _io_ptrs(addr_ptr, i, W_DTYPE, U_DTYPE, V_DTYPE)
+    rows, cols, w_stride, u_stride, v_stride = _shape(meta)
     total = tl.zeros([BLOCK_R], dtype=ACC)
     for r0 in range(0, rows, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         rmask = r < rows
-        acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
-        for k0 in range(0, cols, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            kmask = k < cols
-            vv = tl.load(v + k * v_stride, mask=kmask, other=0.0).to(ACC)
-            wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-            acc += wt.to(ACC) * vv[None, :]
-        total += tl.sum(acc, axis=1) * tl.load(u + r * u_stride, mask=rmask, other=0.0).to(ACC)
+        wv = _rows_dot(w, w_stride, r, rmask, v, v_stride, cols, ACC, BLOCK_R, BLOCK_K)
+        total += wv * tl.load(u + r * u_stride, mask=rmask, other=0.0).to(ACC)
     tl.store(out_ptr + tl.load(meta + _OUT), tl.sum(total, axis=0))
 
 
@@ -329,39 +347,22 @@ def _sigma_rows_kernel(
 ):
     """Item j = BLOCK_R rows r of weight i: part[j] = sum_r u[r] sum_k W[r, k] v[k] (the caller's u, v)."""
     j = tl.program_id(0)
-    i = tl.load(items_ptr + 2 * j)
-    r = tl.load(items_ptr + 2 * j + 1) + tl.arange(0, BLOCK_R)
-    addr = addr_ptr + i * ADDR_FIELDS
-    meta = meta_ptr + i * META_FIELDS
-    w = tl.load(addr + _W_ADDR).to(tl.pointer_type(W_DTYPE))
-    u = tl.load(addr + _U_ADDR).to(tl.pointer_type(U_DTYPE))
-    v = tl.load(addr + _V_ADDR).to(tl.pointer_type(V_DTYPE))
-    cols = tl.load(meta + _COLS)
-    v_stride = tl.load(meta + _V_STRIDE)
-    rmask = r < tl.load(meta + _ROWS)
-    w_rows = w + (r * tl.load(meta + _W_STRIDE))[:, None]
-    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
-    for k0 in range(0, cols, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        kmask = k < cols
-        vv = tl.load(v + k * v_stride, mask=kmask, other=0.0).to(ACC)
-        wt = tl.load(w_rows + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        acc += wt.to(ACC) * vv[None, :]
-    uv = tl.load(u + r * tl.load(meta + _U_STRIDE), mask=rmask, other=0.0).to(ACC)
-    tl.store(part_ptr + j, tl.sum(tl.sum(acc, axis=1) * uv, axis=0))
+    i, r0 = _item(items_ptr, j)
+    r = r0 + tl.arange(0, BLOCK_R)
+    w, u, v = _io_ptrs(addr_ptr, i, W_DTYPE, U_DTYPE, V_DTYPE)
+    rows, cols, w_stride, u_stride, v_stride = _shape(meta_ptr + i * META_FIELDS)
+    rmask = r < rows
+    wv = _rows_dot(w, w_stride, r, rmask, v, v_stride, cols, ACC, BLOCK_R, BLOCK_K)
+    uv = tl.load(u + r * u_stride, mask=rmask, other=0.0).to(ACC)
+    tl.store(part_ptr + j, tl.sum(wv * uv, axis=0))
 
 
 @triton.jit
 def _sigma_sum_kernel(meta_ptr, part_ptr, out_ptr, BLOCK: tl.constexpr):
     """sigma[out_i] = sum of weight i's row-item partials, in item order (program i: weight i)."""
     meta = meta_ptr + tl.program_id(0) * META_FIELDS
-    first = tl.load(meta + _ROW_FIRST)
-    count = tl.load(meta + _ROW_COUNT)
-    acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
-    for b in range(0, count, BLOCK):
-        o = b + tl.arange(0, BLOCK)
-        acc += tl.load(part_ptr + first + o, mask=o < count, other=0.0)
-    tl.store(out_ptr + tl.load(meta + _OUT), tl.sum(acc, axis=0))
+    total = _fixed_sum(part_ptr, tl.load(meta + _ROW_FIRST), tl.load(meta + _ROW_COUNT), BLOCK)
+    tl.store(out_ptr + tl.load(meta + _OUT), total)
 
 
 # -------------------------------------------------------------------------------------------- host side

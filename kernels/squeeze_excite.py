@@ -36,6 +36,24 @@ MAX_COLS_NHWC = 128  # widest tile along C
 
 
 @triton.jit
+def _term(x_ptr, y_ptr, offs, mask, PRODUCT: tl.constexpr, ACC: tl.constexpr):
+    """x (times y with PRODUCT) at ``offs`` in ACC, 0 outside ``mask``."""
+    v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    if PRODUCT:
+        v = v * tl.load(y_ptr + offs, mask=mask, other=0).to(ACC)
+    return v
+
+
+@triton.jit
+def _store_total(out_ptrs, acc, mask, HW, AXIS: tl.constexpr, MEAN: tl.constexpr):
+    """Store the sums of ``acc`` along its pixel axis AXIS, divided by HW with MEAN."""
+    total = tl.sum(acc, AXIS)
+    if MEAN:
+        total = total / HW
+    tl.store(out_ptrs, total, mask=mask)
+
+
+@triton.jit
 def _se_reduce_nchw_kernel(
     x_ptr, y_ptr, out_ptr, ROWS, HW, SPLIT,
     PRODUCT: tl.constexpr, MEAN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
@@ -50,15 +68,8 @@ def _se_reduce_nchw_kernel(
     for t in range(s, tl.cdiv(HW, BLOCK_HW), SPLIT):
         q = t * BLOCK_HW + cols
         mask = rmask[:, None] & (q < HW)[None, :]
-        offs = r[:, None] * HW + q[None, :]
-        v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
-        if PRODUCT:
-            v = v * tl.load(y_ptr + offs, mask=mask, other=0).to(ACC)
-        acc += v
-    total = tl.sum(acc, 1)
-    if MEAN:
-        total = total / HW
-    tl.store(out_ptr + s * ROWS + r, total, mask=rmask)
+        acc += _term(x_ptr, y_ptr, r[:, None] * HW + q[None, :], mask, PRODUCT, ACC)
+    _store_total(out_ptr + s * ROWS + r, acc, rmask, HW, 1, MEAN)
 
 
 @triton.jit
@@ -79,15 +90,8 @@ def _se_reduce_nhwc_kernel(
     for t in range(s, tl.cdiv(HW, BLOCK_HW), SPLIT):
         h = t * BLOCK_HW + rows
         mask = (h < HW)[:, None] & cmask[None, :]
-        offs = base + h[:, None] * C + cols[None, :]
-        v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
-        if PRODUCT:
-            v = v * tl.load(y_ptr + offs, mask=mask, other=0).to(ACC)
-        acc += v
-    total = tl.sum(acc, 0)
-    if MEAN:
-        total = total / HW
-    tl.store(out_ptr + s * NC + n * C + cols, total, mask=cmask)
+        acc += _term(x_ptr, y_ptr, base + h[:, None] * C + cols[None, :], mask, PRODUCT, ACC)
+    _store_total(out_ptr + s * NC + n * C + cols, acc, cmask, HW, 0, MEAN)
 
 
 @triton.jit
