@@ -1,10 +1,10 @@
 """pytest wiring of the benchmark suites: options, case parametrisation, and the result files.
 
 Every test appends its rows (:mod:`benchmarks.results`) to the session's collector; they are merged into
-``<--bench-out>/<date>-<gpu>[-smoke]/{ops,model}.{json,csv}`` every :data:`FLUSH_EVERY_S` seconds and
-at the end of the session (so a killed run keeps what it measured), and the files are printed in the
-terminal summary. With ``--bench-max-minutes`` the cases that would start after the deadline are
-skipped.
+``<--bench-out>/<date>-<gpu>[-smoke]/{ops,model}.{json,csv}`` every :data:`FLUSH_EVERY_S` seconds, after
+every training-step case and at the end of the session (so a killed run keeps what it measured), and the
+files are printed in the terminal summary. With ``--bench-max-minutes`` the cases that would start after
+the deadline are skipped.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ def pytest_runtest_setup(item):
 
 
 def pytest_runtest_teardown(item):
-    if time.monotonic() - item.config.stash[_CLOCK]["flushed"] > FLUSH_EVERY_S:
+    # A training-step case takes seconds to minutes: its rows are written at once, so that a command
+    # killed during the next case (a torch.compile of the whole model, say) keeps them.
+    if "step_case" in item.fixturenames or time.monotonic() - item.config.stash[_CLOCK]["flushed"] > FLUSH_EVERY_S:
         _flush(item.config)
 
 

@@ -14,6 +14,7 @@ It is the denominator of every ``bandwidth_fraction`` row.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import re
 import subprocess
@@ -43,7 +44,10 @@ def slug(text: str) -> str:
 
 
 def git_commit() -> str:
-    """``HEAD``'s hash (``-dirty`` appended when the tree has changes), or ``unknown``."""
+    """``HEAD``'s hash (``-dirty`` appended when the tree has changes), or ``unknown``; the environment
+    variable ``NVAE_BENCH_GIT_COMMIT`` overrides it (a device machine may get the tree without ``.git``)."""
+    if os.environ.get("NVAE_BENCH_GIT_COMMIT"):
+        return os.environ["NVAE_BENCH_GIT_COMMIT"]
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True

@@ -37,6 +37,11 @@ def flush_l2(device: torch.device) -> None:
     buf.fill_(1)
 
 
+def release_flush_buffers() -> None:
+    """Free the flush buffers (256 MiB per device), e.g. before measuring a total peak memory."""
+    _flush_buffers.clear()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

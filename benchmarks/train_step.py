@@ -19,7 +19,8 @@ set is far larger than L2), ``images_per_s`` = batch / step time, ``peak_mem_MiB
 included), and ``max_batch``: the largest batch whose step runs without a CUDA out-of-memory error,
 found by :func:`largest_batch` (doubling from the preset batch, then bisection to within
 :data:`BATCH_RESOLUTION`). ``max_batch`` is not searched for ``compile`` (every probed batch size would
-recompile the model).
+recompile the model) nor in smoke runs; an error other than out-of-memory during the search makes only
+the ``max_batch`` row an ``error``.
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ def run_step_case(preset: str, provider: str, dtype: str, *, smoke: bool, device
     reason = unavailable(provider, smoke)
     if reason:
         return [make_row(case, env, m, status="skipped", reason=reason) for m in metrics]
+    timing.release_flush_buffers()  # the op suite's L2-flush buffer would count in this total peak memory
     runner = None
     try:
         runner = StepRunner(preset, provider, dtype, device, smoke)
@@ -190,6 +192,8 @@ def _measure(runner: StepRunner, batch, case, provider, *, smoke, device, env, b
     del x
     if device.type != "cuda":
         why = "the largest-batch search runs on CUDA only"
+    elif smoke:
+        why = "smoke run: no largest-batch search"
     elif provider == "compile":
         why = "not searched for torch.compile: every probed batch size would recompile the model"
     elif not max_batch:
@@ -199,5 +203,8 @@ def _measure(runner: StepRunner, batch, case, provider, *, smoke, device, env, b
     if why:
         rows.append(make_row(case, env, "max_batch", status="skipped", reason=why))
     else:
-        rows.append(make_row(case, env, "max_batch", largest_batch(runner.fits, batch), n=1))
+        try:
+            rows.append(make_row(case, env, "max_batch", largest_batch(runner.fits, batch), n=1))
+        except Exception as exc:  # not an out-of-memory error: the rows measured above are kept
+            rows.append(make_row(case, env, "max_batch", status="error", reason=f"{type(exc).__name__}: {exc}"[:500]))
     return rows

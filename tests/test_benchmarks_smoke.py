@@ -1,5 +1,6 @@
-"""The benchmark suite's wiring (no timing): smoke run, result files, plots, summary, and the pure parts
-(traffic model, target evaluation, largest-batch search, stack+bmm baseline, forward hooks)."""
+"""The benchmark suite's wiring (no timing): smoke run, result files, plots, summary, the pure parts
+(traffic model, target evaluation, largest-batch search, stack+bmm baseline, forward hooks), and the
+CUDA-only paths (event timing, out-of-memory handling) with ``torch.cuda`` mocked."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from benchmarks import model_shapes, plot, results, shapes, summarize, targets, traffic
+from benchmarks import env as bench_env
+from benchmarks import model_shapes, plot, results, shapes, summarize, targets, timing, traffic, train_step
 from benchmarks.providers import PROVIDERS, StackBmmPowerIteration
 from benchmarks.train_step import BATCH_RESOLUTION, largest_batch
 from nvae_fast.nn import BNSwish, DepthwiseConv2d, SqueezeExcite
@@ -29,10 +32,9 @@ ENV = {
 
 
 # ---------------------------------------------------------------- smoke run of the real suite (subprocess)
-@pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory) -> Path:
-    """Run ``pytest benchmarks --smoke`` (Triton interpreter off: fused backends must be skipped)."""
-    out = tmp_path_factory.mktemp("bench")
+def _run_smoke(out: Path) -> Path:
+    """Run ``pytest benchmarks --smoke`` into ``out`` (Triton interpreter off: without a GPU the fused
+    backends must be skipped) and return the one results directory it made."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks", "--smoke", "--bench-out", str(out), "-q", "-p", "no:cacheprovider"],
@@ -44,30 +46,34 @@ def smoke_dir(tmp_path_factory) -> Path:
     return dirs[0]
 
 
-@pytest.mark.slow
-def test_smoke_rows_are_well_formed_and_cover_every_provider(smoke_dir):
+def _check_smoke_rows(smoke_dir: Path) -> None:
     env, rows = results.load_dir(smoke_dir)
     assert env["smoke"] is True and env["copy_bw_GBps"] > 0
     bad = [(r["op"], r["provider"], r["metric"], results.problems(r)) for r in rows if results.problems(r)]
     assert not bad, bad[:5]
     assert all(r["smoke"] for r in rows)
+    gpu = torch.cuda.is_available()
     for op, providers in PROVIDERS.items():
         for provider in providers:
             mine = [r for r in rows if r["op"] == op and r["provider"] == provider and r["metric"] == "time_ms"]
             assert mine, (op, provider)
-            if provider in ("triton", "cuda"):
+            assert {r["mode"] for r in mine} == set(traffic.MODES)
+            if provider in ("triton", "cuda") and not gpu:
                 # no GPU and no interpreter: skipped, and the reason says why
                 assert all(r["status"] == "skipped" and "unavailable" in r["reason"] for r in mine), mine[0]
+            elif provider in ("triton", "cuda"):
+                # on a GPU a fused backend runs, or is skipped with its reason (extension not built, fallback)
+                assert all(r["status"] == "ok" or (r["status"] == "skipped" and r["reason"]) for r in mine), mine[0]
             else:
                 assert all(r["status"] == "ok" for r in mine), [r["reason"] for r in mine if r["status"] != "ok"]
-                assert {r["mode"] for r in mine} == set(traffic.MODES)
     step = {r["provider"]: r for r in rows if r["op"] == "train_step" and r["metric"] == "images_per_s" and r["dtype"] == "float32"}
     assert step["torch"]["status"] == "ok" and step["reference"]["status"] == "ok"
     assert step["compile"]["status"] == "skipped" and step["compile"]["reason"]
+    max_batch = [r for r in rows if r["op"] == "train_step" and r["metric"] == "max_batch"]
+    assert max_batch and all(r["status"] == "skipped" for r in max_batch)  # never searched in smoke runs
 
 
-@pytest.mark.slow
-def test_smoke_csv_matches_json(smoke_dir):
+def _check_smoke_csv(smoke_dir: Path) -> None:
     for section in results.SECTIONS:
         _, rows = results.load_section(smoke_dir / f"{section}.json")
         with (smoke_dir / f"{section}.csv").open() as fh:
@@ -78,8 +84,7 @@ def test_smoke_csv_matches_json(smoke_dir):
         assert [r["metric"] for r in table] == [r["metric"] for r in rows]
 
 
-@pytest.mark.slow
-def test_plot_and_summary_on_smoke_output(smoke_dir, tmp_path):
+def _check_smoke_plots_and_summary(smoke_dir: Path, tmp_path: Path) -> None:
     made = plot.plot_dir(smoke_dir, tmp_path / "plots")
     names = {p.name for p in made}
     for op in PROVIDERS:
@@ -89,6 +94,16 @@ def test_plot_and_summary_on_smoke_output(smoke_dir, tmp_path):
     text = summarize.write_summary([smoke_dir], tmp_path / "SUMMARY.md").read_text()
     assert "SMOKE RUN" in text and "### Target vs measured" in text and "### Skipped and failed" in text
     assert "### Whole model: one training step" in text
+
+
+@pytest.mark.slow
+def test_smoke_run_rows_files_plots_and_summary(tmp_path):
+    """One test for the whole smoke run: a module-scoped fixture shared by several tests would run the
+    suite once per pytest-xdist worker that gets one of them."""
+    smoke_dir = _run_smoke(tmp_path / "bench")
+    _check_smoke_rows(smoke_dir)
+    _check_smoke_csv(smoke_dir)
+    _check_smoke_plots_and_summary(smoke_dir, tmp_path)
 
 
 # ---------------------------------------------------------------- result rows and files
@@ -209,6 +224,128 @@ def test_largest_batch(limit, start):
     assert found <= expected
     assert expected - found <= max(1, int(found * BATCH_RESOLUTION)), (found, expected)
     assert len(probed) <= 30
+
+
+# ---------------------------------------------------------------- CUDA code paths, with torch.cuda mocked
+class _FakeCuda:
+    """Stand-ins for the torch.cuda calls of the benchmarks. Events are stamped with ``perf_counter`` when
+    recorded and may be read only after a synchronisation that follows their recording (as real CUDA
+    events, read earlier, would not have completed)."""
+
+    def __init__(self):
+        self.allocated, self.peak = 0, 0
+        self.calls = []
+        fake = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                assert enable_timing
+                self.t, self.synced = None, False
+
+            def record(self, stream=None):
+                self.t = time.perf_counter()
+                fake.pending.append(self)
+
+            def elapsed_time(self, end):
+                assert self.synced and end.synced, "CUDA event read before torch.cuda.synchronize"
+                return (end.t - self.t) * 1e3
+
+        self.Event, self.pending = Event, []
+
+    def synchronize(self, device=None):
+        for e in self.pending:
+            e.synced = True
+        self.pending = []
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "Event", self.Event)
+        monkeypatch.setattr(torch.cuda, "synchronize", self.synchronize)
+        for name in ("empty_cache", "reset_peak_memory_stats"):
+            monkeypatch.setattr(torch.cuda, name, lambda *a, name=name, **k: self.calls.append(name))
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: self.allocated)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: self.peak)
+        return self
+
+
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("setup", [None, "forward"])
+def test_cuda_timing_flushes_and_reads_events_after_one_sync(monkeypatch, setup):
+    _FakeCuda().install(monkeypatch)
+    flushed, ran = [], []
+    monkeypatch.setattr(timing, "flush_l2", lambda device: flushed.append(len(ran)))
+    prepare = None if setup is None else (lambda: "state")
+
+    def fn(state):
+        assert state == (None if setup is None else "state")
+        ran.append(len(flushed))
+
+    ms = timing.time_runs(fn, device=CUDA, smoke=False, setup=prepare, budget_s=0.0, min_reps=7, max_reps=9)
+    assert len(ms) == 7 and all(m >= 0 for m in ms)
+    assert len(ran) == 1 + timing.WARMUP_RUNS + 7  # first call, warm-up runs, timed runs
+    assert flushed == list(range(1, len(ran)))  # one flush before every run but the first
+
+
+def test_step_runner_fits_maps_only_out_of_memory_to_false(monkeypatch):
+    fake = _FakeCuda().install(monkeypatch)
+    param = nn.Parameter(torch.ones(3))
+    runner = object.__new__(train_step.StepRunner)  # no model: step() is replaced below
+    runner.device, runner.optimizer, runner.images = CUDA, torch.optim.SGD([param], lr=1.0), lambda b: b
+
+    def step(batch):
+        param.grad = torch.ones(3)
+        if batch > 40:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if batch == 40:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)")
+        if batch == 39:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    runner.step = step
+    assert runner.fits(38) and not runner.fits(41) and not runner.fits(40)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        runner.fits(39)
+    assert param.grad is None and fake.calls.count("empty_cache") == 4  # cleaned up after every probe
+
+
+def test_step_case_keeps_measured_rows_when_the_batch_search_fails(monkeypatch):
+    fake = _FakeCuda().install(monkeypatch)
+    fake.peak = 3 << 20
+    monkeypatch.setattr(train_step, "unavailable", lambda provider, smoke: None)
+    timing._flush_buffers[CUDA] = torch.empty(1)  # as left behind by the op suite
+
+    class Runner:
+        def __init__(self, *args):
+            pass
+
+        def images(self, batch):
+            return torch.zeros(batch)
+
+        def step(self, x):
+            return x.sum()
+
+        def fits(self, batch):
+            if batch > 32:
+                raise RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED")
+            return True
+
+    monkeypatch.setattr(train_step, "StepRunner", Runner)
+    rows = train_step.run_step_case("cifar10", "torch", "float32", smoke=False, device=CUDA, env=ENV, budget_s=0.0,
+                                    max_batch=True)
+    by_metric = {r["metric"]: r for r in rows}
+    assert not timing._flush_buffers  # not counted in the step's total peak memory
+    assert all(by_metric[m]["status"] == "ok" for m in ("time_ms", "images_per_s", "peak_mem_MiB"))
+    assert by_metric["peak_mem_MiB"]["p50"] == 3.0
+    assert by_metric["max_batch"]["status"] == "error" and "CUDNN_STATUS_EXECUTION_FAILED" in by_metric["max_batch"]["reason"]
+    assert not [p for r in rows for p in results.problems(r)]
+
+
+def test_git_commit_can_be_given_where_the_tree_has_no_git(monkeypatch):
+    monkeypatch.setenv("NVAE_BENCH_GIT_COMMIT", "0123abc-dirty")
+    assert bench_env.git_commit() == "0123abc-dirty"
+    monkeypatch.delenv("NVAE_BENCH_GIT_COMMIT")
+    assert bench_env.git_commit() != "0123abc-dirty"
 
 
 # ---------------------------------------------------------------- stack+bmm baseline vs the reference

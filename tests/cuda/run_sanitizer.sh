@@ -6,6 +6,8 @@
 #   tests/cuda/run_sanitizer.sh                      # every test of test_cuda_kernels.py
 #   tests/cuda/run_sanitizer.sh -k float32           # extra arguments go to pytest
 #   TOOLS="memcheck racecheck initcheck synccheck" tests/cuda/run_sanitizer.sh
+#   SANITIZER_ARGS="--kernel-name kns=nvae_fast" tests/cuda/run_sanitizer.sh   # extra sanitizer options, here:
+#                                                    # check only the extension's kernels (see compute-sanitizer --help)
 # Exits non-zero on the first tool that reports an error. PyTorch's caching allocator is disabled so
 # that memcheck sees the true bounds of every allocation.
 set -euo pipefail
@@ -15,6 +17,7 @@ TOOLS=${TOOLS:-"memcheck racecheck"}
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 for tool in $TOOLS; do
   echo "== compute-sanitizer --tool $tool"
-  "$SANITIZER" --tool "$tool" --error-exitcode 1 --target-processes all \
-    python -m pytest -x -q -p no:cacheprovider tests/cuda/test_cuda_kernels.py "$@"
+  # shellcheck disable=SC2086  # SANITIZER_ARGS holds several words
+  "$SANITIZER" --tool "$tool" --error-exitcode 1 --target-processes all ${SANITIZER_ARGS:-} \
+    "${PYTHON:-python3}" -m pytest -x -q -p no:cacheprovider tests/cuda/test_cuda_kernels.py "$@"
 done

@@ -185,6 +185,8 @@ def _worker() -> None:
 # ------------------------------------------------------------------------------------------- tests
 
 MODULES = _kernel_modules()
+# One worker runs every test of this module under pytest-xdist --dist loadgroup, so the compile runs once.
+pytestmark = pytest.mark.xdist_group("aot_compile")
 
 
 @pytest.fixture(scope="module")

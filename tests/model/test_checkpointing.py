@@ -5,7 +5,6 @@ buffers are compared for exact equality (tolerance 0), not merely closeness.
 """
 
 import copy
-import socket
 
 import pytest
 import torch
@@ -217,9 +216,9 @@ def test_checkpointing_saves_less_for_backward(name, bound):
 
 
 # ---------------------------------------------------------------------------------------- SyncBN + DDP
-def _ddp_run(rank, port, out, enabled):
+def _ddp_run(rank, init_file, out, enabled):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         trainer = Trainer(tiny_config(), train_config(batch_size=2, steps=2, grad_checkpointing=enabled),
                           random_images(12, seed=4))
@@ -232,19 +231,13 @@ def _ddp_run(rank, port, out, enabled):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_sync_bn_ddp_steps_are_unchanged(tmp_path):
     # two gloo ranks, two steps, with and without checkpointing (~25 s)
     results = []
     for enabled in (False, True):
         out = str(tmp_path / f"run{enabled}.pt")
-        mp.spawn(_ddp_run, args=(_free_port(), out, enabled), nprocs=2, join=True)
+        mp.spawn(_ddp_run, args=(str(tmp_path / f"init{enabled}"), out, enabled), nprocs=2, join=True)
         results.append(torch.load(out, weights_only=True))
     plain, ckpt = results
     assert ckpt["losses"] == plain["losses"]

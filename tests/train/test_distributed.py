@@ -5,7 +5,6 @@ so both replace ``torch.randn_like`` by the same deterministic function of its a
 balancing is on at every step (KL coefficient 0.5): its weights are statistics of the joint batch.
 """
 
-import socket
 
 import torch
 import torch.distributed as dist
@@ -25,11 +24,11 @@ def _fixed_noise(t, **kwargs):
     return torch.sin(37.0 * t.detach() + 0.3)
 
 
-def _run(rank: int, world: int, port: int, out: str) -> None:
+def _run(rank: int, world: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     torch.randn_like = _fixed_noise
     if world > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         trainer = Trainer(tiny_config(), train_config(batch_size=BATCH * WORLD // world, **BALANCED),
                           random_images(12, seed=4))
@@ -44,19 +43,13 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
             dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     ddp_out, single_out = str(tmp_path / "ddp.pt"), str(tmp_path / "single.pt")
-    mp.spawn(_run, args=(WORLD, _free_port(), ddp_out), nprocs=WORLD, join=True)
+    mp.spawn(_run, args=(WORLD, str(tmp_path / "init"), ddp_out), nprocs=WORLD, join=True)
     monkeypatch.setattr(torch, "randn_like", _fixed_noise)
     threads = torch.get_num_threads()
     try:
-        _run(0, 1, 0, single_out)
+        _run(0, 1, "", single_out)
     finally:
         torch.set_num_threads(threads)
     ddp, single = torch.load(ddp_out, weights_only=True), torch.load(single_out, weights_only=True)
