@@ -441,3 +441,27 @@ def test_preset_shapes_fall_back_to_the_paper(monkeypatch):
     found = model_shapes.preset_shapes("cifar10", torch.device("cpu"))
     assert {s.key for s in found} == {s.key for s in shapes.paper_preset_shapes("cifar10")}
     assert all(s.source.startswith("paper-config (model hooks unavailable: ModelUnavailable: no model today") for s in found)
+
+
+def test_occupancy_estimate():
+    from benchmarks.kernel_resources import occupancy
+
+    assert occupancy(32, 0, 4, 90) == (16, 1.0)  # limited by 64 warps per SM
+    assert occupancy(255, 0, 4, 90) == (2, 0.125)  # 8192 registers per warp: 8 warps
+    assert occupancy(64, 100 * 1024, 4, 90) == (2, 0.125)  # 228 KiB of shared memory per SM
+    assert occupancy(16, 0, 1, 80) == (32, 0.5)  # at most 32 blocks per SM
+
+
+def test_kernel_resources_report(tmp_path):
+    """The resource report compiles real kernels (no GPU, no interpreter) and reads registers and spills."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "resources.csv"
+    subprocess.run([sys.executable, "-m", "benchmarks.kernel_resources", "--modules", "squeeze_excite",
+                    "--targets", "80,90", "--out", str(out)], cwd=bench_env.REPO_ROOT, env=env, check=True, timeout=900)
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["cc"] for r in rows} == {"80", "90"}
+    assert {r["kernel"] for r in rows} >= {"_se_reduce_nchw_kernel", "_se_apply_nhwc_kernel"}
+    for r in rows:
+        assert 0 < int(r["registers"]) <= 255 and int(r["stack_bytes"]) >= 0, r
+        assert 0 < float(r["occupancy"]) <= 1, r
