@@ -1,7 +1,7 @@
 """Static resources of every Triton kernel variant, compiled ahead of time (no GPU needed).
 
-For each entry of each kernel module's ``AOT_SPECS`` (see ``kernels/_aot.py``) and each target, compile
-with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` and read the cubin's resource
+For each entry of each kernel module's ``AOT_SPECS`` and each target, compile it as the ahead-of-time
+test does (``kernels/_aot.py``'s :func:`compile_for`) and read the cubin's resource
 usage with the ``cuobjdump -res-usage`` that Triton ships: registers per thread, stack bytes (register
 spills), shared memory per block. From them an occupancy *estimate* for an H100/A100 SM (65536
 registers, 64 warps, registers allocated per warp in units of 256, shared memory limit per SM):
@@ -61,19 +61,15 @@ def _variant(constexprs: dict) -> str:
 
 def resources(module_name: str, targets=(90,)) -> list[dict]:
     """One row (``FIELDS``) per spec of ``nvae_fast.kernels.<module_name>`` and target."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from nvae_fast.kernels._aot import compile_for
 
     module = importlib.import_module(f"nvae_fast.kernels.{module_name}")
     rows = []
     for entry in module.AOT_SPECS:
         fn, signature, constexprs = entry[0], dict(entry[1]), dict(entry[2])
         options = dict(entry[3]) if len(entry) > 3 else {}
-        attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a, t in signature.items() if t.startswith("*")}
         for cc in targets:
-            compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cc, 32),
-                                      options=options)
+            compiled = compile_for(fn, signature, constexprs, options, cc)
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "kernel.cubin")
                 with open(path, "wb") as f:

@@ -83,3 +83,15 @@ def ones(args: dict[str, Any], *names: str) -> dict[str, Any]:
     1, the JIT's specialisation of that value."""
     names = names or tuple(k for k, v in args.items() if v in ("i32", "i64"))
     return {**args, **{name: 1 for name in names}}
+
+
+def compile_for(fn, signature: dict[str, str], constexprs: dict[str, Any], options: dict[str, Any], cc: int):
+    """``triton.compile`` of one spec for ``GPUTarget("cuda", cc, 32)``, with the 16-byte divisibility hint
+    that the JIT gives aligned torch tensors on every pointer; no GPU needed, but not under the interpreter.
+    Returns the compiled kernel (``.metadata.shared``, ``.asm["cubin"]``, ...)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a, t in signature.items() if t.startswith("*")}
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cc, 32), options=options)
