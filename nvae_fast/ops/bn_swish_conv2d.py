@@ -4,9 +4,10 @@ Shapes: ``x`` (N, C, H, W) (NCHW or channels_last); BN tensors ``bn_weight``, ``
 ``running_var`` (C,) or ``None``; ``conv_weight`` (Cout, C / groups, kh, kw), ``conv_bias`` (Cout,) or ``None``;
 ``out`` (N, Cout, Ho, Wo). With ``wn_log_gain`` (Cout, 1, 1, 1) the conv is weight-normalised:
 ``conv_weight`` is the direction ``V`` and the conv uses ``W = weight_norm(V, wn_log_gain, wn_mask)`` of
-:mod:`nvae_fast.ops.weight_norm` (``wn_mask``, optional, a constant of ``V``'s shape). The BN+Swish half is :func:`nvae_fast.ops.bn_swish` (same statistics, running-stat
-update and SyncBN semantics); the conv half is ``F.conv2d``, or :func:`nvae_fast.ops.depthwise_conv2d`'s kernel
-set when the conv is depthwise (``groups == C == Cout``, weight (C, 1, kh, kw)).
+:mod:`nvae_fast.ops.weight_norm` (``wn_mask``, optional, a constant of ``V``'s shape). The BN+Swish half
+is :func:`nvae_fast.ops.bn_swish` (same statistics, running-stat update and SyncBN semantics); the conv
+half is ``F.conv2d``, or :func:`nvae_fast.ops.depthwise_conv2d`'s kernel set when the conv is depthwise
+(``groups == C == Cout``, weight (C, 1, kh, kw)).
 
 Why fuse: an unfused pair keeps both ``x`` (for BN's backward) and ``y = silu(bn(x))`` (for the conv's
 weight gradient). The lean backends keep only ``x``, the per-channel ``mean``/``invstd`` and the parameters;
@@ -17,8 +18,8 @@ backward recomputes ``y`` with the bn_swish kernel set's ``normalize``, takes th
 frees ``y`` and finishes with bn_swish's backward on ``dy``. ``W`` is not kept either: a weight-normalised
 conv recomputes it from ``V`` and ``g`` and takes ``dV``, ``dg`` with
 :func:`~nvae_fast.ops.weight_norm.weight_norm_backward`; a cast of the weight to the autocast dtype is
-redone in backward too. Under autocast the conv runs in the autocast
-dtype (as ``F.conv2d`` would) while BN+Swish stays in ``x``'s dtype.
+redone in backward too. Under autocast the conv runs in the autocast dtype (as ``F.conv2d`` would) while
+BN+Swish stays in ``x``'s dtype.
 """
 
 from __future__ import annotations

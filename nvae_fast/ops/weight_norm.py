@@ -35,17 +35,16 @@ __all__ = ["WN_EPS", "weight_norm", "weight_norm_backward", "wn_conv2d", "Weight
 WN_EPS = 1e-5
 
 
-def _scale(u: torch.Tensor, log_gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(n, r, s)`` of the module docstring, each (Cout, 1, 1, 1); ``s`` rounded as :func:`weight_norm` does."""
+def _scale(u: torch.Tensor, log_gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n, s)`` of the module docstring, each (Cout, 1, 1, 1): the one place ``W``'s scale is computed."""
     norm = torch.linalg.vector_norm(u, dim=(1, 2, 3), keepdim=True)
-    return norm, 1.0 / (norm + WN_EPS), torch.exp(log_gain) / (norm + WN_EPS)
+    return norm, torch.exp(log_gain) / (norm + WN_EPS)
 
 
 def weight_norm(v: torch.Tensor, log_gain: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The effective weight ``W = exp(g) * u / (||u|| + eps)``, ``u = v * mask``; differentiable (plain autograd)."""
     u = v if mask is None else v * mask
-    norm = torch.linalg.vector_norm(u, dim=(1, 2, 3), keepdim=True)
-    return u * (torch.exp(log_gain) / (norm + WN_EPS))
+    return u * _scale(u, log_gain)[1]
 
 
 def weight_norm_backward(dw: torch.Tensor, v: torch.Tensor, log_gain: torch.Tensor, mask: torch.Tensor | None,
@@ -54,13 +53,13 @@ def weight_norm_backward(dw: torch.Tensor, v: torch.Tensor, log_gain: torch.Tens
     :func:`weight_norm` as the module docstring states it, recomputing ``u``, ``n``, ``r``, ``s``; an
     entry is ``None`` where its ``need_*`` flag is false."""
     u = v if mask is None else v * mask
-    norm, inv, scale = _scale(u, log_gain)
+    norm, scale = _scale(u, log_gain)
     dw = dw.to(v.dtype)
     dot = (dw * u).sum(dim=(1, 2, 3), keepdim=True)
     dg = (scale * dot).to(log_gain.dtype) if need_gain else None
     dv = None
     if need_v:
-        coef = inv * dot / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+        coef = (1.0 / (norm + WN_EPS)) * dot / norm.clamp_min(torch.finfo(norm.dtype).tiny)  # r d / n
         dv = scale * (dw - coef * u)
         if mask is not None:
             dv = dv * mask
