@@ -13,12 +13,15 @@ mkdir -p "$logs"
 export PYTHONUNBUFFERED=1
 # A fresh device machine has neither the editable install (nvae_fast.kernels) nor the extension: without
 # them every GPU test would be skipped, so the stages below build first when needed (setup.sh is idempotent).
+build() {
+  NVAE_FAST_BUILD_CUDA=1 bash scripts/setup.sh 2>&1 | tee "$logs/build.log"
+}
 ensure_built() {
-  python3 -c "import nvae_fast.kernels, nvae_fast._C" 2>/dev/null || NVAE_FAST_BUILD_CUDA=1 bash scripts/setup.sh 2>&1 | tee "$logs/build.log"
+  python3 -c "import nvae_fast.kernels, nvae_fast._C" 2>/dev/null || build
 }
 case "${1:-}" in
   build)
-    NVAE_FAST_BUILD_CUDA=1 bash scripts/setup.sh 2>&1 | tee "$logs/build.log"
+    build
     ;;
   test)
     # The whole suite, every failure listed (no -x: a GPU session is short); Triton's JIT compiles dominate,
