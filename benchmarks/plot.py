@@ -37,6 +37,14 @@ def _title(env: dict, text: str) -> str:
     return f"{text} — {env['gpu']}" + (" — SMOKE (no timing claims)" if env["smoke"] else "")
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (PNG at :data:`DPI`) and close ``fig``; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def _ok(rows, **match):
     return [r for r in rows if r["status"] == "ok" and all(r[k] == v for k, v in match.items())]
 
@@ -69,11 +77,7 @@ def plot_sweep(rows: list[dict], env: dict, op: str, dtype: str, out: Path) -> P
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend()
     fig.suptitle(_title(env, f"{op} {dtype}: size sweep"))
-    fig.tight_layout()
-    path = out / f"sweep-{op}-{dtype}.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"sweep-{op}-{dtype}.png")
 
 
 def plot_memory(rows: list[dict], env: dict, op: str, out: Path) -> Path | None:
@@ -99,11 +103,7 @@ def plot_memory(rows: list[dict], env: dict, op: str, out: Path) -> Path | None:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(_title(env, f"{op}: memory"))
-    fig.tight_layout()
-    path = out / f"memory-{op}.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"memory-{op}.png")
 
 
 def plot_presets(rows: list[dict], env: dict, op: str, dtype: str, out: Path) -> Path | None:
@@ -124,11 +124,7 @@ def plot_presets(rows: list[dict], env: dict, op: str, dtype: str, out: Path) ->
     ax.set_ylabel("speedup over eager reference (fwd+bwd)")
     ax.legend(fontsize="small")
     ax.set_title(_title(env, f"{op} {dtype}: preset shapes"))
-    fig.tight_layout()
-    path = out / f"presets-{op}-{dtype}.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"presets-{op}-{dtype}.png")
 
 
 def plot_model(rows: list[dict], env: dict, out: Path) -> Path | None:
@@ -151,11 +147,7 @@ def plot_model(rows: list[dict], env: dict, out: Path) -> Path | None:
         else:
             ax.text(0.5, 0.5, "not measured on this device", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(_title(env, "training step"))
-    fig.tight_layout()
-    path = out / "model.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "model.png")
 
 
 def plot_dir(directory: Path, out: Path | None = None) -> list[Path]:
