@@ -1,7 +1,10 @@
 // Registers the CUDA kernels as torch.ops.nvae_fast.* and defines the Python module nvae_fast._C.
+// The CPU emulation build (-DNVAE_FAST_EMULATE, nvae_fast.cuda.emulation) registers the same ops as
+// torch.ops.nvae_fast_emu.*, for CPU tensors, with the same fake implementations.
 //
-// Each op family is a library fragment whose fake (meta) implementations live in the Python module
-// named by set_python_module (nvae_fast.cuda.<op>), so torch.compile can trace them. The kernels are
+// Each op family is a library fragment whose fake (meta) implementations are registered by the Python
+// module named by set_python_module (nvae_fast.cuda._library, for the kernel sets nvae_fast.cuda.<op>;
+// importing it imports them all), so torch.compile can trace them. The kernels are
 // registered for CUDA and, as argument checkers, for CPU: a CPU call validates shapes and dtypes with
 // the same messages and then reports that the op needs CUDA tensors, instead of the dispatcher's
 // generic "no kernel for CPU" error.
@@ -9,6 +12,12 @@
 #include <torch/library.h>
 
 #include "ops.h"
+
+#ifdef NVAE_FAST_EMULATE
+#define NVAE_FAST_LIBRARY nvae_fast_emu
+#else
+#define NVAE_FAST_LIBRARY nvae_fast
+#endif
 
 namespace {
 
@@ -30,8 +39,8 @@ void register_kernels(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(nvae_fast, m) {
-  m.set_python_module("nvae_fast.cuda.bn_swish");
+TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {
+  m.set_python_module("nvae_fast.cuda._library");
   m.def("bn_swish_stats(Tensor x) -> (Tensor mean, Tensor var)");
   m.def("bn_swish_normalize(Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor bias) -> Tensor");
   m.def(
@@ -42,8 +51,8 @@ TORCH_LIBRARY_FRAGMENT(nvae_fast, m) {
       "Tensor sum_dz, Tensor sum_dz_xhat, int? count) -> Tensor");
 }
 
-TORCH_LIBRARY_FRAGMENT(nvae_fast, m) {
-  m.set_python_module("nvae_fast.cuda.depthwise_conv2d");
+TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {
+  m.set_python_module("nvae_fast.cuda._library");
   m.def("dwconv2d_forward(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding) -> Tensor");
   m.def(
       "dwconv2d_backward_input(Tensor dy, Tensor weight, SymInt[2] input_hw, int[2] stride, int[2] padding) "
@@ -53,20 +62,23 @@ TORCH_LIBRARY_FRAGMENT(nvae_fast, m) {
       "-> (Tensor dweight, Tensor dbias)");
 }
 
-TORCH_LIBRARY_FRAGMENT(nvae_fast, m) {
-  m.set_python_module("nvae_fast.cuda.squeeze_excite");
+TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {
+  m.set_python_module("nvae_fast.cuda._library");
   m.def("se_pool(Tensor x) -> Tensor");
   m.def("se_scale(Tensor x, Tensor gate) -> Tensor");
   m.def("se_backward_reduce(Tensor dy, Tensor x) -> Tensor");
   m.def("se_backward_dx(Tensor dy, Tensor gate, Tensor dmean) -> Tensor");
 }
 
-TORCH_LIBRARY_FRAGMENT(nvae_fast, m) {
-  m.set_python_module("nvae_fast.cuda.power_iteration");
+TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {
+  m.set_python_module("nvae_fast.cuda._library");
   m.def("power_iteration_update(Tensor[] mats, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter) -> ()");
   m.def("power_iteration_sigmas(Tensor[] mats, Tensor[] us, Tensor[] vs) -> Tensor");
 }
 
+#ifdef NVAE_FAST_EMULATE
+TORCH_LIBRARY_IMPL(nvae_fast_emu, CPU, m) { register_kernels(m); }
+#else
 TORCH_LIBRARY_IMPL(nvae_fast, CUDA, m) { register_kernels(m); }
 
 TORCH_LIBRARY_IMPL(nvae_fast, CPU, m) { register_kernels(m); }
@@ -78,3 +90,4 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
                                -1, nullptr};
   return PyModule_Create(&module);
 }
+#endif

@@ -10,7 +10,6 @@
 //   backward_dx:      training (count = n): dx = scale (dz - sum_dz / n - xhat sum_dz_xhat / n)
 //                     eval (count = None):  dx = scale dz
 // The sums are deterministic two-phase reductions (reduce.cuh).
-#include <c10/cuda/CUDAGuard.h>
 
 #include <limits>
 
@@ -199,8 +198,8 @@ BNParams<acc_t> params(const at::Tensor& mean, const at::Tensor& invstd, const a
 std::tuple<at::Tensor, at::Tensor> bn_swish_stats(const at::Tensor& x) {
   constexpr const char* op = "nvae_fast::bn_swish_stats";
   const ActShape s = check_activation(op, "x", x);
-  check_cuda(op, {{"x", &x}});
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_device(op, {{"x", &x}});
+  const DeviceGuard guard(x.device());
   const auto opts = x.options().dtype(acc_dtype(x.scalar_type()));
   at::Tensor mean = at::empty({s.C}, opts);
   at::Tensor var = at::empty({s.C}, opts);
@@ -217,8 +216,8 @@ at::Tensor bn_swish_normalize(const at::Tensor& x, const at::Tensor& mean, const
   constexpr const char* op = "nvae_fast::bn_swish_normalize";
   const ActShape s = check_activation(op, "x", x);
   check_params(op, x, mean, invstd, weight, bias);
-  check_cuda(op, {{"x", &x}, {"mean", &mean}, {"invstd", &invstd}, {"weight", &weight}, {"bias", &bias}});
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_device(op, {{"x", &x}, {"mean", &mean}, {"invstd", &invstd}, {"weight", &weight}, {"bias", &bias}});
+  const DeviceGuard guard(x.device());
   at::Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_swish_normalize", [&] {
     using acc_t = AccT<scalar_t>;
@@ -235,9 +234,9 @@ std::tuple<at::Tensor, at::Tensor> bn_swish_backward_reduce(const at::Tensor& dy
   const ActShape s = check_activation(op, "x", x);
   check_grad(op, dy, x, s.layout);
   check_params(op, x, mean, invstd, weight, bias);
-  check_cuda(op, {{"x", &x}, {"dy", &dy}, {"mean", &mean}, {"invstd", &invstd}, {"weight", &weight},
-                  {"bias", &bias}});
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_device(op, {{"x", &x}, {"dy", &dy}, {"mean", &mean}, {"invstd", &invstd}, {"weight", &weight},
+                    {"bias", &bias}});
+  const DeviceGuard guard(x.device());
   const auto opts = x.options().dtype(acc_dtype(x.scalar_type()));
   at::Tensor sum_dz = at::empty({s.C}, opts);
   at::Tensor sum_dz_xhat = at::empty({s.C}, opts);
@@ -264,9 +263,9 @@ at::Tensor bn_swish_backward_dx(const at::Tensor& dy, const at::Tensor& x, const
   check_vector(op, "sum_dz_xhat", sum_dz_xhat, s.C, acc, "one per channel of x");
   TORCH_CHECK(!count.has_value() || *count > 0, op, ": count must be positive (the number of values per channel), got ",
               count.value_or(0));
-  check_cuda(op, {{"x", &x}, {"dy", &dy}, {"mean", &mean}, {"invstd", &invstd}, {"weight", &weight},
-                  {"bias", &bias}, {"sum_dz", &sum_dz}, {"sum_dz_xhat", &sum_dz_xhat}});
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_device(op, {{"x", &x}, {"dy", &dy}, {"mean", &mean}, {"invstd", &invstd}, {"weight", &weight},
+                    {"bias", &bias}, {"sum_dz", &sum_dz}, {"sum_dz_xhat", &sum_dz_xhat}});
+  const DeviceGuard guard(x.device());
   at::Tensor dx = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_swish_backward_dx", [&] {
     using acc_t = AccT<scalar_t>;

@@ -3,7 +3,7 @@
 // Every failed check throws c10::Error (RuntimeError in Python) whose message starts with the op's
 // qualified name and names the offending argument. Structural checks (rank, dtype, shape, memory
 // format) come before the device check, so a CPU call reports a wrong shape the same way a CUDA call
-// does, and only then that the op needs CUDA tensors.
+// does, and only then that the op needs tensors on its device (runtime.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <initializer_list>
 #include <utility>
+
+#include "runtime.h"
 
 namespace nvae_fast {
 
@@ -94,11 +96,11 @@ inline ActShape check_activation(const char* op, const char* name, const at::Ten
 
 using NamedTensor = std::pair<const char*, const at::Tensor*>;
 
-// All tensors on the same CUDA device as the first one.
-inline void check_cuda(const char* op, std::initializer_list<NamedTensor> tensors) {
+// All tensors on the same device as the first one, a device that the kernels run on (runtime.h).
+inline void check_device(const char* op, std::initializer_list<NamedTensor> tensors) {
   const NamedTensor& first = *tensors.begin();
-  TORCH_CHECK(first.second->is_cuda(), op, ": ", first.first, " must be a CUDA tensor, got a tensor on ",
-              first.second->device(), " (the nvae_fast CUDA ops run on CUDA tensors only)");
+  TORCH_CHECK(on_kernel_device(*first.second), op, ": ", first.first, " must be ", kKernelDevice,
+              ", got a tensor on ", first.second->device());
   for (const NamedTensor& t : tensors) {
     TORCH_CHECK(t.second->device() == first.second->device(), op, ": ", t.first, " is on ", t.second->device(),
                 " but ", first.first, " is on ", first.second->device());

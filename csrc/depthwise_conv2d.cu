@@ -17,9 +17,6 @@
 // Tile copies are coalesced along W (NCHW) or along the channels (NHWC, 16-byte vectors when C and the
 // pointer allow). backward_weight is deterministic: every block writes its partial sums for its
 // (sample, tile subset) to a workspace, and a second kernel adds them in a fixed order.
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
 #include <limits>
@@ -118,8 +115,7 @@ __global__ void __launch_bounds__(kThreads)
     dw_forward_kernel(const T* __restrict__ x, const AccT<T>* __restrict__ w, const AccT<T>* __restrict__ bias,
                       T* __restrict__ y, ConvGeom g, TileCfg t) {
   using acc_t = AccT<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* tile = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* tile = dynamic_smem<acc_t>();
   acc_t* wsh = tile + t.cb * t.plane;
   const int kk = g.kh * g.kw;
   const int64_t groups = ceil_div(g.C, t.cb);
@@ -163,8 +159,7 @@ __global__ void __launch_bounds__(kThreads)
     dw_backward_input_kernel(const T* __restrict__ dy, const AccT<T>* __restrict__ w, T* __restrict__ dx, ConvGeom g,
                              TileCfg t) {
   using acc_t = AccT<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* tile = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* tile = dynamic_smem<acc_t>();
   acc_t* wsh = tile + t.cb * t.plane;
   const int kk = g.kh * g.kw;
   const int64_t groups = ceil_div(g.C, t.cb);
@@ -221,8 +216,7 @@ __global__ void __launch_bounds__(kThreads)
     dw_backward_weight_kernel(const T* __restrict__ dy, const T* __restrict__ x, AccT<T>* __restrict__ partial,
                               ConvGeom g, WgradCfg t) {
   using acc_t = AccT<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* xt = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* xt = dynamic_smem<acc_t>();
   acc_t* dt = xt + t.cb * t.xplane;
   acc_t* red = dt + t.cb * t.dplane;
   const int kk = g.kh * g.kw, taps = kk + 1, pairs = t.cb * taps;
@@ -426,17 +420,17 @@ at::Tensor dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const
               ": x's padded spatial size (", x.size(2) + 2 * cf.ph, ", ", x.size(3) + 2 * cf.pw,
               ") is smaller than the kernel (", kh, ", ", kw, ")");
   if (has_bias) {
-    check_cuda(op, {{"x", &x}, {"weight", &weight}, {"bias", &*bias}});
+    check_device(op, {{"x", &x}, {"weight", &weight}, {"bias", &*bias}});
   } else {
-    check_cuda(op, {{"x", &x}, {"weight", &weight}});
+    check_device(op, {{"x", &x}, {"weight", &weight}});
   }
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   at::Tensor y = at::empty({x.size(0), x.size(1), ho, wo}, x.options().memory_format(memory_format(layout)));
   if (y.numel() == 0) return y;
   const ConvGeom g{x.size(0), x.size(1), static_cast<int>(x.size(2)), static_cast<int>(x.size(3)),
                    static_cast<int>(ho), static_cast<int>(wo), static_cast<int>(kh), static_cast<int>(kw),
                    cf.sh, cf.sw, cf.ph, cf.pw};
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_forward", [&] {
     using acc_t = AccT<scalar_t>;
     int vec = (layout == Layout::NHWC && g.C % kVec<scalar_t> == 0 && aligned16(x.data_ptr())) ? kVec<scalar_t> : 1;
@@ -449,13 +443,13 @@ at::Tensor dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const
     const acc_t* pb = has_bias ? bias->data_ptr<acc_t>() : nullptr;
     scalar_t* py = y.data_ptr<scalar_t>();
     if (layout == Layout::NCHW) {
-      dw_forward_kernel<scalar_t, Layout::NCHW, 1><<<grid, threads, smem, stream>>>(px, pw, pb, py, g, t);
+      launch<dw_forward_kernel<scalar_t, Layout::NCHW, 1>>(grid, threads, smem, stream, px, pw, pb, py, g, t);
     } else if (vec > 1) {
-      dw_forward_kernel<scalar_t, Layout::NHWC, kVec<scalar_t>><<<grid, threads, smem, stream>>>(px, pw, pb, py, g, t);
+      launch<dw_forward_kernel<scalar_t, Layout::NHWC, kVec<scalar_t>>>(grid, threads, smem, stream, px, pw, pb, py, g,
+                                                                        t);
     } else {
-      dw_forward_kernel<scalar_t, Layout::NHWC, 1><<<grid, threads, smem, stream>>>(px, pw, pb, py, g, t);
+      launch<dw_forward_kernel<scalar_t, Layout::NHWC, 1>>(grid, threads, smem, stream, px, pw, pb, py, g, t);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return y;
 }
@@ -476,14 +470,14 @@ at::Tensor dwconv2d_backward_input(const at::Tensor& dy, const at::Tensor& weigh
                   conv_out(w, kw, cf.sw, cf.pw) == dy.size(3),
               op, ": dy of spatial size (", dy.size(2), ", ", dy.size(3), ") is not the output of input_hw ", input_hw,
               " with kernel (", kh, ", ", kw, "), stride ", stride, " and padding ", padding);
-  check_cuda(op, {{"dy", &dy}, {"weight", &weight}});
-  const c10::cuda::CUDAGuard guard(dy.device());
+  check_device(op, {{"dy", &dy}, {"weight", &weight}});
+  const DeviceGuard guard(dy.device());
   at::Tensor dx = at::empty({dy.size(0), dy.size(1), h, w}, dy.options().memory_format(memory_format(layout)));
   if (dx.numel() == 0) return dx;
   const ConvGeom g{dy.size(0), dy.size(1), static_cast<int>(dy.size(2)), static_cast<int>(dy.size(3)),
                    static_cast<int>(h), static_cast<int>(w), static_cast<int>(kh), static_cast<int>(kw),
                    cf.sh, cf.sw, cf.ph, cf.pw};
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "dwconv2d_backward_input", [&] {
     using acc_t = AccT<scalar_t>;
     int vec = (layout == Layout::NHWC && g.C % kVec<scalar_t> == 0 && aligned16(dy.data_ptr())) ? kVec<scalar_t> : 1;
@@ -495,14 +489,13 @@ at::Tensor dwconv2d_backward_input(const at::Tensor& dy, const at::Tensor& weigh
     const acc_t* pw = weight.data_ptr<acc_t>();
     scalar_t* pdx = dx.data_ptr<scalar_t>();
     if (layout == Layout::NCHW) {
-      dw_backward_input_kernel<scalar_t, Layout::NCHW, 1><<<grid, threads, smem, stream>>>(pdy, pw, pdx, g, t);
+      launch<dw_backward_input_kernel<scalar_t, Layout::NCHW, 1>>(grid, threads, smem, stream, pdy, pw, pdx, g, t);
     } else if (vec > 1) {
-      dw_backward_input_kernel<scalar_t, Layout::NHWC, kVec<scalar_t>>
-          <<<grid, threads, smem, stream>>>(pdy, pw, pdx, g, t);
+      launch<dw_backward_input_kernel<scalar_t, Layout::NHWC, kVec<scalar_t>>>(grid, threads, smem, stream, pdy, pw,
+                                                                               pdx, g, t);
     } else {
-      dw_backward_input_kernel<scalar_t, Layout::NHWC, 1><<<grid, threads, smem, stream>>>(pdy, pw, pdx, g, t);
+      launch<dw_backward_input_kernel<scalar_t, Layout::NHWC, 1>>(grid, threads, smem, stream, pdy, pw, pdx, g, t);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dx;
 }
@@ -525,8 +518,8 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight(const at::Tensor& dy
                   conv_out(x.size(3), kw, cf.sw, cf.pw) == dy.size(3),
               op, ": dy of shape ", dy.sizes(), " is not the output of x of shape ", x.sizes(), " with kernel (", kh,
               ", ", kw, "), stride ", stride, " and padding ", padding);
-  check_cuda(op, {{"x", &x}, {"dy", &dy}});
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_device(op, {{"x", &x}, {"dy", &dy}});
+  const DeviceGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1);
   const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
   at::Tensor dw = at::empty({C, 1, kh, kw}, acc_opts);
@@ -536,7 +529,7 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight(const at::Tensor& dy
   const ConvGeom g{N, C, static_cast<int>(x.size(2)), static_cast<int>(x.size(3)), static_cast<int>(dy.size(2)),
                    static_cast<int>(dy.size(3)), static_cast<int>(kh), static_cast<int>(kw), cf.sh, cf.sw, cf.ph, cf.pw};
   const int kk = g.kh * g.kw, taps = kk + 1;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight", [&] {
     using acc_t = AccT<scalar_t>;
     constexpr int VV = kVec<scalar_t>;
@@ -598,17 +591,15 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight(const at::Tensor& dy
     const scalar_t* px = x.data_ptr<scalar_t>();
     acc_t* pp = partial.data_ptr<acc_t>();
     if (layout == Layout::NCHW) {
-      dw_backward_weight_kernel<scalar_t, Layout::NCHW, 1><<<grid, kThreads, smem, stream>>>(pdy, px, pp, g, t);
+      launch<dw_backward_weight_kernel<scalar_t, Layout::NCHW, 1>>(grid, kThreads, smem, stream, pdy, px, pp, g, t);
     } else if (vec > 1) {
-      dw_backward_weight_kernel<scalar_t, Layout::NHWC, VV><<<grid, kThreads, smem, stream>>>(pdy, px, pp, g, t);
+      launch<dw_backward_weight_kernel<scalar_t, Layout::NHWC, VV>>(grid, kThreads, smem, stream, pdy, px, pp, g, t);
     } else {
-      dw_backward_weight_kernel<scalar_t, Layout::NHWC, 1><<<grid, kThreads, smem, stream>>>(pdy, px, pp, g, t);
+      launch<dw_backward_weight_kernel<scalar_t, Layout::NHWC, 1>>(grid, kThreads, smem, stream, pdy, px, pp, g, t);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t blocks = std::min<int64_t>(ceil_div(C * taps, kThreads), target_blocks());
-    dw_weight_finalize_kernel<acc_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        pp, dw.data_ptr<acc_t>(), db.data_ptr<acc_t>(), slices, C, taps);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch<dw_weight_finalize_kernel<acc_t>>(static_cast<unsigned>(blocks), kThreads, 0, stream, pp,
+                                             dw.data_ptr<acc_t>(), db.data_ptr<acc_t>(), slices, C, taps);
   });
   return {dw, db};
 }

@@ -13,8 +13,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 
 #include "checks.h"
 #include "launch.h"
@@ -87,21 +85,20 @@ void launch_channel_map(const P& p, Layout layout, const at::Tensor& a, const at
   const int64_t blocks_y = std::min(N, kMaxGridYZ);
   const int64_t blocks_x = clamp64(ceil_div(target_blocks(), blocks_y), 1, ceil_div(vectors, kThreads));
   const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   if (layout == Layout::NCHW) {
     if (vec) {
-      channel_map_kernel<P, Layout::NCHW, VV><<<grid, kThreads, 0, stream>>>(p, pa, pb, py, N, C, HW);
+      launch<channel_map_kernel<P, Layout::NCHW, VV>>(grid, kThreads, 0, stream, p, pa, pb, py, N, C, HW);
     } else {
-      channel_map_kernel<P, Layout::NCHW, 1><<<grid, kThreads, 0, stream>>>(p, pa, pb, py, N, C, HW);
+      launch<channel_map_kernel<P, Layout::NCHW, 1>>(grid, kThreads, 0, stream, p, pa, pb, py, N, C, HW);
     }
   } else {
     if (vec) {
-      channel_map_kernel<P, Layout::NHWC, VV><<<grid, kThreads, 0, stream>>>(p, pa, pb, py, N, C, HW);
+      launch<channel_map_kernel<P, Layout::NHWC, VV>>(grid, kThreads, 0, stream, p, pa, pb, py, N, C, HW);
     } else {
-      channel_map_kernel<P, Layout::NHWC, 1><<<grid, kThreads, 0, stream>>>(p, pa, pb, py, N, C, HW);
+      launch<channel_map_kernel<P, Layout::NHWC, 1>>(grid, kThreads, 0, stream, p, pa, pb, py, N, C, HW);
     }
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace nvae_fast

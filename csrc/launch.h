@@ -1,10 +1,10 @@
 // Host-side launch helpers: device occupancy targets and small integer utilities.
 #pragma once
 
-#include <ATen/cuda/CUDAContext.h>
-
 #include <algorithm>
 #include <cstdint>
+
+#include "runtime.h"
 
 namespace nvae_fast {
 
@@ -13,7 +13,7 @@ constexpr int64_t kMaxGridYZ = 65535;    // CUDA limit of gridDim.y and gridDim.
 
 // Blocks of kThreads that keep every SM of the current device busy (8 resident blocks per SM).
 inline int64_t target_blocks() {
-  return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
+  return static_cast<int64_t>(multiprocessors()) * 8;
 }
 
 inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return std::max(lo, std::min(v, hi)); }

@@ -15,9 +15,6 @@
 // matrix: W^T u tiles write column sums of their rows (partials (row tiles, K) per matrix), W v tiles
 // write row sums of their columns (partials (column tiles, R)). A second launch, one block per matrix,
 // adds the partials in order, takes the norm and normalizes. No atomics: deterministic.
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <string>
 #include <vector>
@@ -207,8 +204,8 @@ void check_batch(const char* op, at::TensorList mats, at::TensorList us, at::Ten
     TORCH_CHECK(vs[i].dim() == 1 && vs[i].numel() == mats[i].size(1), op, ": ", v, " must be 1-D with ",
                 mats[i].size(1), " elements (the columns of ", m, "), got shape ", vs[i].sizes());
   }
-  TORCH_CHECK(mats[0].is_cuda(), op, ": mats[0] must be a CUDA tensor, got a tensor on ", mats[0].device(),
-              " (the nvae_fast CUDA ops run on CUDA tensors only)");
+  TORCH_CHECK(on_kernel_device(mats[0]), op, ": mats[0] must be ", kKernelDevice, ", got a tensor on ",
+              mats[0].device());
   for (size_t i = 0; i < mats.size(); ++i) {
     for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"mats", &mats[i]},
                                   std::pair<const char*, const at::Tensor*>{"us", &us[i]},
@@ -234,7 +231,7 @@ Batch build_batch(at::TensorList mats) {
   }
   TORCH_CHECK(b.n <= std::numeric_limits<int32_t>::max() && b.tiles <= std::numeric_limits<int32_t>::max(),
               "nvae_fast power iteration: too many matrices or tiles for one launch");
-  at::Tensor host = at::empty({b.n * kFields + b.tiles * 3}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  at::Tensor host = at::empty({b.n * kFields + b.tiles * 3}, staging_options().dtype(at::kLong));
   int64_t* e = host.data_ptr<int64_t>();
   int64_t* tile = e + b.n * kFields;
   int64_t u_off = 0, v_off = 0;
@@ -281,16 +278,14 @@ at::Tensor pack(at::TensorList list, at::ScalarType acc) {
 template <typename T>
 void launch_tiles(const Batch& b, const at::Tensor& src, at::Tensor& part, bool transpose, cudaStream_t stream) {
   using acc_t = AccT<T>;
-  pi_tiles_kernel<T><<<static_cast<unsigned>(b.tiles), kThreads, 0, stream>>>(
-      b.table.data_ptr<int64_t>(), b.n, src.data_ptr<acc_t>(), part.data_ptr<acc_t>(), transpose);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch<pi_tiles_kernel<T>>(static_cast<unsigned>(b.tiles), kThreads, 0, stream, b.table.data_ptr<int64_t>(), b.n,
+                             src.data_ptr<acc_t>(), part.data_ptr<acc_t>(), transpose);
 }
 
 template <typename acc_t>
 void launch_normalize(const Batch& b, const at::Tensor& part, at::Tensor& vecs, bool columns, cudaStream_t stream) {
-  pi_normalize_kernel<acc_t><<<static_cast<unsigned>(b.n), kThreads, 0, stream>>>(
-      b.table.data_ptr<int64_t>(), part.data_ptr<acc_t>(), vecs.data_ptr<acc_t>(), columns, static_cast<acc_t>(kEps));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch<pi_normalize_kernel<acc_t>>(static_cast<unsigned>(b.n), kThreads, 0, stream, b.table.data_ptr<int64_t>(),
+                                     part.data_ptr<acc_t>(), vecs.data_ptr<acc_t>(), columns, static_cast<acc_t>(kEps));
 }
 
 }  // namespace
@@ -300,8 +295,8 @@ void power_iteration_update(at::TensorList mats, at::TensorList us, at::TensorLi
   TORCH_CHECK(n_iter >= 0, op, ": n_iter must be non-negative, got ", n_iter);
   check_batch(op, mats, us, vs);
   if (n_iter == 0) return;
-  const c10::cuda::CUDAGuard guard(mats[0].device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(mats[0].device());
+  const cudaStream_t stream = current_stream();
   const at::ScalarType acc = acc_dtype(mats[0].scalar_type());
   const Batch b = build_batch(mats);
   at::Tensor u = pack(us, acc), v = pack(vs, acc);
@@ -323,8 +318,8 @@ void power_iteration_update(at::TensorList mats, at::TensorList us, at::TensorLi
 at::Tensor power_iteration_sigmas(at::TensorList mats, at::TensorList us, at::TensorList vs) {
   constexpr const char* op = "nvae_fast::power_iteration_sigmas";
   check_batch(op, mats, us, vs);
-  const c10::cuda::CUDAGuard guard(mats[0].device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(mats[0].device());
+  const cudaStream_t stream = current_stream();
   const at::ScalarType acc = acc_dtype(mats[0].scalar_type());
   const Batch b = build_batch(mats);
   at::Tensor u = pack(us, acc), v = pack(vs, acc);
@@ -333,9 +328,8 @@ at::Tensor power_iteration_sigmas(at::TensorList mats, at::TensorList us, at::Te
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mats[0].scalar_type(), "power_iteration_sigmas", [&] {
     using acc_t = AccT<scalar_t>;
     launch_tiles<scalar_t>(b, v, pb, /*transpose=*/false, stream);
-    pi_sigma_kernel<acc_t><<<static_cast<unsigned>(b.n), kThreads, 0, stream>>>(
-        b.table.data_ptr<int64_t>(), pb.data_ptr<acc_t>(), u.data_ptr<acc_t>(), sigma.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch<pi_sigma_kernel<acc_t>>(static_cast<unsigned>(b.n), kThreads, 0, stream, b.table.data_ptr<int64_t>(),
+                                   pb.data_ptr<acc_t>(), u.data_ptr<acc_t>(), sigma.data_ptr<acc_t>());
   });
   return sigma;
 }

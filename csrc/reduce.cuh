@@ -21,8 +21,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 
 #include <cmath>
 #include <limits>
@@ -315,7 +313,7 @@ void launch_channel_reduce(const P& p, Layout layout, const at::Tensor& a, const
   const scalar_t* pb = b.data_ptr<scalar_t>();
   const bool aligned = aligned16(pa) && aligned16(pb);
   const int64_t target = target_blocks();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   at::Tensor ws;
   int64_t parts = 1;
 
@@ -332,11 +330,10 @@ void launch_channel_reduce(const P& p, Layout layout, const at::Tensor& a, const
     acc_t* pws = parts > 1 ? ws.data_ptr<acc_t>() : nullptr;
     const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(parts));
     if (V == VV) {
-      reduce_inner_kernel<P, TPR, VV><<<grid, kThreads, 0, stream>>>(p, pa, pb, O, M, L, chunk, pws);
+      launch<reduce_inner_kernel<P, TPR, VV>>(grid, kThreads, 0, stream, p, pa, pb, O, M, L, chunk, pws);
     } else {
-      reduce_inner_kernel<P, TPR, 1><<<grid, kThreads, 0, stream>>>(p, pa, pb, O, M, L, chunk, pws);
+      launch<reduce_inner_kernel<P, TPR, 1>>(grid, kThreads, 0, stream, p, pa, pb, O, M, L, chunk, pws);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     const int64_t G = per_sample ? N : 1, R = per_sample ? HW : N * HW;
     const int V = (C % VV == 0 && aligned) ? VV : 1;
@@ -354,17 +351,15 @@ void launch_channel_reduce(const P& p, Layout layout, const at::Tensor& a, const
     const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y), static_cast<unsigned>(parts));
     const dim3 block(tx, ty);
     if (V == VV) {
-      reduce_columns_kernel<P, VV><<<grid, block, 0, stream>>>(p, pa, pb, G, R, C, chunk, pws);
+      launch<reduce_columns_kernel<P, VV>>(grid, block, 0, stream, p, pa, pb, G, R, C, chunk, pws);
     } else {
-      reduce_columns_kernel<P, 1><<<grid, block, 0, stream>>>(p, pa, pb, G, R, C, chunk, pws);
+      launch<reduce_columns_kernel<P, 1>>(grid, block, 0, stream, p, pa, pb, G, R, C, chunk, pws);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (parts > 1) {
     const int64_t blocks = std::min<int64_t>(ceil_div(outputs, kThreads), target);
-    reduce_finalize_kernel<P><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p, ws.data_ptr<acc_t>(), parts,
-                                                                                     outputs);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch<reduce_finalize_kernel<P>>(static_cast<unsigned>(blocks), kThreads, 0, stream, p, ws.data_ptr<acc_t>(),
+                                      parts, outputs);
   }
 }
 

@@ -9,7 +9,6 @@
 //   backward_reduce:  dg[n, c] = sum_{h,w} dy x
 //   backward_dx:      dx = dy gate[n, c] + dmean[n, c] / (H W)
 // The sums are deterministic reductions over each (n, c) plane (reduce.cuh).
-#include <c10/cuda/CUDAGuard.h>
 
 #include "checks.h"
 #include "elementwise.cuh"
@@ -83,8 +82,8 @@ at::Tensor se_pool(const at::Tensor& x) {
   constexpr const char* op = "nvae_fast::se_pool";
   const ActShape s = check_activation(op, "x", x);
   TORCH_CHECK(s.HW > 0, op, ": x must have a non-empty spatial extent, got shape ", x.sizes());
-  check_cuda(op, {{"x", &x}});
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_device(op, {{"x", &x}});
+  const DeviceGuard guard(x.device());
   at::Tensor m = at::empty({s.N, s.C}, x.options().dtype(acc_dtype(x.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_pool", [&] {
     using acc_t = AccT<scalar_t>;
@@ -100,8 +99,8 @@ at::Tensor se_scale(const at::Tensor& x, const at::Tensor& gate) {
   constexpr const char* op = "nvae_fast::se_scale";
   const ActShape s = check_activation(op, "x", x);
   check_per_sample(op, "gate", gate, x, "x");
-  check_cuda(op, {{"x", &x}, {"gate", &gate}});
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_device(op, {{"x", &x}, {"gate", &gate}});
+  const DeviceGuard guard(x.device());
   at::Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_scale", [&] {
     using acc_t = AccT<scalar_t>;
@@ -118,8 +117,8 @@ at::Tensor se_backward_reduce(const at::Tensor& dy, const at::Tensor& x) {
   check_same_shape(op, "dy", dy, "x", x);
   check_dtype(op, "dy", dy, x.scalar_type(), "the dtype of x");
   check_layout(op, "dy", dy, s.layout, "x");
-  check_cuda(op, {{"x", &x}, {"dy", &dy}});
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_device(op, {{"x", &x}, {"dy", &dy}});
+  const DeviceGuard guard(x.device());
   at::Tensor dg = at::empty({s.N, s.C}, x.options().dtype(acc_dtype(x.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_reduce", [&] {
     using acc_t = AccT<scalar_t>;
@@ -137,8 +136,8 @@ at::Tensor se_backward_dx(const at::Tensor& dy, const at::Tensor& gate, const at
   TORCH_CHECK(s.HW > 0, op, ": dy must have a non-empty spatial extent, got shape ", dy.sizes());
   check_per_sample(op, "gate", gate, dy, "dy");
   check_per_sample(op, "dmean", dmean, dy, "dy");
-  check_cuda(op, {{"dy", &dy}, {"gate", &gate}, {"dmean", &dmean}});
-  const c10::cuda::CUDAGuard guard(dy.device());
+  check_device(op, {{"dy", &dy}, {"gate", &gate}, {"dmean", &dmean}});
+  const DeviceGuard guard(dy.device());
   at::Tensor dx = at::empty_like(dy);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "se_backward_dx", [&] {
     using acc_t = AccT<scalar_t>;

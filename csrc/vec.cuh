@@ -4,9 +4,10 @@
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "runtime.h"
 
 namespace nvae_fast {
 

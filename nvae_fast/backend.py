@@ -13,7 +13,9 @@ The function checks its inputs, then asks :func:`resolve` which backend runs it:
     tensors, and on CPU tensors only under the Triton interpreter (``TRITON_INTERPRET=1``).
 ``cuda``
     the same ``autograd.Function`` with the CUDA C++ kernels of the extension ``nvae_fast._C``
-    (``nvae_fast.cuda.<op>``). Runs on CUDA tensors only.
+    (``nvae_fast.cuda.<op>``). Runs on CUDA tensors, and on CPU tensors only under the CPU emulation of
+    those kernels (``NVAE_FAST_CUDA_EMULATE=1``, :mod:`nvae_fast.cuda.emulation`; then on CPU tensors
+    only).
 ``auto`` (default)
     per op and device: the fastest available backend by the committed benchmarks (:data:`AUTO_ORDER`)
     for CUDA tensors, ``torch`` for anything else.
@@ -27,7 +29,8 @@ Unsupported inputs fall back to the ``torch`` kernel set, with one logged warnin
 reason) and a record in :func:`backend_info`; nothing falls back silently.
 
 Choose a backend with :func:`set_backend`, the context manager :func:`use_backend`, or the environment
-variable ``NVAE_FAST_BACKEND`` (read at import and by :func:`reset`).
+variable ``NVAE_FAST_BACKEND`` (read at import and by :func:`reset`, like ``TRITON_INTERPRET`` and
+``NVAE_FAST_CUDA_EMULATE``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ __all__ = [
     "backend_info",
     "reset",
     "resolve",
+    "cuda_emulated",
 ]
 
 log = logging.getLogger("nvae_fast")
@@ -76,11 +80,15 @@ class _State:
         self.status: dict[str, tuple[bool, str]] = {}
         self.kernels: dict[tuple[str, str], Any] = {}
         self.interpreting = False
+        self.cuda_emulated = False
 
     def clear(self) -> None:
+        from .cuda import emulation
+
         self.selected = _env_choice()
         self.fallbacks.clear()
         self.interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+        self.cuda_emulated = emulation.requested()
         self.status = {"reference": (True, ""), "torch": (True, "")}
         self.kernels = {}
         for name, package, probe in (
@@ -110,8 +118,15 @@ class _State:
             return True, ""
         return False, "no CUDA device, and TRITON_INTERPRET=1 is not set"
 
-    @staticmethod
-    def _probe_cuda() -> tuple[bool, str]:
+    def _probe_cuda(self) -> tuple[bool, str]:
+        if self.cuda_emulated:
+            from .cuda import emulation
+
+            try:
+                emulation.load()
+            except Exception as exc:  # no source checkout, or a compile error
+                return False, f"NVAE_FAST_CUDA_EMULATE=1, but the CPU emulation cannot be built: {exc}"
+            return True, ""
         try:
             importlib.import_module("nvae_fast._C")
         except ImportError as exc:
@@ -142,6 +157,12 @@ def _env_choice() -> str:
 
 
 _state = _State()
+
+
+def cuda_emulated() -> bool:
+    """True when the ``cuda`` backend runs the CPU emulation of its kernels (``NVAE_FAST_CUDA_EMULATE``
+    as read by the last :func:`reset`)."""
+    return _state.cuda_emulated
 
 
 def _status(name: str) -> tuple[bool, str]:
@@ -202,6 +223,7 @@ def backend_info() -> dict[str, Any]:
             {"backend": b, "op": op, "reason": reason, "count": n}
             for (b, op, reason), n in sorted(_state.fallbacks.items())
         ],
+        "cuda_emulated": _state.cuda_emulated,
         "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
@@ -217,7 +239,7 @@ def _record_fallback(backend: str, op: str, reason: str) -> None:
 def _auto(op: str, device: torch.device) -> str:
     if device.type == "cuda":
         for name in AUTO_ORDER[op]:
-            if _status(name)[0]:
+            if _status(name)[0] and not (name == "cuda" and _state.cuda_emulated):
                 return name
     return "torch"
 
@@ -241,8 +263,11 @@ def resolve(op: str, device: torch.device, torch_kernels, *support_args):
             f"{op}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
             f"got tensors on {device}"
         )
-    if name == "cuda" and device.type != "cuda":
-        raise RuntimeError(f"{op}: backend 'cuda' needs CUDA tensors; got tensors on {device}")
+    if name == "cuda" and device.type != ("cpu" if _state.cuda_emulated else "cuda"):
+        raise RuntimeError(
+            f"{op}: backend 'cuda' needs CUDA tensors (CPU tensors under NVAE_FAST_CUDA_EMULATE=1, and only "
+            f"those); got tensors on {device}"
+        )
     ok, why = _status(name)
     if not ok:
         raise RuntimeError(f"{op}: backend {name!r} is unavailable: {why}")

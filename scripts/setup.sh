@@ -24,7 +24,8 @@ export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 # Rebuild only when the build inputs changed or this checkout is not the one installed.
 stamp=build/setup.stamp
-inputs=$(cat setup.py csrc/* 2>/dev/null | sha256sum | cut -d' ' -f1)-${NVAE_FAST_BUILD_CUDA:-auto}-${TORCH_CUDA_ARCH_LIST}
+# (csrc/ itself: csrc/emulation/ is not part of this build, nvae_fast.cuda.emulation builds it on use)
+inputs=$(find setup.py csrc -maxdepth 1 -type f | sort | xargs cat | sha256sum | cut -d' ' -f1)-${NVAE_FAST_BUILD_CUDA:-auto}-${TORCH_CUDA_ARCH_LIST}
 installed=$(cd / && "$PY" -c "import nvae_fast, os; print(os.path.dirname(os.path.dirname(os.path.abspath(nvae_fast.__file__))))" 2>/dev/null || true)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && [ "$installed" = "$PWD" ]; then
   echo "setup: nvae_fast is built and installed from this checkout (build/setup.stamp is current)"

@@ -2,9 +2,10 @@
 
 ``nvae_fast.cuda.<op>`` implements the kernel-set contract written in the docstring of
 ``nvae_fast.ops.<op>`` by calling custom ops ``torch.ops.nvae_fast.*``. The ops are defined and
-implemented in C++ (``csrc/``, registered with ``torch.library`` for CUDA tensors); each module registers
-their fake (meta) implementations with ``torch.library.register_fake``, so ``torch.compile`` traces
-models that use them without graph breaks. The op's single ``autograd.Function`` composes these
+implemented in C++ (``csrc/``, registered with ``torch.library`` for CUDA tensors); each module hands
+their fake (meta) implementations to ``_library.register_fakes``, so ``torch.compile`` traces models that
+use them without graph breaks. :mod:`nvae_fast.cuda.emulation` builds the same kernels for CPU tensors,
+to test them without a GPU. The op's single ``autograd.Function`` composes these
 primitive ops; none of them needs autograd itself.
 
 Inputs: float16/bfloat16/float32/float64 (float32 accumulation, float64 for float64), NCHW or

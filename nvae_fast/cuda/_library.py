@@ -3,12 +3,18 @@
 Importing this module tries ``import nvae_fast._C``, which registers the custom ops
 ``torch.ops.nvae_fast.*`` (see ``csrc/bindings.cpp``). It never initialises CUDA. When the extension is
 missing, the kernel-set functions raise ``RuntimeError`` with the import error, and ``supports`` reports
-it as the reason to fall back.
+it as the reason to fall back. Under ``NVAE_FAST_CUDA_EMULATE=1`` (:mod:`nvae_fast.cuda.emulation`) the
+kernel sets call the CPU build of the same kernels, ``torch.ops.nvae_fast_emu.*``, instead.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+from .. import backend
+from . import emulation
 
 #: Every custom op the extension registers, by kernel set.
 OPS: dict[str, tuple[str, ...]] = {
@@ -26,20 +32,49 @@ else:
     _IMPORT_ERROR = None
 
 
+#: The fake (meta) implementation of every custom op, by op name: filled by the kernel-set modules.
+FAKES: dict[str, Callable] = {}
+_registered: set[str] = set()
+
+
+def register_fakes(fakes: dict[str, Callable]) -> None:
+    """Add ``fakes`` (op name -> fake implementation) to :data:`FAKES` and register them for every loaded
+    namespace of the ops (:func:`register_loaded_fakes`)."""
+    FAKES.update(fakes)
+    register_loaded_fakes()
+
+
+def register_loaded_fakes() -> None:
+    """Register :data:`FAKES` with ``torch.library`` for ``torch.ops.nvae_fast`` (when the extension is
+    loaded) and ``torch.ops.nvae_fast_emu`` (when the emulation is), each op once."""
+    namespaces = ["nvae_fast"] if _IMPORT_ERROR is None else []
+    if emulation.loaded():
+        namespaces.append(emulation.NAMESPACE)
+    for namespace in namespaces:
+        for name, fake in FAKES.items():
+            qualname = f"{namespace}::{name}"
+            if qualname not in _registered:
+                torch.library.register_fake(qualname, fake)
+                _registered.add(qualname)
+
+
 def available() -> bool:
     """True when ``nvae_fast._C`` was imported and ``torch.ops.nvae_fast.*`` exist."""
     return _IMPORT_ERROR is None
 
 
 def missing() -> str | None:
-    """Why the CUDA kernels cannot run at all (``None`` when the extension is loaded)."""
-    if _IMPORT_ERROR is None:
+    """Why the CUDA kernels cannot run at all (``None`` when the extension or the emulation is loaded)."""
+    if _IMPORT_ERROR is None or backend.cuda_emulated():
         return None
     return f"the extension nvae_fast._C is not built ({_IMPORT_ERROR})"
 
 
 def ops():
-    """The namespace ``torch.ops.nvae_fast``; ``RuntimeError`` when the extension is not built."""
+    """The namespace ``torch.ops.nvae_fast`` (``torch.ops.nvae_fast_emu`` under the emulation);
+    ``RuntimeError`` when the extension is not built."""
+    if backend.cuda_emulated():
+        return emulation.ops()
     if _IMPORT_ERROR is not None:
         raise RuntimeError(f"nvae_fast.cuda: {missing()}")
     return torch.ops.nvae_fast

@@ -84,8 +84,11 @@ def _backward_dx_fake(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, co
     return torch.empty_like(x)
 
 
-if _library.available():
-    torch.library.register_fake("nvae_fast::bn_swish_stats", _stats_fake)
-    torch.library.register_fake("nvae_fast::bn_swish_normalize", _normalize_fake)
-    torch.library.register_fake("nvae_fast::bn_swish_backward_reduce", _backward_reduce_fake)
-    torch.library.register_fake("nvae_fast::bn_swish_backward_dx", _backward_dx_fake)
+_library.register_fakes(
+    {
+        "bn_swish_stats": _stats_fake,
+        "bn_swish_normalize": _normalize_fake,
+        "bn_swish_backward_reduce": _backward_reduce_fake,
+        "bn_swish_backward_dx": _backward_dx_fake,
+    }
+)

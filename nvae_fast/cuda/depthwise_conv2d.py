@@ -91,7 +91,10 @@ def _backward_weight_fake(dy, x, kernel_hw, stride, padding):
     return x.new_empty((c, 1, kernel_hw[0], kernel_hw[1]), dtype=acc), x.new_empty(c, dtype=acc)
 
 
-if _library.available():
-    torch.library.register_fake("nvae_fast::dwconv2d_forward", _forward_fake)
-    torch.library.register_fake("nvae_fast::dwconv2d_backward_input", _backward_input_fake)
-    torch.library.register_fake("nvae_fast::dwconv2d_backward_weight", _backward_weight_fake)
+_library.register_fakes(
+    {
+        "dwconv2d_forward": _forward_fake,
+        "dwconv2d_backward_input": _backward_input_fake,
+        "dwconv2d_backward_weight": _backward_weight_fake,
+    }
+)

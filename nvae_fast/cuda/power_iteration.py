@@ -52,6 +52,9 @@ def _sigmas_fake(mats, us, vs):
     return mats[0].new_empty(len(mats), dtype=dtype)
 
 
-if _library.available():
-    torch.library.register_fake("nvae_fast::power_iteration_update", _update_fake)
-    torch.library.register_fake("nvae_fast::power_iteration_sigmas", _sigmas_fake)
+_library.register_fakes(
+    {
+        "power_iteration_update": _update_fake,
+        "power_iteration_sigmas": _sigmas_fake,
+    }
+)

@@ -69,8 +69,11 @@ def _backward_dx_fake(dy, gate, dmean):
     return torch.empty_like(dy)
 
 
-if _library.available():
-    torch.library.register_fake("nvae_fast::se_pool", _pool_fake)
-    torch.library.register_fake("nvae_fast::se_scale", _scale_fake)
-    torch.library.register_fake("nvae_fast::se_backward_reduce", _backward_reduce_fake)
-    torch.library.register_fake("nvae_fast::se_backward_dx", _backward_dx_fake)
+_library.register_fakes(
+    {
+        "se_pool": _pool_fake,
+        "se_scale": _scale_fake,
+        "se_backward_reduce": _backward_reduce_fake,
+        "se_backward_dx": _backward_dx_fake,
+    }
+)

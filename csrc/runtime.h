@@ -1,0 +1,78 @@
+// What differs between the two builds of the kernels: the CUDA extension nvae_fast._C (nvcc, CUDA
+// tensors) and the CPU emulation (g++ with -DNVAE_FAST_EMULATE, CPU tensors; emulation/emulation.h).
+// The kernel sources use only these names for the device, the stream, the launch and dynamic shared
+// memory, so both builds compile the same code.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <tuple>
+#include <utility>
+
+#ifdef NVAE_FAST_EMULATE
+#include "emulation/emulation.h"
+#else
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime.h>
+#endif
+
+namespace nvae_fast {
+
+#ifdef NVAE_FAST_EMULATE
+// Where the kernels' tensors live, as the argument checks say it.
+constexpr const char* kKernelDevice = "a CPU tensor (this is the CPU emulation of the nvae_fast CUDA kernels)";
+inline bool on_kernel_device(const at::Tensor& t) { return t.device().is_cpu(); }
+
+struct DeviceGuard {
+  explicit DeviceGuard(const at::Device&) {}
+};
+inline cudaStream_t current_stream() { return nullptr; }
+inline int multiprocessors() { return emu::multiprocessors(); }
+// Options of a host buffer that is copied to the device.
+inline at::TensorOptions staging_options() { return at::TensorOptions(); }
+#else
+constexpr const char* kKernelDevice = "a CUDA tensor (the nvae_fast CUDA ops run on CUDA tensors only)";
+inline bool on_kernel_device(const at::Tensor& t) { return t.is_cuda(); }
+
+using DeviceGuard = c10::cuda::CUDAGuard;
+inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
+inline int multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+inline at::TensorOptions staging_options() { return at::TensorOptions().pinned_memory(true); }
+#endif
+
+#ifdef NVAE_FAST_EMULATE
+template <typename... Params, typename... Args>
+void emulate_launch(const char* signature, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                    Args&&... args) {
+  auto params = std::make_tuple(static_cast<Params>(std::forward<Args>(args))...);
+  emu::run_grid(signature, grid, block, smem, [&] { std::apply(kernel, params); });
+}
+#endif
+
+// kernel<<<grid, block, smem, stream>>>(args...), then the launch check.
+template <auto kernel, typename... Args>
+void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+#ifdef NVAE_FAST_EMULATE
+  (void)stream;
+  emulate_launch(__PRETTY_FUNCTION__, kernel, grid, block, smem, std::forward<Args>(args)...);
+#else
+  kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
+
+// The block's dynamic shared memory (16-byte aligned), as T.
+template <typename T>
+__device__ __forceinline__ T* dynamic_smem() {
+#ifdef NVAE_FAST_EMULATE
+  return reinterpret_cast<T*>(emu::dynamic_smem());
+#else
+  extern __shared__ __align__(16) unsigned char smem[];
+  return reinterpret_cast<T*>(smem);
+#endif
+}
+
+}  // namespace nvae_fast

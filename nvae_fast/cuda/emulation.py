@@ -1,0 +1,96 @@
+"""The CUDA kernels of ``csrc/`` built for the CPU, for testing them on a machine without a GPU.
+
+With ``NVAE_FAST_CUDA_EMULATE=1`` (read by :func:`nvae_fast.reset`, like ``TRITON_INTERPRET=1`` for
+the Triton backend), the ``cuda`` backend runs on CPU tensors: the same kernel sources, compiled by the
+host compiler with ``-DNVAE_FAST_EMULATE`` against ``csrc/emulation/emulation.h``, which runs every
+CUDA thread of a block as a fiber that yields at ``__syncthreads`` and warp shuffles. Host code, grid
+sizing (for a 132-SM device), vector/scalar paths and the kernels' index arithmetic are the same as on
+the GPU; what the emulation does not model (data races, the memory model, device libm rounding) is
+listed in that header. It is slow: use small shapes.
+
+The library registers the ops as ``torch.ops.nvae_fast_emu.*`` (CPU dispatch key; the fake
+implementations of :mod:`nvae_fast.cuda` are registered for them too, so ``torch.library.opcheck`` runs
+on them). It is built on first use into ``build/cuda-emulation/`` of the source checkout with
+torch's C++ extension builder (ninja; a few minutes on 2 cores, rebuilt only when a source changed) and
+needs no CUDA toolkit, so it also works with a CPU build of torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+ENV = "NVAE_FAST_CUDA_EMULATE"
+NAMESPACE = "nvae_fast_emu"
+
+_ROOT = Path(__file__).resolve().parents[2]
+CSRC = _ROOT / "csrc"
+BUILD_DIR = _ROOT / "build" / "cuda-emulation"
+KERNEL_SOURCES = ("bn_swish.cu", "depthwise_conv2d.cu", "squeeze_excite.cu", "power_iteration.cu")
+CFLAGS = ("-O2", "-DNVAE_FAST_EMULATE", "-fno-strict-aliasing", "-fvisibility=hidden")
+
+_loaded: set[str] = set()
+
+
+def requested() -> bool:
+    """True when ``NVAE_FAST_CUDA_EMULATE`` asks for the emulation (any value but empty or ``0``)."""
+    return os.environ.get(ENV, "0") not in ("", "0")
+
+
+def build(name: str, sources: list[Path]) -> None:
+    """Compile ``sources`` (with the emulator's runtime) into the library ``name`` and load it.
+
+    ``.cu`` files are compiled as C++ through a one-line ``.cpp`` wrapper that includes them (torch's
+    builder hands ``.cu`` files to nvcc). Loading registers whatever ``TORCH_LIBRARY`` blocks they hold.
+    Once per process and name; raises ``RuntimeError`` when the sources are not there (an installed,
+    non-editable package) or do not compile.
+    """
+    if name in _loaded:
+        return
+    if not (CSRC / "emulation" / "runtime.cpp").is_file():
+        raise RuntimeError(f"the CUDA emulation needs the source checkout's csrc/ (looked in {CSRC})")
+    from torch.utils import cpp_extension
+
+    build_dir = BUILD_DIR / f"{name}-torch-{torch.__version__}"  # one ABI per torch version
+    wrappers = build_dir / "src"
+    wrappers.mkdir(parents=True, exist_ok=True)
+    compiled = [CSRC / "emulation" / "runtime.cpp"]
+    for src in sources:
+        if src.suffix == ".cu":
+            wrapper = wrappers / f"{src.stem}.cpp"
+            text = f'#include "{src}"\n'
+            if not wrapper.is_file() or wrapper.read_text() != text:
+                wrapper.write_text(text)
+            src = wrapper
+        compiled.append(src)
+    cpp_extension.load(
+        name=name,
+        sources=[str(s) for s in compiled],
+        extra_cflags=list(CFLAGS),
+        extra_include_paths=[str(CSRC)],
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
+    _loaded.add(name)
+
+
+def load() -> None:
+    """Build (when needed) and load the emulated kernels, ``torch.ops.nvae_fast_emu.*``, with the fake
+    implementations of ``nvae_fast.cuda`` (so that ``torch.library.opcheck`` can test them on the CPU)."""
+    build(NAMESPACE, [CSRC / s for s in KERNEL_SOURCES] + [CSRC / "bindings.cpp"])
+    from . import _library
+
+    _library.register_loaded_fakes()
+
+
+def loaded() -> bool:
+    """True once :func:`load` has loaded the emulated kernels in this process."""
+    return NAMESPACE in _loaded
+
+
+def ops():
+    """The namespace ``torch.ops.nvae_fast_emu`` (after :func:`load`)."""
+    return getattr(torch.ops, NAMESPACE)
