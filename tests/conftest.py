@@ -1,7 +1,9 @@
 """Test configuration shared by every test directory.
 
-Without a CUDA device the Triton kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` must be
-set before any kernel module is imported, so it is set here, first thing.
+Without a CUDA device the Triton kernels run in Triton's CPU interpreter and the CUDA kernels in their
+CPU emulation (:mod:`nvae_fast.cuda.emulation`, built on first use): ``TRITON_INTERPRET=1`` and
+``NVAE_FAST_CUDA_EMULATE=1`` must be set before nvae_fast probes its backends, so they are set here,
+first thing.
 """
 
 import os
@@ -10,6 +12,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("NVAE_FAST_CUDA_EMULATE", "1")
 
 import pytest  # noqa: E402
 
@@ -29,6 +32,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_emulation_off(monkeypatch):
+    """The backends as without NVAE_FAST_CUDA_EMULATE: the cuda kernel sets call the real extension."""
+    monkeypatch.setenv("NVAE_FAST_CUDA_EMULATE", "0")
+    nvae_fast.reset()
 
 
 @pytest.fixture(autouse=True)

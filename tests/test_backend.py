@@ -30,6 +30,7 @@ def test_unknown_backend_is_a_value_error():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda backend may be available with a GPU")
+@pytest.mark.usefixtures("cuda_emulation_off")
 def test_unavailable_backend_is_a_clear_error():
     with pytest.raises(RuntimeError, match="backend 'cuda' is unavailable: "):
         nvae_fast.set_backend("cuda")

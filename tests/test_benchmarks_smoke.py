@@ -33,9 +33,9 @@ ENV = {
 
 # ---------------------------------------------------------------- smoke run of the real suite (subprocess)
 def _run_smoke(out: Path) -> Path:
-    """Run ``pytest benchmarks --smoke`` into ``out`` (Triton interpreter off: without a GPU the fused
-    backends must be skipped) and return the one results directory it made."""
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    """Run ``pytest benchmarks --smoke`` into ``out`` (Triton interpreter and CUDA emulation off: without a
+    GPU the fused backends must be skipped) and return the one results directory it made."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "NVAE_FAST_CUDA_EMULATE": "0"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks", "--smoke", "--bench-out", str(out), "-q", "-p", "no:cacheprovider"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,

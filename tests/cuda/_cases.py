@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+import nvae_fast
 from nvae_fast import ops
-
 from nvae_fast.cuda import _library
 
 #: Every custom op of the extension, e.g. ``bn_swish_stats``.
@@ -16,6 +16,17 @@ ALL_OPS = [name for names in _library.OPS.values() for name in names]
 #: Skips a test (with the import error as the reason) when the package was installed without ``_C``.
 needs_extension = pytest.mark.skipif(
     not _library.available(), reason=f"the extension nvae_fast._C is not built here: {_library.missing()}"
+)
+
+
+#: Where the kernel tests run: the GPU, or without one the CPU, in the emulation of the CUDA kernels
+#: (tests/conftest.py sets NVAE_FAST_CUDA_EMULATE=1 there).
+KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+_CUDA_BACKEND = nvae_fast.backend_info()["backends"]["cuda"]
+#: Skips a test that launches the kernels when they can run neither on a GPU nor in the emulation.
+needs_kernels = pytest.mark.skipif(
+    not _CUDA_BACKEND["available"], reason=f"the CUDA kernels cannot run here: {_CUDA_BACKEND['reason']}"
 )
 
 

@@ -19,6 +19,8 @@ from nvae_fast.cuda import _library
 
 from ._cases import ALL_OPS, in_layout, needs_extension, randn
 
+pytestmark = pytest.mark.usefixtures("cuda_emulation_off")
+
 OPS = torch.ops.nvae_fast
 
 # The functions of each kernel-set contract (nvae_fast.ops.<op> docstrings).

@@ -1,4 +1,5 @@
-"""torch.library.opcheck on every custom op of the extension (GPU only).
+"""torch.library.opcheck on every custom op of the extension, on the GPU or, without one, on the CPU
+build of the same ops in the emulation (torch.ops.nvae_fast_emu.*, the same fake implementations).
 
 opcheck checks each op's schema (aliasing and mutation: power_iteration_update mutates us and vs), that
 its fake implementation gives the real outputs' shapes, dtypes and strides, and that AOTAutograd traces
@@ -11,17 +12,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ._cases import ALL_OPS, in_layout, needs_extension, randn
+from nvae_fast.cuda import _library
 
-pytestmark = [pytest.mark.gpu, needs_extension]
+from ._cases import ALL_OPS, KERNEL_DEVICE, in_layout, needs_kernels, randn
+
+pytestmark = [needs_kernels]
 
 
 def _act(shape, dtype, kind, seed):
-    return in_layout(randn(*shape, dtype=dtype, seed=seed).cuda(), kind)
+    return in_layout(randn(*shape, dtype=dtype, seed=seed).to(KERNEL_DEVICE), kind)
 
 
 def _vec(n, dtype, seed, positive=False):
-    v = randn(n, dtype=dtype, seed=seed).cuda()
+    v = randn(n, dtype=dtype, seed=seed).to(KERNEL_DEVICE)
     return v.abs() + 0.5 if positive else v
 
 
@@ -32,12 +35,12 @@ def _samples(dtype, kind):
     dy = _act((2, 8, 6, 5), dtype, kind, 1)
     mean, invstd, w, b = _vec(8, acc, 2), _vec(8, acc, 3, True), _vec(8, acc, 4), _vec(8, acc, 5)
     s1, s2 = _vec(8, acc, 6), _vec(8, acc, 7)
-    dw = randn(8, 1, 3, 3, dtype=acc, seed=8).cuda()
+    dw = randn(8, 1, 3, 3, dtype=acc, seed=8).to(KERNEL_DEVICE)
     y2 = _act((2, 8, 3, 3), dtype, kind, 9)  # output of a 3x3 stride-2 padding-1 conv of x
-    gate = torch.sigmoid(randn(2, 8, dtype=acc, seed=10)).cuda()
-    mats = [randn(5, 27, dtype=dtype, seed=11).cuda(), randn(16, 8, dtype=dtype, seed=12).cuda()]
-    us = [randn(5, seed=13).cuda(), randn(16, seed=14).cuda()]
-    vs = [randn(27, seed=15).cuda(), randn(8, seed=16).cuda()]
+    gate = torch.sigmoid(randn(2, 8, dtype=acc, seed=10)).to(KERNEL_DEVICE)
+    mats = [randn(5, 27, dtype=dtype, seed=11).to(KERNEL_DEVICE), randn(16, 8, dtype=dtype, seed=12).to(KERNEL_DEVICE)]
+    us = [randn(5, seed=13).to(KERNEL_DEVICE), randn(16, seed=14).to(KERNEL_DEVICE)]
+    vs = [randn(27, seed=15).to(KERNEL_DEVICE), randn(8, seed=16).to(KERNEL_DEVICE)]
     return {
         "bn_swish_stats": [(x,)],
         "bn_swish_normalize": [(x, mean, invstd, w, b)],
@@ -59,7 +62,7 @@ def _samples(dtype, kind):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_opcheck(name, dtype, kind):
-    op = getattr(torch.ops.nvae_fast, name).default
+    op = getattr(_library.ops(), name).default
     samples = _samples(dtype, kind)
     assert set(samples) == set(ALL_OPS)
     for args in samples[name]:

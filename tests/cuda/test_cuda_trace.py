@@ -19,24 +19,13 @@ from torch._functorch.aot_autograd import aot_module_simplified
 
 import nvae_fast.cuda as nvcuda
 from nvae_fast import backend
+from nvae_fast.cuda import _library
 
 from ._cases import ALL_OPS, Tiny, needs_extension, step
 
-FAKES = {
-    "bn_swish_stats": nvcuda.bn_swish._stats_fake,
-    "bn_swish_normalize": nvcuda.bn_swish._normalize_fake,
-    "bn_swish_backward_reduce": nvcuda.bn_swish._backward_reduce_fake,
-    "bn_swish_backward_dx": nvcuda.bn_swish._backward_dx_fake,
-    "dwconv2d_forward": nvcuda.depthwise_conv2d._forward_fake,
-    "dwconv2d_backward_input": nvcuda.depthwise_conv2d._backward_input_fake,
-    "dwconv2d_backward_weight": nvcuda.depthwise_conv2d._backward_weight_fake,
-    "se_pool": nvcuda.squeeze_excite._pool_fake,
-    "se_scale": nvcuda.squeeze_excite._scale_fake,
-    "se_backward_reduce": nvcuda.squeeze_excite._backward_reduce_fake,
-    "se_backward_dx": nvcuda.squeeze_excite._backward_dx_fake,
-    "power_iteration_update": nvcuda.power_iteration._update_fake,
-    "power_iteration_sigmas": nvcuda.power_iteration._sigmas_fake,
-}
+pytestmark = pytest.mark.usefixtures("cuda_emulation_off")
+
+FAKES = _library.FAKES
 
 
 def _zero_filled(fake):

@@ -44,11 +44,11 @@ def _worker(rank, backend, init_file, out_dir):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
 def test_two_ranks_equal_one_process_on_the_joint_batch(backend, tmp_path):
     require(backend)
-    if backend == "triton" and torch.cuda.is_available():
-        pytest.skip("gloo ranks run on CPU tensors; the GPU suite covers triton elsewhere")
+    if backend != "torch" and torch.cuda.is_available():
+        pytest.skip(f"gloo ranks run on CPU tensors; the GPU suite covers {backend} elsewhere")
     mp.spawn(_worker, args=(backend, str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
     x, dy, weight, bias = _joint_inputs()

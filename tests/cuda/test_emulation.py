@@ -1,0 +1,134 @@
+"""The CPU emulation of CUDA (csrc/emulation, nvae_fast.cuda.emulation) on kernels of its own
+(emulator_kernels.cpp): the execution model that the kernel tests rely on, and the errors it raises
+where a GPU would fail or behave undefinedly. Runs on any machine with a C++ compiler.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+import nvae_fast
+import nvae_fast.cuda
+from nvae_fast.cuda import emulation
+
+
+@pytest.fixture(scope="module")
+def emu():
+    emulation.build("nvae_fast_emu_test", [Path(__file__).with_name("emulator_kernels.cpp")])
+    return torch.ops.nvae_fast_emu_test
+
+
+@pytest.mark.parametrize("grid,block", [((3, 2, 2), (5, 3, 2)), ((1, 1, 1), (64, 1, 1)), ((2, 1, 1), (8, 8, 4))])
+def test_every_thread_runs_once_with_its_coordinates(emu, grid, block):
+    got = emu.indices(list(grid), list(block))
+    want = [
+        (bx, by, bz, tx, ty, tz)
+        for bz, by, bx in itertools.product(range(grid[2]), range(grid[1]), range(grid[0]))
+        for tz, ty, tx in itertools.product(range(block[2]), range(block[1]), range(block[0]))
+    ]
+    assert got.tolist() == [list(w) for w in want]
+
+
+@pytest.mark.parametrize("block_x", [64, 8], ids=["1d", "2d"])
+@pytest.mark.parametrize("delta", [1, 5, 16])
+def test_shuffle_down_reads_the_lane_delta_above_within_the_warp(emu, block_x, delta):
+    x = torch.randn(128, dtype=torch.float64)
+    out = emu.shuffle_down(x, block_x, delta)
+    lane = torch.arange(128) % 32
+    want = torch.where(lane + delta < 32, x.roll(-delta), x)
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("threads", [32, 256, 1024])
+def test_block_reduction_with_shuffles_and_barrier(emu, threads):
+    x = torch.randn(5 * threads)
+    torch.testing.assert_close(emu.block_sum(x, threads), x.view(5, threads).double().sum(1).float())
+
+
+def test_dynamic_shared_memory_starts_as_nan(emu):
+    assert torch.isnan(emu.read_smem(48)).all()
+
+
+@pytest.mark.parametrize(
+    "which,message",
+    [
+        (0, r"can never finish: 32 threads wait at __syncthreads, 32 at a shuffle, 0 have exited"),
+        (1, r"thread \(1, 0, 0\): a shuffle with mask 1 that leaves out the calling lane 1"),
+        (2, r"waits for lane 16, which has exited"),
+        (3, r"at a shuffle with different masks"),
+        (4, r"a shuffle reads lane 16, which its mask 65535 leaves out"),
+    ],
+    ids=["divergent-barrier", "caller-not-in-mask", "exited-lane", "mask-mismatch", "source-not-in-mask"],
+)
+def test_misuse_raises_naming_the_kernel(emu, which, message):
+    with pytest.raises(RuntimeError, match=message) as err:
+        emu.misuse(which)
+    assert "misuse_kernel" in str(err.value)
+    emu.block_sum(torch.ones(64), 32)  # the emulation is usable again after the error
+
+
+@pytest.mark.parametrize(
+    "grid,block,smem,message",
+    [
+        ((1, 1, 1), (2048, 1, 1), 0, r"invalid block \(2048, 1, 1\)"),
+        ((1, 1, 1), (1, 1, 65), 0, r"invalid block"),
+        ((1, 70000, 1), (32, 1, 1), 0, r"invalid grid \(1, 70000, 1\)"),
+        ((1, 1, 1), (32, 1, 1), 64 * 1024, r"65536 bytes of dynamic shared memory"),
+    ],
+)
+def test_invalid_launch_configuration_raises(emu, grid, block, smem, message):
+    with pytest.raises(RuntimeError, match=message):
+        emu.bad_launch(list(grid), list(block), smem)
+
+
+def test_multiprocessor_count_from_the_environment(monkeypatch):
+    emulation.load()
+    x = torch.randn(64, 8, 16, 16)
+    stats = {}
+    for sms in ("132", "1"):
+        monkeypatch.setenv("NVAE_FAST_EMULATE_SMS", sms)
+        stats[sms] = emulation.ops().bn_swish_stats(x)
+    for got, want in zip(stats["1"], stats["132"]):  # one part per channel vs split: the same up to rounding
+        torch.testing.assert_close(got, want)
+    monkeypatch.setenv("NVAE_FAST_EMULATE_SMS", "0")
+    with pytest.raises(RuntimeError, match="NVAE_FAST_EMULATE_SMS must be a number of multiprocessors in"):
+        emulation.ops().bn_swish_stats(x)
+
+
+def test_backend_runs_cpu_tensors_under_emulation(monkeypatch):
+    monkeypatch.setenv(emulation.ENV, "1")
+    nvae_fast.reset()
+    info = nvae_fast.backend_info()
+    assert info["cuda_emulated"] and info["backends"]["cuda"]["available"]
+    x = torch.randn(2, 3, 4, 5)
+    with nvae_fast.use_backend("cuda"):
+        y = nvae_fast.ops.squeeze_excite(x, torch.randn(2, 3), torch.randn(2), torch.randn(3, 2), torch.randn(3))
+    assert nvae_fast.backend_info()["fallbacks"] == []
+    assert torch.isfinite(y).all()
+
+
+def test_emulated_backend_takes_cpu_tensors_only(monkeypatch):
+    monkeypatch.setenv(emulation.ENV, "1")
+    nvae_fast.reset()
+    kernels = nvae_fast.backend._state.kernels[("squeeze_excite", "cuda")]
+    with nvae_fast.use_backend("cuda"):
+        with pytest.raises(RuntimeError, match="CPU tensors under NVAE_FAST_CUDA_EMULATE=1, and only those"):
+            nvae_fast.backend.resolve("squeeze_excite", torch.device("cuda"), None)
+        assert nvae_fast.backend.resolve("squeeze_excite", torch.device("cpu"), None, torch.empty(1, 1, 1, 1)) == (
+            "cuda",
+            kernels,
+        )
+    # auto never picks the emulation, for CUDA tensors neither
+    assert nvae_fast.backend._auto("squeeze_excite", torch.device("cuda")) != "cuda"
+
+
+def test_emulation_is_off_unless_requested(monkeypatch):
+    monkeypatch.setenv(emulation.ENV, "0")
+    nvae_fast.reset()
+    info = nvae_fast.backend_info()
+    assert not info["cuda_emulated"]
+    assert info["backends"]["cuda"]["available"] == (torch.cuda.is_available() and nvae_fast.cuda.available())
