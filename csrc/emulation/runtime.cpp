@@ -15,6 +15,10 @@
 #include <ucontext.h>
 #endif
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
+
 extern "C" [[noreturn]] void nvae_emu_fiber_main();
 
 namespace nvae_fast {
@@ -124,6 +128,15 @@ class Stacks {
 
   unsigned char* top(unsigned i) const { return base_ + (i + 1) * slot_; }
 
+  // A fresh stack for thread i: under AddressSanitizer, the redzones that the frames of the previous
+  // block's fiber left behind (an exited fiber is never unwound) are cleared.
+  unsigned char* fresh(unsigned i) const {
+#if defined(__SANITIZE_ADDRESS__)
+    ASAN_UNPOISON_MEMORY_REGION(top(i) - kStackBytes, kStackBytes);
+#endif
+    return top(i);
+  }
+
  private:
   unsigned char* base_ = nullptr;
   size_t page_ = 0, slot_ = 0;
@@ -227,7 +240,7 @@ void run_block(Launch& l, const Stacks& stacks) {
     Fiber& f = l.fibers[i];
     f.state = State::Runnable;
     f.idx = uint3{i % blockDim.x, (i / blockDim.x) % blockDim.y, i / (blockDim.x * blockDim.y)};
-    start_context(f.ctx, stacks.top(i), kStackBytes);
+    start_context(f.ctx, stacks.fresh(i), kStackBytes);
   }
   std::memset(l.smem_aligned, 0xff, l.smem_bytes);
   for (;;) {

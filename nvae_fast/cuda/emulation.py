@@ -4,15 +4,20 @@ With ``NVAE_FAST_CUDA_EMULATE=1`` (read by :func:`nvae_fast.reset`, like ``TRITO
 the Triton backend), the ``cuda`` backend runs on CPU tensors: the same kernel sources, compiled by the
 host compiler with ``-DNVAE_FAST_EMULATE`` against ``csrc/emulation/emulation.h``, which runs every
 CUDA thread of a block as a fiber that yields at ``__syncthreads`` and warp shuffles. Host code, grid
-sizing (for a 132-SM device), vector/scalar paths and the kernels' index arithmetic are the same as on
-the GPU; what the emulation does not model (data races, the memory model, device libm rounding) is
-listed in that header. It is slow: use small shapes.
+sizing (for a 132-SM device, or ``NVAE_FAST_EMULATE_SMS``), vector/scalar paths and the kernels' index
+arithmetic are the same as on the GPU; what the emulation does not model (data races, the memory model,
+device libm rounding) is listed in that header. It is slow: use small shapes.
 
 The library registers the ops as ``torch.ops.nvae_fast_emu.*`` (CPU dispatch key; the fake
 implementations of :mod:`nvae_fast.cuda` are registered for them too, so ``torch.library.opcheck`` runs
 on them). It is built on first use into ``build/cuda-emulation/`` of the source checkout with
-torch's C++ extension builder (ninja; a few minutes on 2 cores, rebuilt only when a source changed) and
+torch's C++ extension builder (ninja; about a minute on 2 cores, rebuilt only when a source changed) and
 needs no CUDA toolkit, so it also works with a CPU build of torch.
+
+``NVAE_FAST_CUDA_EMULATE=asan`` builds the kernels with AddressSanitizer instead, so that an access
+outside a tensor's memory stops the process with a report naming the kernel (the CPU counterpart of
+compute-sanitizer's memcheck). The process must start with the sanitizer's runtime preloaded:
+``tests/cuda/run_emulated_asan.sh`` runs the kernel tests so.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ CSRC = _ROOT / "csrc"
 BUILD_DIR = _ROOT / "build" / "cuda-emulation"
 KERNEL_SOURCES = ("bn_swish.cu", "depthwise_conv2d.cu", "squeeze_excite.cu", "power_iteration.cu")
 CFLAGS = ("-O2", "-DNVAE_FAST_EMULATE", "-fno-strict-aliasing", "-fvisibility=hidden")
+ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer")
 
 _loaded: set[str] = set()
 
@@ -39,13 +45,19 @@ def requested() -> bool:
     return os.environ.get(ENV, "0") not in ("", "0")
 
 
-def build(name: str, sources: list[Path]) -> None:
+def sanitized() -> bool:
+    """True when ``NVAE_FAST_CUDA_EMULATE=asan`` asks for the AddressSanitizer build."""
+    return os.environ.get(ENV, "") == "asan"
+
+
+def build(name: str, sources: list[Path], asan: bool | None = None) -> None:
     """Compile ``sources`` (with the emulator's runtime) into the library ``name`` and load it.
 
     ``.cu`` files are compiled as C++ through a one-line ``.cpp`` wrapper that includes them (torch's
     builder hands ``.cu`` files to nvcc). Loading registers whatever ``TORCH_LIBRARY`` blocks they hold.
-    Once per process and name; raises ``RuntimeError`` when the sources are not there (an installed,
-    non-editable package) or do not compile.
+    Once per process and name; with AddressSanitizer when ``asan`` is true (default: under
+    ``NVAE_FAST_CUDA_EMULATE=asan``). Raises
+    ``RuntimeError`` when the sources are not there (an installed, non-editable package) or do not compile.
     """
     if name in _loaded:
         return
@@ -53,7 +65,9 @@ def build(name: str, sources: list[Path]) -> None:
         raise RuntimeError(f"the CUDA emulation needs the source checkout's csrc/ (looked in {CSRC})")
     from torch.utils import cpp_extension
 
-    build_dir = BUILD_DIR / f"{name}-torch-{torch.__version__}"  # one ABI per torch version
+    asan = sanitized() if asan is None else asan
+    # one ABI per torch version
+    build_dir = BUILD_DIR / f"{name}-torch-{torch.__version__}{'-asan' if asan else ''}"
     wrappers = build_dir / "src"
     wrappers.mkdir(parents=True, exist_ok=True)
     compiled = [CSRC / "emulation" / "runtime.cpp"]
@@ -68,7 +82,8 @@ def build(name: str, sources: list[Path]) -> None:
     cpp_extension.load(
         name=name,
         sources=[str(s) for s in compiled],
-        extra_cflags=list(CFLAGS),
+        extra_cflags=list(CFLAGS + (ASAN_FLAGS if asan else ())),
+        extra_ldflags=list(ASAN_FLAGS[:1] if asan else ()),
         extra_include_paths=[str(CSRC)],
         build_directory=str(build_dir),
         is_python_module=False,

@@ -47,6 +47,9 @@ __global__ void block_sum_kernel(const float* x, float* out) {
 // out[t] = the t-th float of dynamic shared memory, which no thread wrote.
 __global__ void read_smem_kernel(float* out) { out[threadIdx.x] = nvae_fast::dynamic_smem<float>()[threadIdx.x]; }
 
+// out[t] = x[t + 1]: the last thread reads one element past the end of x (for the AddressSanitizer build).
+__global__ void read_past_end_kernel(const float* x, float* out) { out[threadIdx.x] = x[threadIdx.x + 1]; }
+
 // Each misuse that the emulation must reject.
 __global__ void misuse_kernel(int which) {
   const unsigned lane = threadIdx.x % 32;
@@ -105,6 +108,12 @@ at::Tensor read_smem(int64_t n) {
   return out;
 }
 
+at::Tensor read_past_end(const at::Tensor& x) {
+  at::Tensor out = at::empty_like(x);
+  launch<read_past_end_kernel>(dim3(1), dim3(x.numel()), 0, nullptr, x.data_ptr<float>(), out.data_ptr<float>());
+  return out;
+}
+
 void misuse(int64_t which) { launch<misuse_kernel>(dim3(2), dim3(64), 0, nullptr, static_cast<int>(which)); }
 
 void bad_launch(at::IntArrayRef grid, at::IntArrayRef block, int64_t smem) {
@@ -118,6 +127,7 @@ TORCH_LIBRARY(nvae_fast_emu_test, m) {
   m.def("shuffle_down(Tensor x, int block_x, int delta) -> Tensor", &shuffle_down);
   m.def("block_sum(Tensor x, int threads) -> Tensor", &block_sum);
   m.def("read_smem(int n) -> Tensor", &read_smem);
+  m.def("read_past_end(Tensor x) -> Tensor", &read_past_end);
   m.def("misuse(int which) -> ()", &misuse);
   m.def("bad_launch(int[3] grid, int[3] block, int smem) -> ()", &bad_launch);
 }

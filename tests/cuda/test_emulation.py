@@ -6,6 +6,7 @@ where a GPU would fail or behave undefinedly. Runs on any machine with a C++ com
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,39 @@ def test_emulation_is_off_unless_requested(monkeypatch):
     info = nvae_fast.backend_info()
     assert not info["cuda_emulated"]
     assert info["backends"]["cuda"]["available"] == (torch.cuda.is_available() and nvae_fast.cuda.available())
+
+
+ASAN_SCRIPT = Path(__file__).with_name("run_emulated_asan.sh")
+
+
+def _asan_available() -> bool:
+    import shutil
+    import subprocess
+
+    cxx = shutil.which("c++")
+    if cxx is None:
+        return False
+    lib = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return os.path.isabs(lib) and os.path.exists(lib)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _asan_available(), reason="the C++ compiler has no AddressSanitizer runtime")
+def test_address_sanitizer_build_reports_an_access_past_the_end():
+    """The check behind run_emulated_asan.sh is live: a kernel that reads one element past a tensor's
+    memory stops the process with AddressSanitizer's report naming the kernel."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from pathlib import Path; from nvae_fast.cuda import emulation; "
+        f"emulation.build('nvae_fast_emu_test', [Path({str(Path(__file__).with_name('emulator_kernels.cpp'))!r})], "
+        "asan=True); "
+        "torch.ops.nvae_fast_emu_test.read_past_end(torch.randn(37))"
+    )
+    proc = subprocess.run(
+        ["bash", str(ASAN_SCRIPT), "--command", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "NVAE_FAST_CUDA_EMULATE": "0"},
+    )
+    assert proc.returncode != 0
+    assert "heap-buffer-overflow" in proc.stderr and "read_past_end_kernel" in proc.stderr, proc.stderr[-3000:]
