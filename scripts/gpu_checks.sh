@@ -27,6 +27,7 @@ case "${1:-}" in
     # The whole suite, every failure listed (no -x: a GPU session is short); Triton's JIT compiles dominate,
     # so the tests run in NVAE_FAST_TEST_WORKERS processes (default 8) when pytest-xdist is installed;
     # tests marked xdist_group(name) share one worker (and so one run of their module-scoped fixtures).
+    # The CPU emulation's own tests (test_emulation.py: builds of the emulated kernels) are CI's, not the GPU's.
     shift
     ensure_built
     workers=()
@@ -34,7 +35,8 @@ case "${1:-}" in
       workers=(-n "${NVAE_FAST_TEST_WORKERS:-8}" --dist loadgroup)
       export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # 8 workers x all cores each would oversubscribe the CPU
     fi
-    python3 -m pytest -q -rfE "${workers[@]}" --durations=20 --junitxml="$logs/test.xml" "$@" 2>&1 | tee "$logs/test.log"
+    python3 -m pytest -q -rfE "${workers[@]}" --durations=20 --junitxml="$logs/test.xml" \
+      --ignore=tests/cuda/test_emulation.py "$@" 2>&1 | tee "$logs/test.log"
     ;;
   sanitize)
     shift

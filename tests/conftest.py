@@ -20,18 +20,8 @@ import nvae_fast  # noqa: E402
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device")
     config.addinivalue_line("markers", "slow: takes more than ~30 s on a 2-core CPU machine")
     config.addinivalue_line("markers", "xdist_group(name): tests that pytest-xdist --dist loadgroup keeps in one worker")
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture

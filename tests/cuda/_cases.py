@@ -19,9 +19,9 @@ needs_extension = pytest.mark.skipif(
 )
 
 
-#: Where the kernel tests run: the GPU, or without one the CPU, in the emulation of the CUDA kernels
-#: (tests/conftest.py sets NVAE_FAST_CUDA_EMULATE=1 there).
-KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+#: Where the kernel tests run: the GPU, or the CPU in the emulation of the CUDA kernels (which
+#: tests/conftest.py turns on where there is no GPU).
+KERNEL_DEVICE = torch.device("cpu" if nvae_fast.backend.cuda_emulated() else "cuda")
 
 _CUDA_BACKEND = nvae_fast.backend_info()["backends"]["cuda"]
 #: Skips a test that launches the kernels when they can run neither on a GPU nor in the emulation.

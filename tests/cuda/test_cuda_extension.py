@@ -1,8 +1,9 @@
 """The CUDA extension on any machine: registration, fake implementations, argument errors, glue.
 
 Nothing here launches a kernel, so it runs without a GPU wherever ``nvae_fast._C`` was built (tests that
-need the extension skip with the import error otherwise). The kernels themselves are tested on a GPU by
-test_cuda_kernels.py, test_cuda_opcheck.py and test_cuda_compile.py.
+need the extension skip with the import error otherwise). The kernels themselves are tested by
+test_cuda_kernels.py, test_cuda_opcheck.py and test_cuda_compile.py, on a GPU or in the CPU emulation. The
+tests here run with the emulation off (``cuda_emulation_off``): they are about the real extension's glue.
 """
 
 from __future__ import annotations
