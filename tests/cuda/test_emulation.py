@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,9 +142,6 @@ ASAN_SCRIPT = Path(__file__).with_name("run_emulated_asan.sh")
 
 
 def _asan_available() -> bool:
-    import shutil
-    import subprocess
-
     cxx = shutil.which("c++")
     if cxx is None:
         return False
@@ -158,8 +158,6 @@ needs_asan = pytest.mark.skipif(not _asan_available(), reason="the C++ compiler 
 def test_kernel_tests_pass_under_address_sanitizer():
     """run_emulated_asan.sh: the CUDA kernel tests with every memory access of the emulated kernels
     checked (float16 left out: the same code paths as bfloat16)."""
-    import subprocess
-
     proc = subprocess.run(["bash", str(ASAN_SCRIPT), "-x", "-k", "not float16"], capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -171,9 +169,6 @@ def test_kernel_tests_pass_under_address_sanitizer():
 def test_address_sanitizer_build_reports_an_access_past_the_end():
     """The check behind run_emulated_asan.sh is live: a kernel that reads one element past a tensor's
     memory stops the process with AddressSanitizer's report naming the kernel."""
-    import subprocess
-    import sys
-
     code = (
         "import torch; from pathlib import Path; from nvae_fast.cuda import emulation; "
         f"emulation.build('nvae_fast_emu_test', [Path({str(Path(__file__).with_name('emulator_kernels.cpp'))!r})], "
