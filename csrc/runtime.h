@@ -33,6 +33,13 @@ inline cudaStream_t current_stream() { return nullptr; }
 inline int multiprocessors() { return emu::multiprocessors(); }
 // Options of a host buffer that is copied to the device.
 inline at::TensorOptions staging_options() { return at::TensorOptions(); }
+
+template <typename... Params, typename... Args>
+void emulate_launch(const char* signature, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                    Args&&... args) {
+  auto params = std::make_tuple(static_cast<Params>(std::forward<Args>(args))...);
+  emu::run_grid(signature, grid, block, smem, [&] { std::apply(kernel, params); });
+}
 #else
 constexpr const char* kKernelDevice = "a CUDA tensor (the nvae_fast CUDA ops run on CUDA tensors only)";
 inline bool on_kernel_device(const at::Tensor& t) { return t.is_cuda(); }
@@ -41,15 +48,6 @@ using DeviceGuard = c10::cuda::CUDAGuard;
 inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
 inline int multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 inline at::TensorOptions staging_options() { return at::TensorOptions().pinned_memory(true); }
-#endif
-
-#ifdef NVAE_FAST_EMULATE
-template <typename... Params, typename... Args>
-void emulate_launch(const char* signature, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                    Args&&... args) {
-  auto params = std::make_tuple(static_cast<Params>(std::forward<Args>(args))...);
-  emu::run_grid(signature, grid, block, smem, [&] { std::apply(kernel, params); });
-}
 #endif
 
 // kernel<<<grid, block, smem, stream>>>(args...), then the launch check.

@@ -188,15 +188,25 @@ void suspend(Launch& l, State state, unsigned mask) {
   switch_context(f.ctx, l.scheduler);
 }
 
-// Releases what can go on after every fiber has run to a synchronisation point or its end; false when
-// nothing can (a deadlock). Raises for a shuffle whose lanes disagree or have exited.
-bool release(Launch& l) {
-  unsigned exited = 0, at_barrier = 0;
+struct Counts {
+  unsigned at_barrier = 0, at_shuffle = 0, exited = 0;
+};
+
+Counts count_states(const Launch& l) {
+  Counts c;
   for (const Fiber& f : l.fibers) {
-    exited += f.state == State::Exited;
-    at_barrier += f.state == State::AtBarrier;
+    c.at_barrier += f.state == State::AtBarrier;
+    c.at_shuffle += f.state == State::AtShuffle;
+    c.exited += f.state == State::Exited;
   }
-  if (at_barrier > 0 && at_barrier + exited == l.threads) {
+  return c;
+}
+
+// Releases what can go on after every fiber has run to a synchronisation point or its end (`c` counts
+// their states); false when nothing can (a deadlock). Raises for a shuffle whose lanes disagree or have
+// exited.
+bool release(Launch& l, const Counts& c) {
+  if (c.at_barrier > 0 && c.at_barrier + c.exited == l.threads) {
     for (Fiber& f : l.fibers) {
       if (f.state == State::AtBarrier) f.state = State::Runnable;
     }
@@ -252,20 +262,11 @@ void run_block(Launch& l, const Stacks& stacks) {
       l.current = nullptr;
       if (l.error) std::rethrow_exception(l.error);
     }
-    bool done = true;
-    for (const Fiber& f : l.fibers) done = done && f.state == State::Exited;
-    if (done) return;
-    if (!release(l)) {
-      unsigned at_barrier = 0, at_shuffle = 0, exited = 0;
-      for (const Fiber& f : l.fibers) {
-        at_barrier += f.state == State::AtBarrier;
-        at_shuffle += f.state == State::AtShuffle;
-        exited += f.state == State::Exited;
-      }
-      TORCH_CHECK(false, l.name, ": block (", blockIdx.x, ", ", blockIdx.y, ", ", blockIdx.z,
-                  ") can never finish: ", at_barrier, " threads wait at __syncthreads, ", at_shuffle,
-                  " at a shuffle, ", exited, " have exited (synchronisation in divergent code)");
-    }
+    const Counts c = count_states(l);
+    if (c.exited == l.threads) return;
+    TORCH_CHECK(release(l, c), l.name, ": block (", blockIdx.x, ", ", blockIdx.y, ", ", blockIdx.z,
+                ") can never finish: ", c.at_barrier, " threads wait at __syncthreads, ", c.at_shuffle,
+                " at a shuffle, ", c.exited, " have exited (synchronisation in divergent code)");
   }
 }
 

@@ -56,8 +56,8 @@ def build(name: str, sources: list[Path], asan: bool | None = None) -> None:
     ``.cu`` files are compiled as C++ through a one-line ``.cpp`` wrapper that includes them (torch's
     builder hands ``.cu`` files to nvcc). Loading registers whatever ``TORCH_LIBRARY`` blocks they hold.
     Once per process and name; with AddressSanitizer when ``asan`` is true (default: under
-    ``NVAE_FAST_CUDA_EMULATE=asan``). Raises
-    ``RuntimeError`` when the sources are not there (an installed, non-editable package) or do not compile.
+    ``NVAE_FAST_CUDA_EMULATE=asan``). Raises ``RuntimeError`` when the sources are not there (an
+    installed, non-editable package) or do not compile.
     """
     if name in _loaded:
         return
