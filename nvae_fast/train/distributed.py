@@ -7,11 +7,14 @@ default process group with NCCL on CUDA devices and gloo otherwise; each CUDA ra
 
 :class:`SyncBatchNorm2d` gives the model's plain ``nn.BatchNorm2d`` layers the statistics of the whole
 global batch (``nn.SyncBatchNorm`` runs on GPUs only and is no ``nn.BatchNorm2d``, which the BN scale
-penalty looks for). Per channel, with ``n_r`` values on rank ``r``:
+penalty looks for). Per channel, each rank ``r`` computes its ``n_r`` values' mean ``m_r`` and biased
+variance ``v_r`` (two-pass, float32; float64 for float64 input), and the ranks' rows are merged
+(Chan et al.) into the statistics of the joint batch, ``n = sum_r n_r``:
 
-    mean = sum_r S1_r / sum_r n_r,   var = sum_r S2_r / sum_r n_r - mean^2     (S1 = sum x, S2 = sum x^2)
+    mean = sum_r n_r m_r / n,   var = sum_r n_r (v_r + (m_r - mean)^2) / n
 
-accumulated in float32 (float64 for float64 input) by one all-reduce whose backward all-reduces the
+never as E[x^2] - E[x]^2, which cancels catastrophically when |mean| >> std. The rows travel in one
+all-reduce (each rank fills its own row of a (world, 2C+1) table) whose backward all-reduces the
 statistics' gradients (:class:`_AllReduceSum`): with DDP averaging the parameter gradients this is the
 gradient of the loss of the joint batch.
 """
@@ -108,13 +111,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
         self._check_input_dim(x)
-        c = x.shape[1]
         xa = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-        local = torch.cat([xa.sum(dim=(0, 2, 3)), (xa * xa).sum(dim=(0, 2, 3)), xa.new_full((1,), x.numel() / c)])
-        total = _AllReduceSum.apply(local, self.process_group or dist.group.WORLD)
-        n = total[-1]
-        mean = total[:c] / n
-        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
+        mean, var, n = self._joint_statistics(xa)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -126,6 +124,20 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if self.affine:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         return y.to(x.dtype)
+
+    def _joint_statistics(self, xa: torch.Tensor):
+        """Per-channel (mean, biased var) of the joint batch over the group's ranks, and its count n."""
+        group = self.process_group or dist.group.WORLD
+        c, rank, world = xa.shape[1], dist.get_rank(group), dist.get_world_size(group)
+        var, mean = torch.var_mean(xa, dim=(0, 2, 3), correction=0)
+        local = torch.cat([mean, var, xa.new_full((1,), xa.numel() / c)])
+        rows = torch.stack([local if r == rank else torch.zeros_like(local) for r in range(world)])
+        rows = _AllReduceSum.apply(rows, group)
+        means, variances, counts = rows[:, :c], rows[:, c : 2 * c], rows[:, 2 * c :]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (counts * (variances + (means - mean) ** 2)).sum(0) / n
+        return mean, var, n
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
