@@ -15,11 +15,17 @@
 // the source tile it needs (with the zero halo) and the channels' taps into shared memory, converted
 // to the accumulation dtype, then every thread computes `rpt` outputs of one column from shared memory.
 // Tile copies are coalesced along W (NCHW) or along the channels (NHWC, 16-byte vectors when C and the
-// pointer allow). backward_weight is deterministic: every block writes its partial sums for its
+// pointer allow). Square 3x3 and 5x5 kernels at stride 1 (NVAE's decoder: 5x5) take a register-window
+// kernel instead: each thread keeps the K*K taps in registers and computes `rpt` consecutive rows of one
+// column, reading each of the rpt + K - 1 source rows it touches once (K loads) for every output row it
+// feeds, so a 5x5 output costs (rpt + 4) * 5 / rpt shared-memory loads (10 at rpt = 4) instead of 50.
+// backward_input at stride 1 is the same correlation of dy with the flipped taps and padding K - 1 - p.
+// backward_weight is deterministic: every block writes its partial sums for its
 // (sample, tile subset) to a workspace, and a second kernel adds them in a fixed order.
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "checks.h"
 #include "launch.h"
@@ -30,6 +36,7 @@ namespace nvae_fast {
 namespace {
 
 constexpr int kMaxKernel = 11;
+constexpr int kRowsPerThread = 4;  // the most output rows one thread computes (TileCfg::rpt), every tiling
 constexpr size_t kSmemBudget = 48 * 1024;  // bytes of shared memory per block (no opt-in needed)
 
 struct ConvGeom {
@@ -148,6 +155,65 @@ __global__ void __launch_bounds__(kThreads)
       for (int q = 0; q < g.kw; ++q) s += wr[q] * row[q];
     }
     y[offset4(L, n, c, oy, ox, g.C, g.dst_h, g.dst_w)] = static_cast<T>(s);
+  }
+}
+
+// Stride-1 correlation with a square K x K kernel: y = bias + sum_{p,q} w'[c,p,q] src[n,c, i - ph + p, j - pw + q]
+// with w' = w (forward) or w' = w flipped in both axes (flip: backward_input, where src = dy and the
+// padding is K - 1 - p). Thread (z, tx, ty) computes rows ty*rpt ... ty*rpt + rpt - 1 of column tx of the
+// block's output tile; forward sums run over (p, q) in the order of dw_forward_kernel.
+template <typename T, Layout L, int V, int K>
+__global__ void __launch_bounds__(kThreads)
+    dw_window_kernel(const T* __restrict__ src, const AccT<T>* __restrict__ w, const AccT<T>* __restrict__ bias,
+                     T* __restrict__ dst, ConvGeom g, TileCfg t, bool flip) {
+  using acc_t = AccT<T>;
+  constexpr int kk = K * K;
+  acc_t* tile = dynamic_smem<acc_t>();
+  acc_t* wsh = tile + t.cb * t.plane;
+  const int64_t groups = ceil_div(g.C, t.cb);
+  const int64_t n = blockIdx.x / groups;
+  const int64_t c0 = (blockIdx.x - n * groups) * t.cb;
+  const int tile_row = blockIdx.y / t.tiles_x;
+  const int oy0 = tile_row * t.by * t.rpt, ox0 = (blockIdx.y - tile_row * t.tiles_x) * t.bx;
+
+  fill_tile<T, L, V>(src, tile, n, g.C, g.src_h, g.src_w, c0, oy0 - g.ph, ox0 - g.pw, t.cb, t.tile_h, t.tile_w,
+                     t.plane, t.fill_a, t.fill_b);
+  fill_taps(w, wsh, c0, t.cb, kk, g.C);
+  __syncthreads();
+
+  int z, tx, ty;
+  thread_coords<L>(t, z, tx, ty);
+  const int64_t c = c0 + z;
+  const int ox = ox0 + tx;
+  if (c >= g.C || ox >= g.dst_w) return;
+  acc_t wr[kk];
+#pragma unroll
+  for (int i = 0; i < kk; ++i) wr[i] = wsh[z * kk + (flip ? kk - 1 - i : i)];
+  const acc_t b = bias != nullptr ? bias[c] : acc_t(0);
+  acc_t acc[kRowsPerThread];
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) acc[r] = b;
+  const int row0 = ty * t.rpt;  // first output row of this thread in the tile
+  const acc_t* col = tile + z * t.plane + row0 * t.tile_w + tx;
+#pragma unroll
+  for (int i = 0; i < kRowsPerThread + K - 1; ++i) {  // source row i feeds output rows r = i - p, 0 <= p < K
+    if (i < t.rpt + K - 1) {
+      acc_t xr[K];
+#pragma unroll
+      for (int q = 0; q < K; ++q) xr[q] = col[i * t.tile_w + q];
+#pragma unroll
+      for (int r = 0; r < kRowsPerThread; ++r) {
+        if (i - r >= 0 && i - r < K) {
+#pragma unroll
+          for (int q = 0; q < K; ++q) acc[r] += wr[(i - r) * K + q] * xr[q];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) {
+    const int oy = oy0 + row0 + r;
+    if (r < t.rpt && oy < g.dst_h) dst[offset4(L, n, c, oy, ox, g.C, g.dst_h, g.dst_w)] = static_cast<T>(acc[r]);
   }
 }
 
@@ -306,21 +372,28 @@ void set_tile_dims(TileCfg& t, Layout layout, const ConvGeom& g, bool transposed
   if (layout == Layout::NHWC) t.plane |= 1;  // odd stride: channel-parallel reads hit distinct banks
 }
 
-// Chooses the tiling and the vector width V of the tile copy (returned through vec).
-TileCfg plan_tiles(Layout layout, const ConvGeom& g, bool transposed, size_t elem, int& vec) {
+// Chooses the tiling and the vector width V of the tile copy (returned through vec). The register-window
+// kernel (window) gives each thread kRowsPerThread consecutive rows, so for NCHW it spreads fewer
+// threads over the rows.
+TileCfg plan_tiles(Layout layout, const ConvGeom& g, bool transposed, size_t elem, int& vec, bool window = false) {
   TileCfg t{};
   const int64_t C = g.C;
-  if (layout == Layout::NCHW) {
+  if (layout == Layout::NCHW && window) {
+    t.bx = std::min(32, pow2_ceil(g.dst_w));
+    t.by = std::min(pow2_ceil(ceil_div(g.dst_h, kRowsPerThread)), kThreads / t.bx);
+    t.cb = static_cast<int>(std::min<int64_t>(C, kThreads / (t.bx * t.by)));
+    t.rpt = static_cast<int>(std::min<int64_t>(kRowsPerThread, ceil_div(g.dst_h, t.by)));
+  } else if (layout == Layout::NCHW) {
     t.bx = std::min(32, pow2_ceil(g.dst_w));
     t.by = std::min(pow2_ceil(g.dst_h), kThreads / t.bx);
     t.cb = static_cast<int>(std::min<int64_t>(C, kThreads / (t.bx * t.by)));
-    t.rpt = (t.bx * t.by == kThreads && g.dst_h > t.by) ? static_cast<int>(std::min<int64_t>(4, ceil_div(g.dst_h, t.by))) : 1;
+    t.rpt = (t.bx * t.by == kThreads && g.dst_h > t.by) ? static_cast<int>(std::min<int64_t>(kRowsPerThread, ceil_div(g.dst_h, t.by))) : 1;
   } else {
     t.cb = static_cast<int>(std::min<int64_t>(C, 16));
     if (vec > 1 && t.cb >= vec) t.cb -= t.cb % vec;
     t.bx = std::min(8, pow2_ceil(g.dst_w));
     t.by = std::max(1, std::min(pow2_ceil(g.dst_h), kThreads / t.cb / t.bx));
-    t.rpt = g.dst_h > t.by ? static_cast<int>(std::min<int64_t>(4, ceil_div(g.dst_h, t.by))) : 1;
+    t.rpt = g.dst_h > t.by ? static_cast<int>(std::min<int64_t>(kRowsPerThread, ceil_div(g.dst_h, t.by))) : 1;
   }
   const int kk = g.kh * g.kw;
   set_tile_dims(t, layout, g, transposed);
@@ -357,6 +430,43 @@ dim3 tile_grid(const char* op, const ConvGeom& g, const TileCfg& t) {
   TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max() && blocks_y <= kMaxGridYZ, op,
               ": the tensor is too large for the CUDA kernels (", blocks_x, " x ", blocks_y, " blocks)");
   return dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y));
+}
+
+// The register-window kernel is built for T != double (kWindowed<T>) and applies to geometries with
+// stride 1 and a square 3x3 or 5x5 kernel (windowed(g)).
+template <typename T>
+constexpr bool kWindowed = !std::is_same_v<T, double>;
+
+bool windowed(const ConvGeom& g) {
+  return g.kh == g.kw && (g.kh == 3 || g.kh == 5) && g.sh == 1 && g.sw == 1;
+}
+
+// dst = the stride-1 correlation of src with the (flipped, when flip) taps w plus bias, geometry g.
+template <typename T>
+void launch_window(const char* op, Layout layout, const ConvGeom& g, const T* src, const AccT<T>* w,
+                   const AccT<T>* bias, T* dst, bool flip, cudaStream_t stream) {
+  using acc_t = AccT<T>;
+  int vec = (layout == Layout::NHWC && g.C % kVec<T> == 0 && aligned16(src)) ? kVec<T> : 1;
+  const TileCfg t = plan_tiles(layout, g, /*transposed=*/false, sizeof(acc_t), vec, /*window=*/true);
+  const dim3 grid = tile_grid(op, g, t);
+  const size_t smem = tile_smem(t, g.kh * g.kw, sizeof(acc_t));
+  const int threads = t.cb * t.bx * t.by;
+  auto run = [&](auto size) {
+    constexpr int K = decltype(size)::value;
+    if (layout == Layout::NCHW) {
+      launch<dw_window_kernel<T, Layout::NCHW, 1, K>>(grid, threads, smem, stream, src, w, bias, dst, g, t, flip);
+    } else if (vec > 1) {
+      launch<dw_window_kernel<T, Layout::NHWC, kVec<T>, K>>(grid, threads, smem, stream, src, w, bias, dst, g, t,
+                                                            flip);
+    } else {
+      launch<dw_window_kernel<T, Layout::NHWC, 1, K>>(grid, threads, smem, stream, src, w, bias, dst, g, t, flip);
+    }
+  };
+  if (g.kh == 3) {
+    run(std::integral_constant<int, 3>{});
+  } else {
+    run(std::integral_constant<int, 5>{});
+  }
 }
 
 struct Conf {
@@ -433,6 +543,14 @@ at::Tensor dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_forward", [&] {
     using acc_t = AccT<scalar_t>;
+    const acc_t* pb = has_bias ? bias->data_ptr<acc_t>() : nullptr;
+    if constexpr (kWindowed<scalar_t>) {
+      if (windowed(g)) {
+        launch_window(op, layout, g, x.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(), pb, y.data_ptr<scalar_t>(),
+                      /*flip=*/false, stream);
+        return;
+      }
+    }
     int vec = (layout == Layout::NHWC && g.C % kVec<scalar_t> == 0 && aligned16(x.data_ptr())) ? kVec<scalar_t> : 1;
     const TileCfg t = plan_tiles(layout, g, /*transposed=*/false, sizeof(acc_t), vec);
     const dim3 grid = tile_grid(op, g, t);
@@ -440,7 +558,6 @@ at::Tensor dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const
     const int threads = t.cb * t.bx * t.by;
     const scalar_t* px = x.data_ptr<scalar_t>();
     const acc_t* pw = weight.data_ptr<acc_t>();
-    const acc_t* pb = has_bias ? bias->data_ptr<acc_t>() : nullptr;
     scalar_t* py = y.data_ptr<scalar_t>();
     if (layout == Layout::NCHW) {
       launch<dw_forward_kernel<scalar_t, Layout::NCHW, 1>>(grid, threads, smem, stream, px, pw, pb, py, g, t);
@@ -480,6 +597,15 @@ at::Tensor dwconv2d_backward_input(const at::Tensor& dy, const at::Tensor& weigh
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "dwconv2d_backward_input", [&] {
     using acc_t = AccT<scalar_t>;
+    if constexpr (kWindowed<scalar_t>) {
+      if (windowed(g)) {  // dx = dy correlated with the flipped taps, padding K - 1 - p
+        const ConvGeom flipped{g.N, g.C, g.src_h, g.src_w, g.dst_h, g.dst_w, g.kh, g.kw, 1, 1, g.kh - 1 - g.ph,
+                               g.kw - 1 - g.pw};
+        launch_window(op, layout, flipped, dy.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(), nullptr,
+                      dx.data_ptr<scalar_t>(), /*flip=*/true, stream);
+        return;
+      }
+    }
     int vec = (layout == Layout::NHWC && g.C % kVec<scalar_t> == 0 && aligned16(dy.data_ptr())) ? kVec<scalar_t> : 1;
     const TileCfg t = plan_tiles(layout, g, /*transposed=*/true, sizeof(acc_t), vec);
     const dim3 grid = tile_grid(op, g, t);

@@ -162,6 +162,12 @@ DW_CASES = [
     ((2, 32, 64, 64), (5, 5), (1, 1), (2, 2)),
     ((1, 4, 5, 5), (4, 4), (1, 1), (3, 3)),
     ((2, 9, 4, 4), (9, 9), (2, 2), (4, 4)),
+    # the register-window kernel (stride 1, 3x3 / 5x5): odd heights leave a partial last row block,
+    # padding above K - 1 makes backward_input's flipped padding negative, C = 17 defeats vector copies
+    ((2, 5, 13, 11), (5, 5), (1, 1), (1, 3)),
+    ((1, 6, 6, 19), (3, 3), (1, 1), (3, 0)),
+    ((3, 17, 9, 5), (3, 3), (1, 1), (0, 1)),
+    ((1, 16, 2, 40), (5, 5), (1, 1), (2, 2)),
 ]
 
 
