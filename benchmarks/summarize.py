@@ -6,7 +6,8 @@ Usage::
     python -m benchmarks.summarize DIR [DIR ...] --out FILE [--include-smoke]
 
 For each results directory (newest first): the environment (GPU, copy bandwidth, versions, commit),
-the "target vs measured" table (:mod:`benchmarks.targets`), per op and dtype a table of forward+backward
+the "target vs measured" table (:mod:`benchmarks.targets`), the backend order for ``auto`` that the
+rows decide (:mod:`benchmarks.auto_order`), per op and dtype a table of forward+backward
 p50 times at the preset and target shapes with each provider's speedup over the eager reference and its
 fraction of the copy bandwidth, the whole-model table, links to the plots made by
 :mod:`benchmarks.plot`, and every provider that was skipped or failed with its reason. Smoke
@@ -20,7 +21,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from . import results, targets
+from . import auto_order, results, targets
 from .providers import PROVIDERS
 from .settings import DEFAULT_OUT, MODEL_PROVIDERS
 
@@ -164,6 +165,10 @@ def summarize_dir(directory: Path, summary_path: Path) -> list[str]:
         lines += [SMOKE_WARNING, ""]
     lines += _env_lines(env) + [""]
     lines += _target_lines(rows) + [""]
+    lines += ["### auto's backend order", "",
+              "The faster fused backend per op by these rows (`benchmarks/auto_order.py`); "
+              "`nvae_fast.backend.AUTO_ORDER` should read so.", "",
+              *auto_order.table_lines(auto_order.decide(rows)), ""]
     lines += ["### Ops", ""] + (_op_lines(rows) or ["No preset or target shapes in this run (the sweep is plotted).", ""])
     lines += _model_lines(rows) + _plot_lines(directory, summary_path) + _skip_lines(rows)
     return lines

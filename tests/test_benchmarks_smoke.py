@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from benchmarks import env as bench_env
-from benchmarks import model_shapes, plot, results, shapes, summarize, targets, timing, traffic, train_step
+from benchmarks import auto_order, model_shapes, plot, results, shapes, summarize, targets, timing, traffic, train_step
 from benchmarks.providers import PROVIDERS, StackBmmPowerIteration
 from benchmarks.train_step import BATCH_RESOLUTION, largest_batch
 from nvae_fast.nn import BNSwish, DepthwiseConv2d, SqueezeExcite
@@ -394,6 +394,25 @@ def test_paper_shapes_and_plan():
     assert merged["32x768x16x16-k5"] == ("sweep", "target") and all(s.op == "depthwise_conv2d" for s in planned)
 
 
+def test_auto_order_puts_the_faster_fused_backend_first():
+    dw = dict(op="depthwise_conv2d")
+    rows = [_time("cuda", "a", 1.0), _time("triton", "a", 2.0),  # bn_swish: cuda 2x faster, then 1.5x slower
+            _time("cuda", "b", 3.0), _time("triton", "b", 2.0),  # geometric mean sqrt(0.5 * 1.5) < 1
+            _time("cuda", "c", 1.0),  # no triton row: not a paired case
+            _time("cuda", "a", 4.0, **dw), _time("triton", "a", 1.0, **dw),
+            _time("cuda", "b", 1.0, **dw),
+            _row(provider="triton", shape="b", values=None, status="error", reason="boom", **dw)]
+    current = {"bn_swish": ("triton", "cuda"), "depthwise_conv2d": ("cuda", "triton"), "squeeze_excite": ("cuda", "triton")}
+    got = {d.op: d for d in auto_order.decide(rows, current)}
+    assert got["bn_swish"].order == ("cuda", "triton") and got["bn_swish"].ratio == pytest.approx(math.sqrt(0.75))
+    assert (got["bn_swish"].cases, got["bn_swish"].cuda_wins) == (2, 1)
+    assert got["depthwise_conv2d"].order == ("triton", "cuda") and got["depthwise_conv2d"].cases == 1
+    assert got["squeeze_excite"].order == ("cuda", "triton") and not got["squeeze_excite"].decided
+    text = "\n".join(auto_order.table_lines(list(got.values())))
+    assert "| squeeze_excite | not measured | — | cuda > triton (unchanged) |" in text
+    assert "| depthwise_conv2d | 4.000 | 1 (0) | triton > cuda |" in text
+
+
 def test_plot_and_summary_render_gpu_style_results(tmp_path):
     """Preset tables, target verdicts and preset/model plots, which smoke runs never produce."""
     rows = []
@@ -418,6 +437,7 @@ def test_plot_and_summary_render_gpu_style_results(tmp_path):
     assert "| 6.00x [3.00x – 9.00x] **pass** |" in bn_2x  # median of 3x and 9x
     assert "| `cifar10-b32` | float32 | torch | 150 [145 – 155] |" in text and "no _C" in text
     assert "(plots/model.png)" in text or "plots/model.png" in text
+    assert "### auto's backend order" in text and "| bn_swish | not measured |" in text
 
 
 def test_shapes_from_the_tiny_model():
