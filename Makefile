@@ -11,6 +11,8 @@ train: setup
 	nvae-fast train --preset digits --out runs/digits
 
 # Every test (CPU: Triton kernels in the interpreter plus ahead-of-time compiles; GPU tests skip without a GPU)
-# and the benchmark suite in smoke mode.
+# and the benchmark suite in smoke mode, in TEST_WORKERS processes (pytest-xdist; tests marked
+# xdist_group share one).
+TEST_WORKERS ?= 2
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
