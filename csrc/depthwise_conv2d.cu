@@ -118,6 +118,32 @@ __device__ __forceinline__ void thread_coords(const TileCfg& t, int& z, int& tx,
   }
 }
 
+// The sample n, first channel c0 and output-tile origin (oy0, ox0) of a TileCfg block.
+struct TileBlock {
+  int64_t n, c0;
+  int oy0, ox0;
+};
+
+__device__ __forceinline__ TileBlock tile_block(const ConvGeom& g, const TileCfg& t) {
+  const int64_t groups = ceil_div(g.C, t.cb);
+  const int64_t n = blockIdx.x / groups;
+  const int tile_row = blockIdx.y / t.tiles_x;
+  return TileBlock{n, (blockIdx.x - n * groups) * t.cb, tile_row * t.by * t.rpt,
+                   static_cast<int>(blockIdx.y - tile_row * t.tiles_x) * t.bx};
+}
+
+// Copies the block's source tile (origin (y0, x0) of src) to tile and its channels' kk taps to
+// tile + cb * plane, then waits for the whole block.
+template <typename T, Layout L, int V>
+__device__ __forceinline__ void stage_block(const T* __restrict__ src, const AccT<T>* __restrict__ w,
+                                            AccT<T>* __restrict__ tile, const ConvGeom& g, const TileCfg& t,
+                                            const TileBlock& b, int y0, int x0, int kk) {
+  fill_tile<T, L, V>(src, tile, b.n, g.C, g.src_h, g.src_w, b.c0, y0, x0, t.cb, t.tile_h, t.tile_w, t.plane,
+                     t.fill_a, t.fill_b);
+  fill_taps(w, tile + t.cb * t.plane, b.c0, t.cb, kk, g.C);
+  __syncthreads();
+}
+
 template <typename T, Layout L, int V>
 __global__ void __launch_bounds__(kThreads)
     dw_forward_kernel(const T* __restrict__ x, const AccT<T>* __restrict__ w, const AccT<T>* __restrict__ bias,
@@ -126,16 +152,10 @@ __global__ void __launch_bounds__(kThreads)
   acc_t* tile = dynamic_smem<acc_t>();
   acc_t* wsh = tile + t.cb * t.plane;
   const int kk = g.kh * g.kw;
-  const int64_t groups = ceil_div(g.C, t.cb);
-  const int64_t n = blockIdx.x / groups;
-  const int64_t c0 = (blockIdx.x - n * groups) * t.cb;
-  const int tile_row = blockIdx.y / t.tiles_x;
-  const int oy0 = tile_row * t.by * t.rpt, ox0 = (blockIdx.y - tile_row * t.tiles_x) * t.bx;
-
-  fill_tile<T, L, V>(x, tile, n, g.C, g.src_h, g.src_w, c0, oy0 * g.sh - g.ph, ox0 * g.sw - g.pw, t.cb, t.tile_h,
-                     t.tile_w, t.plane, t.fill_a, t.fill_b);
-  fill_taps(w, wsh, c0, t.cb, kk, g.C);
-  __syncthreads();
+  const TileBlock blk = tile_block(g, t);
+  const int64_t n = blk.n, c0 = blk.c0;
+  const int oy0 = blk.oy0, ox0 = blk.ox0;
+  stage_block<T, L, V>(x, w, tile, g, t, blk, oy0 * g.sh - g.ph, ox0 * g.sw - g.pw, kk);
 
   int z, tx, ty;
   thread_coords<L>(t, z, tx, ty);
@@ -171,16 +191,10 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kk = K * K;
   acc_t* tile = dynamic_smem<acc_t>();
   acc_t* wsh = tile + t.cb * t.plane;
-  const int64_t groups = ceil_div(g.C, t.cb);
-  const int64_t n = blockIdx.x / groups;
-  const int64_t c0 = (blockIdx.x - n * groups) * t.cb;
-  const int tile_row = blockIdx.y / t.tiles_x;
-  const int oy0 = tile_row * t.by * t.rpt, ox0 = (blockIdx.y - tile_row * t.tiles_x) * t.bx;
-
-  fill_tile<T, L, V>(src, tile, n, g.C, g.src_h, g.src_w, c0, oy0 - g.ph, ox0 - g.pw, t.cb, t.tile_h, t.tile_w,
-                     t.plane, t.fill_a, t.fill_b);
-  fill_taps(w, wsh, c0, t.cb, kk, g.C);
-  __syncthreads();
+  const TileBlock blk = tile_block(g, t);
+  const int64_t n = blk.n, c0 = blk.c0;
+  const int oy0 = blk.oy0, ox0 = blk.ox0;
+  stage_block<T, L, V>(src, w, tile, g, t, blk, oy0 - g.ph, ox0 - g.pw, kk);
 
   int z, tx, ty;
   thread_coords<L>(t, z, tx, ty);
@@ -229,18 +243,12 @@ __global__ void __launch_bounds__(kThreads)
   acc_t* tile = dynamic_smem<acc_t>();
   acc_t* wsh = tile + t.cb * t.plane;
   const int kk = g.kh * g.kw;
-  const int64_t groups = ceil_div(g.C, t.cb);
-  const int64_t n = blockIdx.x / groups;
-  const int64_t c0 = (blockIdx.x - n * groups) * t.cb;
-  const int tile_row = blockIdx.y / t.tiles_x;
-  const int u0 = tile_row * t.by * t.rpt, v0 = (blockIdx.y - tile_row * t.tiles_x) * t.bx;
+  const TileBlock blk = tile_block(g, t);
+  const int64_t n = blk.n, c0 = blk.c0;
+  const int u0 = blk.oy0, v0 = blk.ox0;
   const int iy0 = floor_div(u0 + g.ph - (g.kh - 1), g.sh);
   const int ix0 = floor_div(v0 + g.pw - (g.kw - 1), g.sw);
-
-  fill_tile<T, L, V>(dy, tile, n, g.C, g.src_h, g.src_w, c0, iy0, ix0, t.cb, t.tile_h, t.tile_w, t.plane, t.fill_a,
-                     t.fill_b);
-  fill_taps(w, wsh, c0, t.cb, kk, g.C);
-  __syncthreads();
+  stage_block<T, L, V>(dy, w, tile, g, t, blk, iy0, ix0, kk);
 
   int z, tx, ty;
   thread_coords<L>(t, z, tx, ty);
