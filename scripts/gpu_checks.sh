@@ -22,6 +22,10 @@ build() {
 ensure_built() {
   python3 -c "import nvae_fast.kernels, nvae_fast._C" 2>/dev/null || build
 }
+# The device machine returns only files under $OUT (at most 8): the results travel as one archive.
+pack_results() {
+  tar -czf "$logs/bench-results.tar.gz" -C benchmarks results
+}
 # One step of a session: runs "$@" under a time limit of min(cap, seconds left before the deadline
 # minus the reserve kept for the steps after it); skipped when less than 30 s would be left for it.
 # Records "name rc seconds" in $logs/session.txt (rc 124: stopped by its time limit).
@@ -53,7 +57,7 @@ session() {
   : > "$logs/session.txt"
   export logs OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
   export -f build bench_step
-  trap 'tar -czf "$logs/bench-results.tar.gz" -C benchmarks results' EXIT
+  trap pack_results EXIT
   TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} step build 240 300 build
   python3 -c "import nvae_fast._C" 2>/dev/null || { echo "build failed: see build.log" | tee -a "$logs/session.txt"; exit 1; }
   step test 170 240 python3 -m pytest -v -rfE -n "${NVAE_FAST_TEST_WORKERS:-8}" --dist loadgroup -p no:cacheprovider \
@@ -98,8 +102,7 @@ case "${1:-}" in
     ;;
   bench)
     shift
-    # the device machine returns only files under $OUT (at most 8): the results travel as one archive
-    trap 'tar -czf "$logs/bench-results.tar.gz" -C benchmarks results' EXIT
+    trap pack_results EXIT
     ensure_built
     python3 -m benchmarks.run --out benchmarks/results "$@" 2>&1 | tee "$logs/bench.log"
     ;;
