@@ -130,19 +130,28 @@ def _group_size(process_group) -> int:
     return torch.distributed.get_world_size(process_group)
 
 
+def merge_rank_statistics(counts, means, variances):
+    """Per-channel statistics of a joint batch from those of its parts (Chan et al.).
+
+    ``counts``: (R, 1) values per part; ``means``, ``variances`` (biased): (R, C). Returns
+    ``(mean, var, n)`` with n = sum_r counts_r, mean = sum_r counts_r means_r / n and
+    var = sum_r counts_r (variances_r + (means_r - mean)^2) / n (differentiable; no E[x^2] - E[x]^2)."""
+    n = counts.sum()
+    mean = (counts * means).sum(0) / n
+    var = (counts * (variances + (means - mean) ** 2)).sum(0) / n
+    return mean, var, n
+
+
 def _sync_stats(mean, var, count, process_group):
-    """Combine per-rank (count, mean, biased var) into the statistics of the joint batch (Chan et al.)."""
+    """Combine per-rank (count, mean, biased var) into the statistics of the joint batch."""
     world = torch.distributed.get_world_size(process_group)
     local = torch.cat([mean.new_tensor([float(count)]), mean, var])
     gathered = [torch.empty_like(local) for _ in range(world)]
     torch.distributed.all_gather(gathered, local, group=process_group)
     table = torch.stack(gathered)  # (world, 1 + 2C)
     c = mean.numel()
-    counts, means, variances = table[:, :1], table[:, 1 : 1 + c], table[:, 1 + c :]
-    total = counts.sum()
-    joint_mean = (counts * means).sum(0) / total
-    m2 = (counts * (variances + (means - joint_mean) ** 2)).sum(0)
-    return joint_mean, m2 / total, int(total.item())
+    joint_mean, joint_var, total = merge_rank_statistics(table[:, :1], table[:, 1 : 1 + c], table[:, 1 + c :])
+    return joint_mean, joint_var, int(total.item())
 
 
 def lean_forward(kernels, x, weight, bias, running_mean, running_var, training, momentum, eps, process_group):

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..ops.bn_swish import merge_rank_statistics
+
 __all__ = [
     "DistInfo",
     "init_from_env",
@@ -133,11 +135,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         local = torch.cat([mean, var, xa.new_full((1,), xa.numel() / c)])
         rows = torch.stack([local if r == rank else torch.zeros_like(local) for r in range(world)])
         rows = _AllReduceSum.apply(rows, group)
-        means, variances, counts = rows[:, :c], rows[:, c : 2 * c], rows[:, 2 * c :]
-        n = counts.sum()
-        mean = (counts * means).sum(0) / n
-        var = (counts * (variances + (means - mean) ** 2)).sum(0) / n
-        return mean, var, n
+        return merge_rank_statistics(rows[:, 2 * c :], rows[:, :c], rows[:, c : 2 * c])
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
