@@ -7,10 +7,12 @@ and a CUDA toolkit is found. Environment overrides:
 - ``NVAE_FAST_BUILD_CUDA=1`` forces the extension (the build fails loudly if it cannot),
   ``NVAE_FAST_BUILD_CUDA=0`` skips it.
 - ``TORCH_CUDA_ARCH_LIST`` picks the architectures (default ``8.0;9.0+PTX``).
-- ``CUDA_HOME`` points at the toolkit (default ``/usr/local/cuda`` when it exists).
+- ``CUDA_HOME`` (or ``CUDA_PATH``) points at the toolkit; otherwise the ``nvcc`` on ``PATH`` says where it
+  is, else ``/usr/local/cuda`` when it exists.
 """
 import glob
 import os
+import shutil
 import sys
 
 from setuptools import find_packages, setup
@@ -38,9 +40,15 @@ def _want_cuda():
 
 
 def _cuda_home():
+    """The CUDA toolkit's root: ``CUDA_HOME``, ``CUDA_PATH``, the folder above the ``nvcc`` on ``PATH``,
+    or ``/usr/local/cuda``; exported as ``CUDA_HOME`` for torch's extension builder."""
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if not home and os.path.exists("/usr/local/cuda/bin/nvcc"):
-        home = "/usr/local/cuda"
+    if not home:
+        nvcc = shutil.which("nvcc")
+        if nvcc:
+            home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        elif os.path.exists("/usr/local/cuda/bin/nvcc"):
+            home = "/usr/local/cuda"
     if home:
         os.environ["CUDA_HOME"] = home
     return home

@@ -45,19 +45,21 @@ def pytest_configure(config):
 
 
 def op_cases(s: settings.Settings) -> list[tuple]:
-    """(shape, provider, dtype) for every op case the settings select."""
+    """(shape, provider, dtype) for every op case the settings select: shapes in plan order, then
+    providers in the order the settings list them (a short session measures its baselines first)."""
     return [
         (shape, provider, dtype)
         for shape in shapes.plan(s.smoke, s.sets, s.ops)
-        for provider in PROVIDERS[shape.op]
-        if provider in s.providers
+        for provider in s.providers
+        if provider in PROVIDERS[shape.op]
         for dtype in s.dtypes
     ]
 
 
 def step_cases(s: settings.Settings) -> list[tuple]:
-    """(preset, provider, dtype) for every training-step case the settings select."""
-    return [(p, prov, d) for p in s.presets for prov in MODEL_PROVIDERS if prov in s.providers for d in s.dtypes]
+    """(preset, provider, dtype) for every training-step case the settings select, providers in the
+    settings' order."""
+    return [(p, prov, d) for p in s.presets for prov in s.providers if prov in MODEL_PROVIDERS for d in s.dtypes]
 
 
 def pytest_generate_tests(metafunc):

@@ -14,11 +14,19 @@ with the paper's 256x256 settings (Table 6 and the authors' published command: 3
 5 latent scales, 16 groups at the finest scale halved per scale down to 4, 2 flows, 5-bit data).
 When the model cannot be built, :func:`preset_shapes` falls back to the paper-derived shapes of
 :mod:`benchmarks.shapes` and says why in each shape's ``source``.
+
+Building the 130M-parameter models costs a GPU session time it does not have, so the shapes the hooks
+record are kept in :data:`CACHE` (``benchmarks/preset_shapes.json``), which :func:`preset_shapes` reads
+first. ``python -m benchmarks.model_shapes --write`` rebuilds it on the CPU (about a minute), and a test
+rebuilds it and fails when the committed file differs from what the model gives.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,6 +41,7 @@ CELEBAHQ256 = dict(
     adaptive_groups=True, min_groups_per_scale=4, num_flows=2, num_x_bits=5, reg_lambda=1e-2,
 )
 PROBE_BATCH = 2
+CACHE = Path(__file__).resolve().parent / "preset_shapes.json"
 
 
 class ModelUnavailable(RuntimeError):
@@ -140,16 +149,79 @@ def shapes_from_model(name: str, model: nn.Module, cfg, device: torch.device, ba
     return out
 
 
-def preset_shapes(name: str, device: torch.device | None = None) -> list[S.OpShape]:
-    """Op shapes of preset ``name``: from the model's hooks if it can be built, else from the paper."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model, cfg = build_model(name, device)
-        result = shapes_from_model(name, model, cfg, device, TRAIN_BATCH[name])
-    except Exception as exc:  # ModelUnavailable, or the model failing on the probe batch
-        why = f" (model hooks unavailable: {type(exc).__name__}: {exc})"
-        return [dataclasses.replace(s, source=s.source + why) for s in S.paper_preset_shapes(name)]
+def _shape_record(shape: S.OpShape) -> dict:
+    return {
+        "op": shape.op, "x": shape.x, "kernel": shape.kernel, "hidden": shape.hidden,
+        "weights": shape.weights, "n_iter": shape.n_iter,
+    }
+
+
+def _shape_from_record(rec: dict, name: str, source: str) -> S.OpShape:
+    def tup(v):
+        return None if v is None else tuple(tup(e) if isinstance(e, list) else e for e in v)
+
+    return S.OpShape(
+        op=rec["op"], x=tup(rec["x"]), kernel=rec["kernel"], hidden=rec["hidden"], weights=tup(rec["weights"]),
+        n_iter=rec["n_iter"], sets=(name,), source=source,
+    )
+
+
+def model_preset_shapes(name: str, device: torch.device) -> list[S.OpShape]:
+    """Op shapes of preset ``name`` recorded from its model on ``device`` (raises when it cannot be built)."""
+    model, cfg = build_model(name, device)
+    result = shapes_from_model(name, model, cfg, device, TRAIN_BATCH[name])
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def write_cache(path: Path = CACHE, presets: tuple[str, ...] = S.PRESETS) -> Path:
+    """Record every preset's shapes from its model on the CPU and write them to ``path`` (JSON)."""
+    data = {name: [_shape_record(s) for s in model_preset_shapes(name, torch.device("cpu"))] for name in presets}
+    lines = ",\n".join(
+        f"{json.dumps(name)}: [\n" + ",\n".join(json.dumps(r) for r in records) + "\n]" for name, records in data.items()
+    )
+    path.write_text("{\n" + lines + "\n}\n")  # one shape a line, so that a change shows as a readable diff
+    return path
+
+
+def cached_shapes(name: str, path: Path = CACHE) -> list[S.OpShape] | None:
+    """Preset ``name``'s shapes from the cache file, or None when the file or the preset is missing."""
+    if not path.exists():
+        return None
+    records = json.loads(path.read_text()).get(name)
+    if records is None:
+        return None
+    return [_shape_from_record(r, name, f"model-hooks ({name}, cached in {path.name})") for r in records]
+
+
+def preset_shapes(name: str, device: torch.device | None = None, use_cache: bool = True) -> list[S.OpShape]:
+    """Op shapes of preset ``name``: from :data:`CACHE`, else from the model's hooks if it can be built,
+    else from the paper."""
+    if use_cache:
+        cached = cached_shapes(name)
+        if cached is not None:
+            return cached
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return model_preset_shapes(name, device)
+    except Exception as exc:  # ModelUnavailable, or the model failing on the probe batch
+        why = f" (model hooks unavailable: {type(exc).__name__}: {exc})"
+        return [dataclasses.replace(s, source=s.source + why) for s in S.paper_preset_shapes(name)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Rebuild the cached preset op shapes (benchmarks/preset_shapes.json).")
+    parser.add_argument("--write", action="store_true", help="rebuild the cache from the models on the CPU")
+    parser.add_argument("--out", type=Path, default=CACHE, help="the cache file")
+    args = parser.parse_args(argv)
+    if not args.write:
+        parser.print_help()
+        return 2
+    print(f"wrote {write_cache(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,8 +4,8 @@
 #   bash scripts/gpu_checks.sh test [pytest args]   every test on the GPU: backends vs reference, opcheck, compile
 #   bash scripts/gpu_checks.sh sanitize [pytest args]   compute-sanitizer (TOOLS, default memcheck racecheck)
 #   bash scripts/gpu_checks.sh bench [args]   the benchmark suites (see benchmarks/README.md to split them)
-#   bash scripts/gpu_checks.sh session   all of the above that fits one command of GPU_SESSION_S seconds
-#                                        (default 510), most needed first; see session() below
+#   bash scripts/gpu_checks.sh session [--plan]   what a short lease needs most, in one command of
+#                                        GPU_SESSION_S seconds (default 480); --plan prints the steps and caps
 # Logs go to $OUT when it is set (the device tool's output folder), else to gpu-logs/; bench and session
 # also pack benchmarks/results into bench-results.tar.gz there, even when killed. Where the copy of the
 # tree has no .git, pass NVAE_BENCH_GIT_COMMIT=<hash> for the result files.
@@ -26,55 +26,137 @@ ensure_built() {
 pack_results() {
   tar -czf "$logs/bench-results.tar.gz" -C benchmarks results
 }
-# One step of a session: runs "$@" under a time limit of min(cap, seconds left before the deadline
-# minus the reserve kept for the steps after it); skipped when less than 30 s would be left for it.
-# Records "name rc seconds" in $logs/session.txt (rc 124: stopped by its time limit).
-step() {
-  local name=$1 cap=$2 reserve=$3
-  shift 3
-  local left=$((deadline - SECONDS - reserve))
-  local limit=$((cap < left ? cap : left))
-  if [ "$limit" -lt 30 ]; then
-    echo "$name skipped 0 (${left}s left)" >> "$logs/session.txt"
-    return 0
+# The session: one command for a 15-minute lease (machine start included), GPU_SESSION_S seconds
+# (default 480, so that a second, shorter call still fits the lease). Its steps, in order, with their
+# caps in seconds; the caps add up to the deadline, and time a step leaves unused goes to the steps
+# after it. `session --plan` prints this plan without running anything.
+#   build         the CUDA extension for sm_90 only (offline: PIP_NO_INDEX=1)
+#   bench-power   power iteration over every conv weight of the CIFAR-10 model: stack_bmm, cuda, triton
+#   bench-dw      depthwise 5x5, N=32, C=768, 16x16 then 32x32: ATen NCHW, cuDNN channels_last, cuda, triton
+#   bench-bn-se   BN+Swish and squeeze-excite at the CIFAR-10 then CelebA-64 shapes: eager, cuda, triton
+#   bench-compile torch.compile of BN+Swish at the CIFAR-10 shapes (its target's baseline)
+#   bench-model   the CIFAR-10 training step at batch 32: reference first, then cuda, triton, torch
+#   test          the GPU suite: tests/cuda, tests/ops, tests/nn (the Triton AOT compiles are CI's)
+#   memcheck      compute-sanitizer memcheck on the CUDA kernel tests, only when at least
+#                 MEMCHECK_MIN_S seconds are left for it (else left out, and the plan says so)
+# Op shapes come from benchmarks/preset_shapes.json (no 130M-parameter model is built for them).
+SESSION_STEPS=(
+  "build 150"
+  "bench-power 35"
+  "bench-dw 45"
+  "bench-bn-se 60"
+  "bench-compile 40"
+  "bench-model 60"
+  "test 90"
+)
+MEMCHECK_MIN_S=90
+GRACE_S=10  # a step is sent SIGINT at its limit, then killed GRACE_S seconds later
+
+session_deadline() { echo "${GPU_SESSION_S:-480}"; }
+
+# "name cap" lines of the session's plan (memcheck gets what the other caps leave, when that is enough).
+session_plan_lines() {
+  local deadline total=0 entry
+  deadline=$(session_deadline)
+  for entry in "${SESSION_STEPS[@]}"; do
+    echo "$entry"
+    total=$((total + ${entry#* }))
+  done
+  if [ $((deadline - total)) -ge "$MEMCHECK_MIN_S" ]; then echo "memcheck $((deadline - total))"; fi
+}
+
+session_plan() {
+  local deadline used=0 name cap total=0
+  deadline=$(session_deadline)
+  printf '%-14s %6s %8s %10s\n' step cap ends_at left_after
+  while read -r name cap; do
+    used=$((used + cap))
+    printf '%-14s %6d %8d %10d\n' "$name" "$cap" "$used" $((deadline - used))
+  done < <(session_plan_lines)
+  for entry in "${SESSION_STEPS[@]}"; do total=$((total + ${entry#* })); done
+  if [ $((deadline - total)) -lt "$MEMCHECK_MIN_S" ]; then
+    echo "memcheck left out: $((deadline - total)) s left after the other steps, it needs $MEMCHECK_MIN_S"
   fi
-  local start=$SECONDS rc=0
-  # (through bash -c, so that a step can be one of this script's functions; SIGINT first: pytest then
-  # still reports and writes what it has)
-  STEP_LIMIT=$limit timeout --signal=INT --kill-after=20 "$limit" bash -c '"$@"' "$name" "$@" || rc=$?
-  echo "$name $rc $((SECONDS - start))" >> "$logs/session.txt"
+  if [ "$used" -gt "$deadline" ]; then
+    echo "plan error: the caps add up to $used s, over the deadline of $deadline s" >&2
+    return 1
+  fi
 }
-bench_step() {  # benchmarks.run stopping itself 20 s before the step's limit, so that it writes its rows
-  python3 -m benchmarks.run --out benchmarks/results --max-minutes "$(python3 -c "print(max(($STEP_LIMIT - 20) / 60, 0.1))")" "$@" \
-    >> "$logs/bench.log" 2>&1
+
+bench_step() {  # benchmarks.run stopping itself 15 s before the step's limit, so that it writes its rows
+  python3 -m benchmarks.run --out benchmarks/results --no-report \
+    --max-minutes "$(python3 -c "print(max(($STEP_LIMIT - 15) / 60, 0.1))")" "$@" >> "$logs/bench.log" 2>&1
 }
-# The device lease is 15 minutes including the machine's start, so a session is one command. Order:
-# the build, the GPU test suite (correctness on the real device before any timing), the benchmark rows
-# the targets and #5 need (ops at the CIFAR-10 and target shapes without torch.compile, the CIFAR-10
-# training step lean vs reference, then torch.compile of BN+Swish for its target), and memcheck last.
+
+session_step() {  # the command of one step of the plan
+  case "$1" in
+    build) TORCH_CUDA_ARCH_LIST=9.0 PIP_NO_INDEX=1 build ;;
+    bench-power) bench_step --sections ops --ops power_iteration --sets cifar10 --providers stack_bmm,cuda,triton ;;
+    bench-dw) bench_step --sections ops --ops depthwise_conv2d --sets target \
+      --providers reference,reference_cl,cuda,triton ;;
+    bench-bn-se) bench_step --sections ops --ops bn_swish,squeeze_excite --sets cifar10,celeba64 \
+      --providers reference,cuda,triton ;;
+    bench-compile) bench_step --sections ops --ops bn_swish --sets cifar10 --providers compile ;;
+    bench-model) bench_step --sections model --presets cifar10 --dtypes float32 \
+      --providers reference,cuda,triton,torch --no-max-batch ;;
+    test) python3 -m pytest -v -rfE -n "${NVAE_FAST_TEST_WORKERS:-12}" --dist loadgroup -p no:cacheprovider \
+      --junitxml="$logs/test.xml" --ignore=tests/cuda/test_emulation.py tests/cuda tests/ops tests/nn \
+      > "$logs/test.log" 2>&1 ;;
+    memcheck) env TOOLS=memcheck bash tests/cuda/run_sanitizer.sh -k "float32 and contiguous" \
+      > "$logs/sanitizer.log" 2>&1 ;;
+    *) echo "unknown session step $1" >&2; return 2 ;;
+  esac
+}
+
+# Runs the plan. A step's time limit is the deadline minus the seconds already spent minus the caps of
+# the steps after it, so each step keeps at least its cap. Records "name rc seconds" in
+# $logs/session.txt (rc 124 or 130: stopped at its limit).
 session() {
-  deadline=$(( ${GPU_SESSION_S:-510} ))
+  local deadline names=() caps=() name cap i j later limit start rc
+  deadline=$(session_deadline)
+  session_plan > "$logs/session-plan.txt" || { cat "$logs/session-plan.txt"; exit 1; }
+  while read -r name cap; do names+=("$name"); caps+=("$cap"); done < <(session_plan_lines)
   : > "$logs/session.txt"
-  export logs OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-  export -f build bench_step
-  trap pack_results EXIT
-  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} step build 240 300 build
-  python3 -c "import nvae_fast._C" 2>/dev/null || { echo "build failed: see build.log" | tee -a "$logs/session.txt"; exit 1; }
-  step test 170 240 python3 -m pytest -v -rfE -n "${NVAE_FAST_TEST_WORKERS:-8}" --dist loadgroup -p no:cacheprovider \
-    --junitxml="$logs/test.xml" --ignore=tests/cuda/test_emulation.py tests/cuda tests/kernels tests/ops tests/nn \
-    > "$logs/test.log" 2>&1
-  step bench-ops 150 140 bench_step --sections ops --sets cifar10,target \
-    --providers triton,cuda,torch,reference,reference_cl,stack_bmm
-  step bench-model 90 50 bench_step --sections model --presets cifar10 --providers cuda,triton,torch,reference \
-    --no-max-batch
-  step bench-compile 60 40 bench_step --sections ops --ops bn_swish --sets cifar10 --providers compile
-  step memcheck 40 0 env TOOLS=memcheck bash tests/cuda/run_sanitizer.sh -k "float32 and contiguous" \
-    > "$logs/sanitizer.log" 2>&1
-  cat "$logs/session.txt"
-  tail -n 3 "$logs/test.log"
+  export logs OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PIP_NO_INDEX=1
+  export -f build bench_step session_step
+  trap session_end EXIT
+  for i in "${!names[@]}"; do
+    later=0
+    for ((j = i + 1; j < ${#names[@]}; j++)); do later=$((later + caps[j])); done
+    limit=$((deadline - SECONDS - later))
+    if [ "$limit" -lt 20 ]; then
+      echo "${names[i]} skipped 0 (${limit}s left)" >> "$logs/session.txt"
+      continue
+    fi
+    start=$SECONDS rc=0
+    STEP_LIMIT=$limit timeout --signal=INT --kill-after="$GRACE_S" $((limit - GRACE_S)) \
+      bash -c 'session_step "$1"' _ "${names[i]}" || rc=$?
+    echo "${names[i]} $rc $((SECONDS - start))" >> "$logs/session.txt"
+    if [ "${names[i]}" = build ] && ! python3 -c "import nvae_fast._C" 2>/dev/null; then
+      echo "build failed: see build.log" | tee -a "$logs/session.txt"
+      exit 1
+    fi
+  done
+}
+
+# What a session leaves in $OUT besides the logs: the results archive, the summary and target table of
+# what was measured, and the built extension (so that a second call can carry it instead of building).
+session_end() {
   local latest
   latest=$(find benchmarks/results -mindepth 1 -maxdepth 1 -type d ! -name '*-smoke' | sort | tail -n 1)
-  if [ -n "$latest" ]; then python3 -m benchmarks.auto_order "$latest" || true; fi
+  if [ -n "$latest" ]; then
+    python3 -m benchmarks.summarize > /dev/null 2>&1 || true
+    python3 -m benchmarks.auto_order "$latest" > "$logs/auto_order.txt" 2>&1 || true
+  fi
+  pack_results
+  cat "$logs/session.txt"
+  grep -E '^(FAILED|ERROR) ' "$logs/test.log" 2>/dev/null | head -n 40 || true
+  tail -n 3 "$logs/test.log" 2>/dev/null || true
+  cat "$logs/auto_order.txt" 2>/dev/null || true
+  # The device machine returns at most 8 files: the logs travel as one archive.
+  (cd "$logs" && find . -maxdepth 1 -type f ! -name '*.tar.gz' ! -name session.txt -printf '%f\n' \
+    | tar -czf logs.tar.gz --remove-files -T -) || true
+  cp nvae_fast/_C*.so "$logs/" 2>/dev/null || true
 }
 case "${1:-}" in
   build)
@@ -107,7 +189,7 @@ case "${1:-}" in
     python3 -m benchmarks.run --out benchmarks/results "$@" 2>&1 | tee "$logs/bench.log"
     ;;
   session)
-    session
+    if [ "${2:-}" = --plan ]; then session_plan; else session; fi
     ;;
   *)
     sed -n '2,11p' "$0"

@@ -19,7 +19,7 @@ fi
 "$PY" -c "import triton" 2>/dev/null || pip_install "triton>=3.6,<3.10"
 pip_install -r requirements.txt
 
-if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
+# (setup.py finds the CUDA toolkit: CUDA_HOME, CUDA_PATH, the nvcc on PATH, /usr/local/cuda)
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 # Rebuild only when the build inputs changed or this checkout is not the one installed.
