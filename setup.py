@@ -40,13 +40,16 @@ def _want_cuda():
 
 
 def _cuda_home():
-    """The CUDA toolkit's root: ``CUDA_HOME``, ``CUDA_PATH``, the folder above the ``nvcc`` on ``PATH``,
-    or ``/usr/local/cuda``; exported as ``CUDA_HOME`` for torch's extension builder."""
+    """The CUDA toolkit's root: ``CUDA_HOME``, ``CUDA_PATH``, the folder above the ``nvcc`` on ``PATH``
+    (when it holds ``include/cuda_runtime.h``), or ``/usr/local/cuda``; exported as ``CUDA_HOME`` for
+    torch's extension builder."""
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if not home:
         nvcc = shutil.which("nvcc")
-        if nvcc:
-            home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        # (an nvcc on PATH may be a wrapper script elsewhere: its folder counts only if it holds the headers)
+        root = os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else ""
+        if root and os.path.exists(os.path.join(root, "include", "cuda_runtime.h")):
+            home = root
         elif os.path.exists("/usr/local/cuda/bin/nvcc"):
             home = "/usr/local/cuda"
     if home:

@@ -41,16 +41,16 @@ pack_results() {
 #                 MEMCHECK_MIN_S seconds are left for it (else left out, and the plan says so)
 # Op shapes come from benchmarks/preset_shapes.json (no 130M-parameter model is built for them).
 SESSION_STEPS=(
-  "build 150"
-  "bench-power 35"
-  "bench-dw 45"
-  "bench-bn-se 60"
-  "bench-compile 40"
-  "bench-model 60"
-  "test 90"
+  "build 180"
+  "bench-power 30"
+  "bench-dw 40"
+  "bench-bn-se 55"
+  "bench-compile 35"
+  "bench-model 55"
+  "test 85"
 )
 MEMCHECK_MIN_S=90
-GRACE_S=10  # a step is sent SIGINT at its limit, then killed GRACE_S seconds later
+GRACE_S=15  # a step is sent SIGINT at its limit, then killed GRACE_S seconds later
 
 session_deadline() { echo "${GPU_SESSION_S:-480}"; }
 
@@ -99,7 +99,7 @@ session_step() {  # the command of one step of the plan
     bench-compile) bench_step --sections ops --ops bn_swish --sets cifar10 --providers compile ;;
     bench-model) bench_step --sections model --presets cifar10 --dtypes float32 \
       --providers reference,cuda,triton,torch --no-max-batch ;;
-    test) python3 -m pytest -v -rfE -n "${NVAE_FAST_TEST_WORKERS:-12}" --dist loadgroup -p no:cacheprovider \
+    test) NVAE_FAST_TEST_DEADLINE=$(($(date +%s) + STEP_LIMIT - 20)) python3 -m pytest -v -rfE -n "${NVAE_FAST_TEST_WORKERS:-12}" --dist loadgroup -p no:cacheprovider \
       --junitxml="$logs/test.xml" --ignore=tests/cuda/test_emulation.py tests/cuda tests/ops tests/nn \
       > "$logs/test.log" 2>&1 ;;
     memcheck) env TOOLS=memcheck bash tests/cuda/run_sanitizer.sh -k "float32 and contiguous" \
@@ -117,6 +117,7 @@ session() {
   session_plan > "$logs/session-plan.txt" || { cat "$logs/session-plan.txt"; exit 1; }
   while read -r name cap; do names+=("$name"); caps+=("$cap"); done < <(session_plan_lines)
   : > "$logs/session.txt"
+  nvidia-smi > "$logs/nvidia-smi.txt" 2>&1 || true
   export logs OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PIP_NO_INDEX=1
   export -f build bench_step session_step
   trap session_end EXIT

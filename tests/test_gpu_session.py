@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import runpy
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_session_plan_at_the_default_deadline_leaves_memcheck_out_and_says_so():
     assert rc == 0 and "memcheck" not in [s[0] for s in steps]
     assert "memcheck left out: 0 s left after the other steps, it needs 90" in text
     steps, text, _ = _plan(600)
-    assert steps[-1][:2] == ("memcheck", 120)
+    assert steps[-1][:2] == ("memcheck", 120)  # 600 - 480
 
 
 def test_session_plan_over_the_deadline_is_an_error():
@@ -109,6 +110,8 @@ def test_benchmark_cases_follow_the_listed_provider_order():
 def test_setup_finds_nvcc_on_path(monkeypatch, tmp_path):
     toolkit = tmp_path / "cuda-13"
     (toolkit / "bin").mkdir(parents=True)
+    (toolkit / "include").mkdir()
+    (toolkit / "include" / "cuda_runtime.h").write_text("")
     nvcc = toolkit / "bin" / "nvcc"
     nvcc.write_text("#!/bin/sh\n")
     nvcc.chmod(0o755)
@@ -120,3 +123,30 @@ def test_setup_finds_nvcc_on_path(monkeypatch, tmp_path):
     build = runpy.run_path(str(REPO / "setup.py"))
     assert build["_cuda_home"]() == str(toolkit)
     assert os.environ["CUDA_HOME"] == str(toolkit)
+
+
+def test_setup_skips_an_nvcc_wrapper_outside_the_toolkit(monkeypatch, tmp_path):
+    """An ``nvcc`` on PATH that is a wrapper script (as /usr/local/bin/nvcc on some images) says nothing
+    about where the toolkit is: the next candidate is used."""
+    (tmp_path / "bin").mkdir()
+    wrapper = tmp_path / "bin" / "nvcc"
+    wrapper.write_text("#!/bin/sh\nexec /opt/elsewhere/nvcc \"$@\"\n")
+    wrapper.chmod(0o755)
+    for name in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("NVAE_FAST_BUILD_CUDA", "0")
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: None)
+    home = runpy.run_path(str(REPO / "setup.py"))["_cuda_home"]()
+    assert home != str(tmp_path)
+    assert home == ("/usr/local/cuda" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+
+
+def test_tests_past_the_deadline_are_skipped_with_the_reason(tmp_path):
+    (tmp_path / "test_two.py").write_text("def test_one():\n    pass\n\ndef test_two():\n    pass\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "tests.conftest",
+         str(tmp_path / "test_two.py")],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "NVAE_FAST_TEST_DEADLINE": "1"},
+    )
+    assert "2 skipped" in proc.stdout and "NVAE_FAST_TEST_DEADLINE reached" in proc.stdout, proc.stdout + proc.stderr
