@@ -89,6 +89,20 @@ def copy_bandwidth(device: torch.device, smoke: bool) -> float:
     return 2 * nbytes / (timing.percentiles(samples)[1] * 1e-3) / 1e9
 
 
+def driver_version(device: torch.device) -> str:
+    """The NVIDIA driver's version as ``nvidia-smi`` reports it (``"none"`` off a CUDA device)."""
+    if device.type != "cuda":
+        return "none"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out[0] if out else "unknown"
+
+
 def environment(device: torch.device, smoke: bool) -> dict:
     """Everything a result file records about where and when it was measured."""
     name = device_name(device)
@@ -100,6 +114,7 @@ def environment(device: torch.device, smoke: bool) -> dict:
         "git_commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "smoke": smoke,
+        "driver": driver_version(device),
         **versions(),
     }
 

@@ -45,7 +45,8 @@ def _index(rows: list[dict]) -> dict:
 def _env_lines(env: dict) -> list[str]:
     return [
         f"- GPU: **{env['gpu']}**, measured device-to-device copy bandwidth **{env['copy_bw_GBps']:.4g} GB/s**",
-        f"- torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, Python {env['python']}",
+        f"- driver {env.get('driver', 'unknown')}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+        f"Python {env['python']}",
         f"- git commit `{env['git_commit']}`, date {env['date']}",
     ]
 

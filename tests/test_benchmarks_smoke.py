@@ -458,7 +458,7 @@ def test_preset_shapes_fall_back_to_the_paper(monkeypatch):
         raise model_shapes.ModelUnavailable("no model today")
 
     monkeypatch.setattr(model_shapes, "build_model", broken)
-    found = model_shapes.preset_shapes("cifar10", torch.device("cpu"))
+    found = model_shapes.preset_shapes("cifar10", torch.device("cpu"), use_cache=False)
     assert {s.key for s in found} == {s.key for s in shapes.paper_preset_shapes("cifar10")}
     assert all(s.source.startswith("paper-config (model hooks unavailable: ModelUnavailable: no model today") for s in found)
 

@@ -85,10 +85,9 @@ def test_preset_shapes_read_the_cache_without_building_a_model(monkeypatch, tmp_
     found = model_shapes.preset_shapes("cifar10", torch.device("cpu"))
     assert [s.op for s in found].count("power_iteration") == 1
     assert len(next(s for s in found if s.op == "power_iteration").weights) == 610
-    # without the file the model is asked (here: fails), then the paper's shapes are used
-    monkeypatch.setattr(model_shapes, "CACHE", tmp_path / "missing.json")
-    monkeypatch.setattr(model_shapes.cached_shapes, "__defaults__", (tmp_path / "missing.json",))
-    fallback = model_shapes.preset_shapes("cifar10", torch.device("cpu"))
+    assert model_shapes.cached_shapes("cifar10", tmp_path / "missing.json") is None
+    # without the cache the model is asked (here: fails), then the paper's shapes are used
+    fallback = model_shapes.preset_shapes("cifar10", torch.device("cpu"), use_cache=False)
     assert all(s.source.startswith("paper-config (model hooks unavailable: AssertionError") for s in fallback)
 
 
