@@ -39,6 +39,22 @@ class OpInputs:
             fresh[name] = [t.clone() for t in value] if isinstance(value, list) else value.clone()
         return fresh
 
+    def in_float64(self) -> tuple[dict, list[torch.Tensor]]:
+        """Float64 copies of ``tensors`` (fresh state, same memory formats) and of ``differentiable``, in
+        its order, as new leaves: the inputs of the float64 reference that the correctness check uses."""
+        leaves = {id(t): t.detach().double().requires_grad_() for t in self.differentiable}
+
+        def up(t):
+            if not isinstance(t, torch.Tensor):
+                return t
+            return leaves[id(t)] if id(t) in leaves else t.detach().double()
+
+        tensors = {
+            name: [up(t) for t in value] if isinstance(value, list) else up(value)
+            for name, value in self.with_fresh_state().items()
+        }
+        return tensors, [leaves[id(t)] for t in self.differentiable]
+
 
 def make_inputs(shape: OpShape, dtype: torch.dtype, device: torch.device, channels_last: bool = False, seed: int = 0) -> OpInputs:
     """Inputs for ``shape.op`` (see module doc); ``channels_last`` applies to x and the conv weight."""

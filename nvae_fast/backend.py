@@ -61,9 +61,9 @@ BACKENDS = ("reference", "torch", "triton", "cuda")
 _CHOICES = BACKENDS + ("auto",)
 OPS = ("bn_swish", "depthwise_conv2d", "squeeze_excite", "power_iteration")
 
-# Order in which ``auto`` tries the fused backends for CUDA tensors, per op. Decided by the GPU
-# benchmark results under benchmarks/results/ (see README); the CUDA extension is preferred where no
-# measurement says otherwise.
+# Order in which ``auto`` tries the fused backends for CUDA tensors, per op, as the GPU benchmark
+# results under benchmarks/results/ decide (benchmarks/auto_order.py): on an H200, cuda was faster than
+# triton for every op (benchmarks/results/2026-12-04-nvidia-h200).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {op: ("cuda", "triton") for op in OPS}
 
 

@@ -20,7 +20,9 @@ from benchmarks import model_shapes, settings, shapes
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gpu_checks.sh"
-STEP_ORDER = ["build", "bench-power", "bench-dw", "bench-bn-se", "bench-compile", "bench-model", "test", "memcheck"]
+STEP_ORDER = [
+    "build", "bench-power", "bench-dw", "bench-bn-se", "bench-compile", "bench-model", "check-crash", "test", "memcheck",
+]
 
 
 def _plan(deadline: int) -> tuple[list[tuple[str, int, int, int]], str, int]:
@@ -40,7 +42,7 @@ def test_session_plan_fits_its_deadline_in_the_required_order(deadline):
     assert rc == 0, text
     names = [s[0] for s in steps]
     assert names == [n for n in STEP_ORDER if n in names], text
-    assert names[:7] == STEP_ORDER[:7], text
+    assert names[:8] == STEP_ORDER[:8], text
     assert sum(cap for _, cap, _, _ in steps) <= deadline, text
     assert steps[-1][3] >= 0, text
     caps = dict((n, c) for n, c, _, _ in steps)
