@@ -19,6 +19,8 @@ import pytest  # noqa: E402
 
 import nvae_fast  # noqa: E402
 
+pytest_plugins = ("tests.backend_gate",)
+
 # Under pytest-xdist the workers share the cores: torch's default of one thread per core in every worker
 # oversubscribes them (tests/ops with 2 workers on 2 cores: 5 min 13 s, against 3 min 1 s like this).
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

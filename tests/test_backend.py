@@ -1,9 +1,11 @@
 """The backend switch: selection, errors, the context manager, the env variable and visible fallbacks."""
 
 import logging
+import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +131,49 @@ def test_every_backend_gives_the_same_answer_through_the_public_api():
         with nvae_fast.use_backend(name):
             outs[name] = bn_swish(x, None, None, None, None, True)
     torch.testing.assert_close(outs["reference"], outs["torch"])
+
+
+# ---------------------------------------------------------------- the CI gate (tests/backend_gate.py)
+_GATE_RUN = """
+import sys
+import pytest
+import nvae_fast
+from nvae_fast.cuda import emulation
+
+if sys.argv[1] == "broken-emulation":
+    def load():
+        raise RuntimeError("csrc/bn_swish.cu: error: expected ';' (a deliberate break)")
+    emulation.load = load
+    nvae_fast.reset()
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-p", "tests.backend_gate", sys.argv[2]]))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the gate's CPU case: interpreter and emulation")
+@pytest.mark.parametrize("break_", ["none", "broken-emulation", "no-interpreter"])
+def test_ci_gate_fails_when_a_required_backend_cannot_run(tmp_path, break_):
+    """``make test`` requires the interpreter and the emulation: a run without either exits 4 naming it."""
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
+    env = {**os.environ, "NVAE_FAST_REQUIRE_BACKENDS": "triton,cuda", "TRITON_INTERPRET": "1", "NVAE_FAST_CUDA_EMULATE": "1"}
+    if break_ == "no-interpreter":
+        env["TRITON_INTERPRET"] = "0"
+    proc = subprocess.run([sys.executable, "-c", _GATE_RUN, break_, str(tmp_path / "test_one.py")],
+                          env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    out = proc.stdout + proc.stderr
+    if break_ == "none":
+        assert proc.returncode == 0 and "1 passed" in out, out
+    else:
+        assert proc.returncode == 4, out
+        assert "NVAE_FAST_REQUIRE_BACKENDS names backends that cannot run here" in out
+        assert ("cuda: NVAE_FAST_CUDA_EMULATE=1, but the CPU emulation cannot be built" in out
+                if break_ == "broken-emulation" else "triton: no CUDA device, and TRITON_INTERPRET=1 is not set" in out)
+
+
+def test_backend_of_a_test_id():
+    from tests.backend_gate import backend_of
+
+    assert backend_of("tests/ops/test_bn_swish.py::test_x[triton-float32-contiguous-2x3x4x5]") == "triton"
+    assert backend_of("tests/ops/test_bn_swish.py::test_x[float32-cuda]") == "cuda"
+    assert backend_of("tests/kernels/test_bn_swish_kernels.py::test_stats[float32]") == "triton"
+    assert backend_of("tests/cuda/test_cuda_kernels.py::test_dw[3x3]") == "cuda"
+    assert backend_of("tests/model/test_nvae.py::test_forward") is None
