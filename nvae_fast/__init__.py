@@ -5,7 +5,7 @@
 """
 
 from . import memory, nn, ops
-from .backend import backend_info, get_backend, reset, set_backend, use_backend
+from .backend import backend_info, get_backend, reset, run_selfchecks, set_backend, use_backend
 from .nn.patch import patch
 
 __version__ = "0.1.0"
@@ -19,6 +19,7 @@ __all__ = [
     "get_backend",
     "use_backend",
     "backend_info",
+    "run_selfchecks",
     "reset",
     "__version__",
 ]

@@ -18,7 +18,13 @@ The function checks its inputs, then asks :func:`resolve` which backend runs it:
     only).
 ``auto`` (default)
     per op and device: the fastest available backend by the committed benchmarks (:data:`AUTO_ORDER`)
-    for CUDA tensors, ``torch`` for anything else.
+    for CUDA tensors, ``torch`` for anything else. A fused backend is used only once it has passed its
+    self-check for the op, device and dtype family (:mod:`nvae_fast.selfcheck`: small probes, forward and
+    backward, against ``torch``; run on first use, once per process); one that fails it is skipped for
+    the next in the order or ``torch``, with one warning and a record in :func:`backend_info`.
+    ``NVAE_FAST_SELFCHECK=0`` turns the self-check off. Inside ``torch.compile`` tracing or CUDA-graph
+    capture no probe can run: an op not yet checked there runs on ``torch`` (:func:`run_selfchecks`
+    checks ahead of time).
 
 Kernel sets
 -----------
@@ -39,6 +45,7 @@ import contextlib
 import importlib
 import logging
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -53,6 +60,7 @@ __all__ = [
     "reset",
     "resolve",
     "cuda_emulated",
+    "run_selfchecks",
 ]
 
 log = logging.getLogger("nvae_fast")
@@ -60,6 +68,10 @@ log = logging.getLogger("nvae_fast")
 BACKENDS = ("reference", "torch", "triton", "cuda")
 _CHOICES = BACKENDS + ("auto",)
 OPS = ("bn_swish", "depthwise_conv2d", "squeeze_excite", "power_iteration")
+
+# Device types on which ``auto`` considers the fused backends (tests add "cpu" to self-check the
+# interpreter and the emulation through it).
+FUSED_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 
 # Order in which ``auto`` tries the fused backends for CUDA tensors, per op, as the GPU benchmark
 # results under benchmarks/results/ decide (benchmarks/auto_order.py): on an H200, cuda was faster than
@@ -81,12 +93,17 @@ class _State:
         self.kernels: dict[tuple[str, str], Any] = {}
         self.interpreting = False
         self.cuda_emulated = False
+        self.selfcheck_on = True
+        # (op, backend, device, dtype family) -> nvae_fast.selfcheck.Result
+        self.selfchecks: dict[tuple[str, str, str, str], Any] = {}
 
     def clear(self) -> None:
         from .cuda import emulation
 
         self.selected = _env_choice()
         self.fallbacks.clear()
+        self.selfchecks = {}
+        self.selfcheck_on = os.environ.get("NVAE_FAST_SELFCHECK", "1").strip() not in ("0", "false", "no", "off")
         self.interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
         self.cuda_emulated = emulation.requested()
         self.status = {"reference": (True, ""), "torch": (True, "")}
@@ -223,6 +240,12 @@ def backend_info() -> dict[str, Any]:
             {"backend": b, "op": op, "reason": reason, "count": n}
             for (b, op, reason), n in sorted(_state.fallbacks.items())
         ],
+        "selfcheck": _state.selfcheck_on,
+        "selfchecks": [
+            {"op": op, "backend": b, "device": dev, "dtypes": fam, "passed": r.passed, "why": r.why,
+             "seconds": round(r.seconds, 4)}
+            for (op, b, dev, fam), r in sorted(_state.selfchecks.items())
+        ],
         "cuda_emulated": _state.cuda_emulated,
         "torch": torch.__version__,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -236,10 +259,61 @@ def _record_fallback(backend: str, op: str, reason: str) -> None:
     _state.fallbacks[key] = _state.fallbacks.get(key, 0) + 1
 
 
-def _auto(op: str, device: torch.device) -> str:
+def _runs_on(name: str, device: torch.device) -> bool:
+    """Whether backend ``name`` is available and runs tensors on ``device``."""
+    if not _status(name)[0]:
+        return False
     if device.type == "cuda":
+        return not (name == "cuda" and _state.cuda_emulated)
+    return _state.interpreting if name == "triton" else _state.cuda_emulated
+
+
+def _dtype_of(args) -> torch.dtype:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.dtype
+        if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
+            return a[0].dtype
+    return torch.float32
+
+
+def _passed_selfcheck(op: str, name: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """The self-check's verdict for (op, backend, device, dtype family), running it on first use."""
+    if not _state.selfcheck_on:
+        return True
+    from . import selfcheck
+
+    key = (op, name, str(device), selfcheck.dtype_family(dtype))
+    result = _state.selfchecks.get(key)
+    if result is None:
+        if torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return False  # no probe can run here: torch for this trace or capture (see the module doc)
+        result = _state.selfchecks[key] = selfcheck.run(op, name, device, dtype)
+        if not result.passed:
+            message = (f"nvae_fast: {name} backend failed its self-check for {op} on {device} "
+                       f"({key[3]}): {result.why}; auto uses the next backend instead")
+            log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+    return result.passed
+
+
+def run_selfchecks(device: torch.device | str | None = None, dtypes=(torch.float32,)) -> list[dict]:
+    """Run ``auto``'s self-checks now, for every op and every fused backend that runs on ``device``
+    (default: the current CUDA device) in ``dtypes``; returns :func:`backend_info`'s ``selfchecks``. Call
+    it before ``torch.compile`` or CUDA-graph capture, where no probe can run."""
+    device = torch.device(device if device is not None else "cuda")
+    for op in OPS:
         for name in AUTO_ORDER[op]:
-            if _status(name)[0] and not (name == "cuda" and _state.cuda_emulated):
+            if _runs_on(name, device):
+                for dtype in dtypes:
+                    _passed_selfcheck(op, name, device, dtype)
+    return backend_info()["selfchecks"]
+
+
+def _auto(op: str, device: torch.device, dtype: torch.dtype) -> str:
+    if device.type in FUSED_DEVICE_TYPES:
+        for name in AUTO_ORDER[op]:
+            if _runs_on(name, device) and _passed_selfcheck(op, name, device, dtype):
                 return name
     return "torch"
 
@@ -253,7 +327,7 @@ def resolve(op: str, device: torch.device, torch_kernels, *support_args):
     """
     name = _state.selected
     if name == "auto":
-        name = _auto(op, device)
+        name = _auto(op, device, _dtype_of(support_args))
     if name == "reference":
         return name, None
     if name == "torch":

@@ -36,7 +36,8 @@ pack_results() {
 #   bench-bn-se   BN+Swish and squeeze-excite at the CIFAR-10 then CelebA-64 shapes: eager, cuda, triton
 #   bench-compile torch.compile of BN+Swish at the CIFAR-10 shapes (its target's baseline)
 #   bench-model   the CIFAR-10 training step at batch 32: reference first, then cuda, triton, torch
-#   check-crash   why a failed C++ argument check whose message holds a number kills the process there
+#   probes        the seconds auto's self-check takes per op and backend (float32, bfloat16), and why a
+#                 failed C++ argument check whose message holds a number kills the process there
 #                 (tests/cuda/probe_check_crash.sh: variants and a cuda-gdb backtrace)
 #   test          the GPU suite: tests/cuda, tests/ops, tests/nn (the Triton AOT compiles are CI's)
 #   memcheck      compute-sanitizer memcheck on the CUDA kernel tests, only when at least
@@ -48,8 +49,8 @@ SESSION_STEPS=(
   "bench-dw 40"
   "bench-bn-se 55"
   "bench-compile 35"
-  "bench-model 50"
-  "check-crash 20"
+  "bench-model 45"
+  "probes 25"
   "test 70"
 )
 MEMCHECK_MIN_S=90
@@ -102,7 +103,9 @@ session_step() {  # the command of one step of the plan
     bench-compile) bench_step --sections ops --ops bn_swish --sets cifar10 --providers compile ;;
     bench-model) bench_step --sections model --presets cifar10 --dtypes float32 \
       --providers reference,cuda,triton,torch --no-max-batch ;;
-    check-crash) bash tests/cuda/probe_check_crash.sh > "$logs/check-crash.txt" 2>&1 ;;
+    probes) { python3 -c "import json, torch, nvae_fast
+print(json.dumps(nvae_fast.run_selfchecks('cuda', (torch.float32, torch.bfloat16)), indent=1))"
+      bash tests/cuda/probe_check_crash.sh; } > "$logs/probes.txt" 2>&1 ;;
     test) NVAE_FAST_TEST_DEADLINE=$(($(date +%s) + STEP_LIMIT - 20)) python3 -m pytest -v -rfE -n "${NVAE_FAST_TEST_WORKERS:-12}" --dist loadgroup -p no:cacheprovider \
       --junitxml="$logs/test.xml" --ignore=tests/cuda/test_emulation.py tests/cuda tests/ops tests/nn \
       > "$logs/test.log" 2>&1 ;;

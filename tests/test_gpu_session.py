@@ -21,7 +21,7 @@ from benchmarks import model_shapes, settings, shapes
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gpu_checks.sh"
 STEP_ORDER = [
-    "build", "bench-power", "bench-dw", "bench-bn-se", "bench-compile", "bench-model", "check-crash", "test", "memcheck",
+    "build", "bench-power", "bench-dw", "bench-bn-se", "bench-compile", "bench-model", "probes", "test", "memcheck",
 ]
 
 
