@@ -1,7 +1,8 @@
 """Load checkpoints written by the original NVAE training code into an :class:`~nvae_fast.model.NVAE`.
 
-An original checkpoint is a dict with ``'state_dict'`` (the model's parameters and BN buffers) and
-``'args'`` (the ``argparse.Namespace`` of the training command), plus optimiser state we ignore. The
+An original checkpoint is a dict with ``'state_dict'`` (the model's parameters and BN buffers, plus derived
+copies) and ``'args'`` (the ``argparse.Namespace`` of the training command), plus training state that is
+dropped and reported (all listed below). The
 architecture must be the public one (``arch_instance='res_mbconv'``: residual BN-Swish encoder cells,
 inverted-residual decoder cells, expansion 6 and 3, kernel 5) with more than one latent group.
 
@@ -24,6 +25,27 @@ Parameter names of the original model, by role (our names after the arrow):
   (``.conv.0`` / ``.conv.1``), depthwise conv + BN-Swish, 1×1 conv, BN -> ``branch.bn_in``,
   ``branch.expand`` / ``bn_swish1``, ``branch.depthwise`` / ``bn_swish2``, ``branch.project``, ``branch.bn_out``.
 
+The original ``state_dict()`` holds more than parameters and BN buffers, and the checkpoint file more
+than the model; :func:`load_official_checkpoint` accounts for every entry (see its :class:`OfficialLoadReport`):
+
+* loaded: the tensors above (parameters, and BN ``running_mean`` / ``running_var`` / ``num_batches_tracked``).
+* derived, checked and not loaded: ``*.weight_normalized`` of each conv built *without* weight norm, i.e. the
+  three convs of an inverted-residual cell (``_ops.0.conv.{k}.conv.0`` of the 1×1 expansion and the depthwise
+  conv, and the projection ``_ops.0.conv.{k}``): 3 per decoder / post-processing cell. The original conv keeps
+  its normalised weight in an attribute; without weight norm that value is the ``weight`` parameter itself,
+  so ``nn.Module`` registers it a second time and the state dict holds it twice (same storage). It must equal
+  its ``weight`` exactly; a mismatch is an error naming the key. Weight-normalised convs keep a computed
+  tensor there, which ``nn.Module`` does not register, so no other ``weight_normalized`` (nor any other key)
+  is accepted. Checkpoints from before this attribute have none; a state dict with only some is rejected.
+* not in the file, so initialised here: the spectral regulariser's power-iteration vectors (the original
+  keeps them in plain dicts on the model) -> our ``spectral_regularizer.*`` buffers start fresh. BN
+  re-adjustment (re-estimating BN statistics by sampling in train mode) is done at evaluation time and
+  saves nothing.
+* file entries besides ``state_dict``: ``args`` gives the config; ``arch_instance`` (the cell choice, if
+  present) must be ``res_mbconv``'s; the training state ``epoch``, ``global_step``, ``optimizer`` (Adamax
+  moments), ``scheduler`` (cosine LR) and ``grad_scalar`` (AMP loss scale), and any other entry, are
+  dropped, each listed in the report.
+
 Known difference: the original discretised-logistic likelihood treats values above 0.99 (in [-1, 1]) as
 the top bin, which at 8 bits includes level 254 as well as 255; ours uses exactly the top level. Network
 outputs, latents and KL terms are the same function; ``recon_log_prob`` differs only on pixels at level 254.
@@ -32,18 +54,37 @@ outputs, latents and KL terms are the same function; ``recon_log_prob`` differs 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 
 import torch
 
 from .config import NVAEConfig
 from .nvae import NVAE
 
-__all__ = ["load_official_checkpoint", "config_from_official_args", "official_key_map"]
+__all__ = [
+    "load_official_checkpoint", "config_from_official_args", "official_key_map", "official_derived_keys",
+    "OfficialLoadReport",
+]
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _WN = ("weight", "log_weight_norm", "bias")
 _BINARY = {"mnist", "omniglot"}
 _CROPPED = {"mnist", "omniglot", "stacked_mnist"}
+_RES = ["res_bnswish", "res_bnswish"]
+# The cell choice (cell type -> ops) that the original code records as 'arch_instance' for 'res_mbconv'.
+_RES_MBCONV_CELLS = {
+    "normal_enc": _RES, "down_enc": _RES, "normal_dec": ["mconv_e6k5g0"], "up_dec": ["mconv_e6k5g0"],
+    "normal_pre": _RES, "down_pre": _RES, "normal_post": ["mconv_e3k5g0"], "up_post": ["mconv_e3k5g0"],
+    "ar_nn": [""],
+}
+# Checkpoint entries that are training state, not the model: what each holds.
+_TRAINING_STATE = {
+    "epoch": "epochs trained",
+    "global_step": "optimiser steps taken",
+    "optimizer": "optimiser state (Adamax moments)",
+    "scheduler": "learning-rate scheduler state",
+    "grad_scalar": "AMP gradient-scaler state",
+}
 
 
 def _image_size(dataset: str) -> int:
@@ -199,20 +240,72 @@ def official_key_map(cfg: NVAEConfig) -> dict[str, str]:
     return m
 
 
-def _convert(state: dict, cfg: NVAEConfig, model: NVAE) -> dict:
-    """Our state dict from the original ``state``; raises naming every missing, surplus or mis-shaped key."""
+_UNNORMALISED = ("branch.expand.weight", "branch.depthwise.weight", "branch.project.weight")
+
+
+def official_derived_keys(cfg: NVAEConfig) -> dict[str, str]:
+    """``{original key: original key it equals}`` for the derived ``weight_normalized`` entries of the
+    original state dict: one per conv built without weight norm (the three convs of each inverted-residual
+    cell), equal to that conv's ``weight`` (see the module docstring)."""
+    return {
+        theirs.removesuffix("weight") + "weight_normalized": theirs
+        for mine, theirs in official_key_map(cfg).items()
+        if mine.endswith(_UNNORMALISED)
+    }
+
+
+@dataclass
+class OfficialLoadReport:
+    """What :func:`load_official_checkpoint` did with every entry of an original checkpoint.
+
+    State-dict keys are the original ones (less a ``module.`` prefix). Together, ``loaded`` and ``derived``
+    cover the whole state dict; ``args``, ``arch_instance`` and the ``dropped`` entries the rest of the file.
+    """
+
+    config: NVAEConfig  # from the checkpoint's 'args'
+    loaded: dict[str, str] = field(default_factory=dict)  # original key -> our key
+    derived: dict[str, str] = field(default_factory=dict)  # original key -> the original key it equals (checked)
+    initialised: list[str] = field(default_factory=list)  # our keys without a source, left as constructed
+    dropped: dict[str, str] = field(default_factory=dict)  # file entry -> what it holds (training state)
+
+    def __str__(self) -> str:
+        return (
+            f"load_official_checkpoint: {len(self.loaded)} tensors loaded, {len(self.derived)} derived "
+            f"weight_normalized checked, {len(self.initialised)} initialised (spectral regulariser), "
+            f"dropped {sorted(self.dropped) or 'nothing'}"
+        )
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def _convert(state: dict, cfg: NVAEConfig, model: NVAE, report: OfficialLoadReport) -> dict:
+    """Our state dict from the original ``state``, filling ``report``; raises naming missing, surplus,
+    mis-shaped keys and derived tensors that differ from their source."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     ours = model.state_dict()
     mapping = official_key_map(cfg)
+    derived = official_derived_keys(cfg)
+    present = [k for k in derived if k in state]
+    # Derived entries are all there (current code) or none (checkpoints from before the attribute existed).
+    expected = set(mapping.values()) | (set(derived) if present else set())
     unmapped = sorted(k for k in ours if k not in mapping and not k.startswith("spectral_regularizer."))
-    missing = sorted(v for v in mapping.values() if v not in state)
-    surplus = sorted(set(state) - set(mapping.values()))
+    missing = sorted(k for k in expected if k not in state)
+    surplus = sorted(set(state) - expected)
     if unmapped or missing or surplus:
         raise ValueError(
             "load_official_checkpoint: state_dict does not match the architecture of its args: "
             f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected {surplus[:8]}"
             f"{'...' if len(surplus) > 8 else ''}, ours without a source {unmapped[:8]}"
         )
+    for key in present:
+        if not _same(state[key], state[derived[key]]):
+            raise ValueError(
+                f"load_official_checkpoint: {key} differs from {derived[key]}, which the original code saves "
+                f"as the same tensor (a conv without weight norm)"
+            )
+        report.derived[key] = derived[key]
     converted = {}
     for key, source in mapping.items():
         tensor = state[source]
@@ -221,22 +314,48 @@ def _convert(state: dict, cfg: NVAEConfig, model: NVAE) -> dict:
                 f"load_official_checkpoint: {source} has shape {tuple(tensor.shape)}, expected {tuple(ours[key].shape)} for {key}"
             )
         converted[key] = tensor
-    converted.update((k, v) for k, v in ours.items() if k.startswith("spectral_regularizer."))
+        report.loaded[source] = key
+    fresh = {k: v for k, v in ours.items() if k.startswith("spectral_regularizer.")}
+    converted.update(fresh)
+    report.initialised.extend(fresh)
     return converted
 
 
-def load_official_checkpoint(path) -> NVAE:
+def load_official_checkpoint(path, *, return_report: bool = False):
     """An :class:`NVAE` with the weights of an original NVAE checkpoint file (see the module docstring).
 
+    Accepted: the file ``train.py`` of the original code writes, a dict with ``'state_dict'`` and ``'args'``
+    (required) and ``'arch_instance'``, ``'epoch'``, ``'global_step'``, ``'optimizer'``, ``'scheduler'``,
+    ``'grad_scalar'``. The state dict must hold exactly the original model's tensors for those args:
+    parameters, BN buffers and, optionally (all or none), the derived ``*.weight_normalized`` copies of the
+    un-normalised convs, which are checked against their ``weight`` and not loaded. Anything else is an error.
+    The spectral regulariser's power-iteration vectors start fresh (the original code does not store them).
+
     The file is read with ``torch.load(weights_only=True)``, allowing only ``argparse.Namespace`` beyond
-    tensors and containers. The model is returned in eval mode on the CPU; the spectral regulariser's
-    power-iteration vectors start fresh (the original code does not store them).
+    tensors and containers. The model is returned in eval mode on the CPU; with ``return_report=True``,
+    as ``(model, report)``, the :class:`OfficialLoadReport` listing what was loaded, derived, initialised
+    and dropped.
     """
     with torch.serialization.safe_globals([argparse.Namespace]):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "args" not in checkpoint:
         raise ValueError(f"load_official_checkpoint: {path} is not an NVAE checkpoint (a dict with 'state_dict' and 'args')")
     cfg = config_from_official_args(checkpoint["args"])
+    cells = checkpoint.get("arch_instance", _RES_MBCONV_CELLS)
+    if not isinstance(cells, dict):
+        raise ValueError(f"load_official_checkpoint: arch_instance is a {type(cells).__name__}, not a dict")
+    differ = sorted(
+        k for k in set(cells) | set(_RES_MBCONV_CELLS)
+        if not isinstance(cells.get(k), (list, tuple)) or list(cells[k]) != _RES_MBCONV_CELLS.get(k)
+    )
+    if differ:
+        raise ValueError(f"load_official_checkpoint: arch_instance is not res_mbconv's cell choice at {differ}")
+    report = OfficialLoadReport(config=cfg)
+    for name, value in checkpoint.items():
+        if name not in ("state_dict", "args", "arch_instance"):
+            what = _TRAINING_STATE.get(name, "not read by this loader")
+            report.dropped[name] = f"{what} = {value!r}" if isinstance(value, (int, float, str)) else what
     model = NVAE(cfg)
-    model.load_state_dict(_convert(checkpoint["state_dict"], cfg, model))
-    return model.eval()
+    model.load_state_dict(_convert(checkpoint["state_dict"], cfg, model, report))
+    model.eval()
+    return (model, report) if return_report else model

@@ -1,152 +1,21 @@
 """Loading checkpoints of the original NVAE code, tested on synthetic checkpoints of that format.
 
-``_official_state`` builds the original model's state dict (names and shapes) for a training command
-by walking the original module tree as the public code lays it out; the values are random, so every
-tensor is identifiable. Nothing here comes from our mapping code.
+The checkpoints come from ``_official_checkpoints`` (the original state dict's full key set, derived
+``weight_normalized`` entries included, and the entries train.py saves beside it); nothing there comes
+from our mapping code.
 """
 
-import argparse
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nvae_fast.model import NVAE
-from nvae_fast.model.official import config_from_official_args, load_official_checkpoint
+from nvae_fast.model.official import OfficialLoadReport, config_from_official_args, load_official_checkpoint
 
-BN_KEYS = ("weight", "bias", "running_mean", "running_var")
-
-
-class _State(dict):
-    """Original state dict under construction; ``g`` makes the random values reproducible."""
-
-    def __init__(self, seed, use_se):
-        super().__init__()
-        self.g = torch.Generator().manual_seed(seed)
-        self.use_se = use_se
-
-    def put(self, key, *shape):
-        self[key] = torch.randn(shape, generator=self.g) * 0.3
-
-    def wn_conv(self, p, cin, cout, k, bias=True, groups=1):
-        self.put(f"{p}.weight", cout, cin // groups, k, k)
-        self[f"{p}.log_weight_norm"] = torch.randn(cout, 1, 1, 1, generator=self.g) * 0.1
-        if bias:
-            self.put(f"{p}.bias", cout)
-
-    def bn(self, p, c):
-        for k in BN_KEYS:
-            self.put(f"{p}.{k}", c)
-        self[f"{p}.running_var"] = self[f"{p}.running_var"].abs() + 0.5
-        self[f"{p}.weight"] = self[f"{p}.weight"] + 1.0
-        self[f"{p}.num_batches_tracked"] = torch.tensor(7)
-
-    def se(self, p, c):
-        if not self.use_se:
-            return
-        h = max(c // 16, 4)
-        self.put(f"{p}.se.se.0.weight", h, c)
-        self.put(f"{p}.se.se.0.bias", h)
-        self.put(f"{p}.se.se.2.weight", c, h)
-        self.put(f"{p}.se.se.2.bias", c)
-
-    def res_cell(self, p, cin, down):
-        cout = 2 * cin if down else cin
-        self.bn(f"{p}._ops.0.bn_act", cin)
-        self.wn_conv(f"{p}._ops.0.conv_0", cin, cout, 3)
-        self.bn(f"{p}._ops.1.bn_act", cout)
-        self.wn_conv(f"{p}._ops.1.conv_0", cout, cout, 3)
-        if down:
-            for i, c in enumerate([cout // 4] * 3 + [cout - 3 * (cout // 4)]):
-                self.wn_conv(f"{p}.skip.conv_{i + 1}", cin, c, 1)
-        self.se(p, cout)
-
-    def mb_cell(self, p, cin, ex, up):
-        cout, hid, seq = (cin // 2 if up else cin), cin * ex, [f"{p}._ops.0.conv.{i}" for i in range(6)]
-        if up:
-            seq = seq[1:]  # index 0 is the parameter-free nearest up-sampling
-            self.wn_conv(f"{p}.skip.1", cin, cout, 1, bias=False)
-        self.bn(f"{seq[0]}.bn", cin)
-        self.put(f"{seq[1]}.conv.0.weight", hid, cin, 1, 1)
-        self.bn(f"{seq[1]}.conv.1", hid)
-        self.put(f"{seq[2]}.conv.0.weight", hid, 1, 5, 5)
-        self.bn(f"{seq[2]}.conv.1", hid)
-        self.put(f"{seq[3]}.weight", cout, hid, 1, 1)
-        self.bn(f"{seq[4]}.bn", cout)
-        self.se(p, cout)
-
-    def flow(self, p, z):
-        for cell in ("cell1", "cell2"):
-            self.wn_conv(f"{p}.{cell}.conv.convz.0", z, 6 * z, 3, bias=False)
-            self.wn_conv(f"{p}.{cell}.conv.convz.2", 6 * z, 6 * z, 5, bias=False, groups=6 * z)
-            self.wn_conv(f"{p}.{cell}.mu.conv_0", 6 * z, z, 1)
-
-
-def _groups(a):
-    g, n = [], a.num_groups_per_scale
-    for _ in range(a.num_latent_scales):
-        g.append(n)
-        n = max(a.min_groups_per_scale, n // 2) if a.ada_groups else n
-    return g
-
-
-def _official_state(a, seed=0):
-    st = _State(seed, a.use_se)
-    cin = 1 if a.dataset == "mnist" else 3
-    size = 32 if a.dataset in ("mnist", "cifar10") else int(a.dataset.split("_")[-1])
-    ce, cd, z, groups = a.num_channels_enc, a.num_channels_dec, a.num_latent_per_group, _groups(a)
-    st.wn_conv("stem", cin, ce, 3)
-    mult, i = 1, 0
-    for _ in range(a.num_preprocess_blocks):
-        for c in range(a.num_preprocess_cells):
-            st.res_cell(f"pre_process.{i}", ce * mult, c == a.num_preprocess_cells - 1)
-            mult *= 2 if c == a.num_preprocess_cells - 1 else 1
-            i += 1
-    tower = []
-    for s in range(a.num_latent_scales):
-        for g in range(groups[s]):
-            tower += [("res", ce * mult)] * a.num_cell_per_cond_enc
-            if not (s == a.num_latent_scales - 1 and g == groups[s] - 1):
-                tower.append(("comb", ce * mult, cd * mult))
-        if s < a.num_latent_scales - 1:
-            tower.append(("down", ce * mult))
-            mult *= 2
-    for j, (kind, *ch) in enumerate(tower):
-        if kind == "comb":
-            st.wn_conv(f"enc_tower.{j}.conv", ch[1], ch[0], 1)
-        else:
-            st.res_cell(f"enc_tower.{j}", ch[0], kind == "down")
-    st.wn_conv("enc0.1", ce * mult, ce * mult, 1)
-    top = size // 2 ** (a.num_preprocess_blocks + a.num_latent_scales - 1)
-    st.put("prior_ftr0", cd * mult, top, top)
-    d, nf, j = 0, 0, 0
-    for s in range(a.num_latent_scales):
-        for g in range(groups[a.num_latent_scales - s - 1]):
-            st.wn_conv(f"enc_sampler.{d}", ce * mult, 2 * z, 3)
-            for _ in range(a.num_nf):
-                st.flow(f"nf_cells.{nf}", z)
-                nf += 1
-            if d > 0:
-                st.wn_conv(f"dec_sampler.{d - 1}.1", cd * mult, 2 * z, 1)
-                for _ in range(a.num_cell_per_cond_dec):
-                    st.mb_cell(f"dec_tower.{j}", cd * mult, 6, up=False)
-                    j += 1
-            st.wn_conv(f"dec_tower.{j}.conv", cd * mult + z, cd * mult, 1)
-            j += 1
-            d += 1
-        if s < a.num_latent_scales - 1:
-            st.mb_cell(f"dec_tower.{j}", cd * mult, 6, up=True)
-            j += 1
-            mult //= 2
-    i = 0
-    for _ in range(a.num_postprocess_blocks):
-        for c in range(a.num_postprocess_cells):
-            st.mb_cell(f"post_process.{i}", cd * mult, 3, up=c == 0)
-            mult //= 2 if c == 0 else 1
-            i += 1
-    out = 1 if a.dataset == "mnist" else 10 * a.num_mixture_dec
-    st.wn_conv("image_conditional.1", cd * mult, out, 3)
-    return dict(st)
+from ._official_checkpoints import is_parameter, official_checkpoint, official_state, save_checkpoint, train_args
 
 
 def _args(**kw):
@@ -159,15 +28,7 @@ def _args(**kw):
         weight_decay_norm_anneal=False, batch_size=4, learning_rate=1e-2,
     )
     base.update(kw)
-    return argparse.Namespace(**base)
-
-
-def _save(tmp_path, args, state):
-    path = tmp_path / "checkpoint.pt"
-    torch.save({"epoch": 3, "state_dict": state, "args": args, "global_step": 99,
-                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-2, "params": [0]}]},
-                "arch_instance": {"normal_enc": ["res_bnswish", "res_bnswish"]}}, path)
-    return path
+    return train_args(**base)
 
 
 ARGS = {
@@ -183,15 +44,13 @@ ARGS = {
 @pytest.mark.parametrize("name", sorted(ARGS))
 def test_every_tensor_lands_in_place(tmp_path, name):
     args = ARGS[name]
-    state = _official_state(args)
-    model = load_official_checkpoint(_save(tmp_path, args, state))
+    state = official_state(args)
+    model = load_official_checkpoint(save_checkpoint(tmp_path, args, state))
     ours = model.state_dict()
     assert not model.training
     n_ours = sum(1 for k in ours if not k.startswith("spectral_regularizer."))
-    assert n_ours == len(state)
-    assert sum(p.numel() for p in model.parameters()) == sum(
-        t.numel() for k, t in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
-    )
+    assert n_ours == sum(1 for k in state if not k.endswith(".weight_normalized"))
+    assert sum(p.numel() for p in model.parameters()) == sum(t.numel() for k, t in state.items() if is_parameter(k))
     # Spot checks by role.
     torch.testing.assert_close(ours["top"], state["prior_ftr0"])
     torch.testing.assert_close(ours["to_params.1.bias"], state["image_conditional.1.bias"])
@@ -200,8 +59,8 @@ def test_every_tensor_lands_in_place(tmp_path, name):
 
 def test_encoder_combiners_serve_the_decoder_in_reverse_order(tmp_path):
     args = ARGS["cifar_like_two_scales_flows"]
-    state = _official_state(args)
-    model = load_official_checkpoint(_save(tmp_path, args, state))
+    state = official_state(args)
+    model = load_official_checkpoint(save_checkpoint(tmp_path, args, state))
     combiners = sorted({int(k.split(".")[1]) for k in state if k.startswith("enc_tower.") and k.endswith(".conv.bias")})
     # The decoder's second group uses the encoder's last combiner, and so on backwards.
     for d, j in enumerate(reversed(combiners)):
@@ -229,8 +88,8 @@ def _se(state, p, x):
 def test_cells_compute_the_original_functions(tmp_path):
     # Evaluate two cells from the original tensors by the paper's definitions (eval-mode BN) and compare.
     args = ARGS["cifar_like_two_scales_flows"]
-    state = _official_state(args)
-    model = load_official_checkpoint(_save(tmp_path, args, state))
+    state = official_state(args)
+    model = load_official_checkpoint(save_checkpoint(tmp_path, args, state))
     g = torch.Generator().manual_seed(3)
 
     x = torch.randn(2, 8, 8, 8, generator=g)  # pre-processing down cell: 8 channels at 8x8 -> 16 at 4x4
@@ -270,14 +129,14 @@ def test_config_from_args():
 
 def test_mismatched_checkpoints_are_rejected(tmp_path):
     args = ARGS["mnist_like"]
-    state = _official_state(args)
+    state = official_state(args)
     del state["enc0.1.bias"]
     with pytest.raises(ValueError, match="enc0.1.bias"):
-        load_official_checkpoint(_save(tmp_path, args, state))
-    state = _official_state(args)
+        load_official_checkpoint(save_checkpoint(tmp_path, args, state))
+    state = official_state(args)
     state["stem.weight"] = state["stem.weight"][:, :, :2]
     with pytest.raises(ValueError, match="stem.weight"):
-        load_official_checkpoint(_save(tmp_path, args, state))
+        load_official_checkpoint(save_checkpoint(tmp_path, args, state))
     bad = tmp_path / "bad.pt"
     torch.save({"model": {}}, bad)
     with pytest.raises(ValueError, match="not an NVAE checkpoint"):
@@ -286,10 +145,133 @@ def test_mismatched_checkpoints_are_rejected(tmp_path):
 
 def test_loaded_model_runs(tmp_path):
     args = ARGS["mnist_like"]
-    model = load_official_checkpoint(_save(tmp_path, args, _official_state(args)))
+    model = load_official_checkpoint(save_checkpoint(tmp_path, args, official_state(args)))
     assert isinstance(model, NVAE)
     with torch.no_grad():
         out = model(torch.rand(2, 1, 32, 32))
         samples = model.sample(2, temperature=0.7)
     assert out.recon_log_prob.shape == (2,) and torch.all(torch.isfinite(out.recon_log_prob))
     assert samples.shape == (2, 1, 32, 32)
+
+
+# --- The original state dict's full key set: derived `weight_normalized` entries and the file's other entries.
+
+class _ConvWithNormalisedAttribute(nn.Conv2d):
+    """The attribute pattern of the original conv (not its code): the (normalised) weight kept as an attribute."""
+
+    def __init__(self, weight_norm):
+        super().__init__(2, 3, 1, bias=False)
+        self.log_weight_norm = nn.Parameter(torch.zeros(3, 1, 1, 1)) if weight_norm else None
+        self.weight_normalized = self.normalize_weight()
+
+    def normalize_weight(self):
+        if self.log_weight_norm is None:
+            return self.weight
+        return self.log_weight_norm.exp() * self.weight / self.weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+
+def test_only_unnormalised_convs_save_weight_normalized():
+    # Why the fixture holds `weight_normalized` for exactly the convs without weight norm, as an alias.
+    plain, normed = _ConvWithNormalisedAttribute(False), _ConvWithNormalisedAttribute(True)
+    plain.weight_normalized = plain.normalize_weight()  # what each forward does again
+    sd = plain.state_dict()
+    assert list(sd) == ["weight", "weight_normalized"] and sd["weight_normalized"].data_ptr() == sd["weight"].data_ptr()
+    assert list(normed.state_dict()) == ["weight", "log_weight_norm"]
+
+
+def test_fixture_has_the_original_key_set(tmp_path):
+    args = ARGS["cifar_like_two_scales_flows"]
+    state = official_state(args)
+    derived = [k for k in state if k.endswith(".weight_normalized")]
+    assert len(derived) == 27  # 9 inverted-residual cells (6 decoder, 1 up, 2 post-processing), 3 convs each
+    assert "dec_tower.1._ops.0.conv.2.conv.0.weight_normalized" in derived
+    assert all(k.endswith(("conv.0.weight_normalized", "conv.4.weight_normalized", "conv.3.weight_normalized"))
+               for k in derived)
+    checkpoint = official_checkpoint(args, state)
+    assert set(checkpoint) == {"epoch", "state_dict", "optimizer", "global_step", "args", "arch_instance",
+                               "scheduler", "grad_scalar"}
+    path = save_checkpoint(tmp_path, args, state)
+    loaded = torch.load(path, weights_only=False)["state_dict"]
+    assert all(loaded[k].data_ptr() == loaded[k.replace("weight_normalized", "weight")].data_ptr() for k in derived)
+
+
+def _outputs(model, args):
+    channels = 1 if args.dataset == "mnist" else 3
+    x = torch.rand(2, channels, 32, 32, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(11)
+    with torch.no_grad():
+        out = model(x)
+        samples = model.sample(2, temperature=0.7)
+    return out.recon_log_prob, torch.stack(out.kl_per_group), samples
+
+
+@pytest.mark.parametrize("name", ["cifar_like_two_scales_flows", "mnist_like"])
+def test_full_key_set_loads_and_gives_the_same_outputs(tmp_path, name):
+    args = ARGS[name]
+    state = official_state(args)
+    model, report = load_official_checkpoint(save_checkpoint(tmp_path, args, state), return_report=True)
+    old = official_state(args, weight_normalized=False)  # same values, without the derived entries
+    assert set(state) - set(old) == {k for k in state if k.endswith(".weight_normalized")}
+    model_old, report_old = load_official_checkpoint(save_checkpoint(tmp_path, args, old, "old.pt"), return_report=True)
+    mine, before = model.state_dict(), model_old.state_dict()
+    assert list(mine) == list(before) and all(torch.equal(mine[k], before[k]) for k in mine)
+    for a, b in zip(_outputs(model, args), _outputs(model_old, args)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    # The report accounts for every state-dict key and every file entry.
+    assert isinstance(report, OfficialLoadReport) and report.config == config_from_official_args(args)
+    derived = {k: k.removesuffix("_normalized") for k in state if k.endswith(".weight_normalized")}
+    assert report.derived == derived and report_old.derived == {}
+    assert set(report.loaded) == set(state) - set(derived) and report.loaded == report_old.loaded
+    assert sorted(report.loaded.values()) == sorted(k for k in mine if not k.startswith("spectral_regularizer."))
+    assert report.initialised == [k for k in mine if k.startswith("spectral_regularizer.")]
+    assert set(report.dropped) == {"epoch", "global_step", "optimizer", "scheduler", "grad_scalar"}
+    assert report.dropped["epoch"].endswith("= 3")
+    assert f"{len(derived)} derived" in str(report) and "\n" not in str(report)
+
+
+def _single_line_error(match, fn):
+    with pytest.raises(ValueError, match=re.escape(match)) as info:
+        fn()
+    assert "\n" not in str(info.value)
+
+
+def test_derived_tensors_are_checked(tmp_path):
+    args = ARGS["cifar_like_two_scales_flows"]
+    key = "dec_tower.1._ops.0.conv.2.conv.0.weight_normalized"
+    state = official_state(args)
+    state[key] = state[key].clone()
+    state[key][0, 0, 0, 0] += 1e-3
+    _single_line_error(key, lambda: load_official_checkpoint(save_checkpoint(tmp_path, args, state)))
+
+    state = official_state(args)  # a normalised copy: what weight norm would give, not what is saved
+    state[key] = state[key] / state[key].flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    _single_line_error(key, lambda: load_official_checkpoint(save_checkpoint(tmp_path, args, state)))
+
+    state = official_state(args)  # some derived entries but not all: not a checkpoint the original writes
+    del state["post_process.1._ops.0.conv.3.weight_normalized"]
+    _single_line_error("post_process.1._ops.0.conv.3.weight_normalized",
+                       lambda: load_official_checkpoint(save_checkpoint(tmp_path, args, state)))
+
+    state = official_state(args)  # weight-normalised convs never save theirs
+    state["stem.weight_normalized"] = state["stem.weight"].clone()
+    _single_line_error("unexpected ['stem.weight_normalized']",
+                       lambda: load_official_checkpoint(save_checkpoint(tmp_path, args, state)))
+
+
+def test_file_entries_are_checked_or_reported(tmp_path):
+    args = ARGS["mnist_like"]
+    state = official_state(args)
+    cells = {**official_checkpoint(args, state)["arch_instance"], "normal_enc": ["res_bnswish5", "res_bnswish"]}
+    path = save_checkpoint(tmp_path, args, state, arch_instance=cells)
+    _single_line_error("arch_instance is not res_mbconv's cell choice at ['normal_enc']",
+                       lambda: load_official_checkpoint(path))
+    _, report = load_official_checkpoint(save_checkpoint(tmp_path, args, state, note="fine-tuned"), return_report=True)
+    assert report.dropped["note"] == "not read by this loader = 'fine-tuned'"
+    # With 'module.' prefixes (a wrapped model's state dict) and without the optional entries.
+    wrapped = {f"module.{k}": v for k, v in state.items()}
+    path = tmp_path / "minimal.pt"
+    torch.save({"state_dict": wrapped, "args": args}, path)
+    model, report = load_official_checkpoint(path, return_report=True)
+    assert report.dropped == {} and len(report.derived) == 27  # 6 decoder, 1 up, 2 post-processing cells
+    assert set(report.loaded) | set(report.derived) == set(state)
