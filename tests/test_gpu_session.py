@@ -108,37 +108,32 @@ def test_benchmark_cases_follow_the_listed_provider_order():
     assert [p for _, p, _ in steps] == ["reference", "cuda", "triton", "torch"]
 
 
-def test_setup_finds_nvcc_on_path(monkeypatch, tmp_path):
-    toolkit = tmp_path / "cuda-13"
-    (toolkit / "bin").mkdir(parents=True)
-    (toolkit / "include").mkdir()
-    (toolkit / "include" / "cuda_runtime.h").write_text("")
-    nvcc = toolkit / "bin" / "nvcc"
-    nvcc.write_text("#!/bin/sh\n")
+def _cuda_home_with_nvcc_at(monkeypatch, bin_dir: Path, script: str):
+    """``setup.py``'s ``_cuda_home()`` with an ``nvcc`` holding ``script`` first on PATH and no CUDA_HOME."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    nvcc = bin_dir / "nvcc"
+    nvcc.write_text(script)
     nvcc.chmod(0o755)
     for name in ("CUDA_HOME", "CUDA_PATH"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PATH", f"{toolkit / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("NVAE_FAST_BUILD_CUDA", "0")
     monkeypatch.setattr(setuptools, "setup", lambda **kwargs: None)
-    build = runpy.run_path(str(REPO / "setup.py"))
-    assert build["_cuda_home"]() == str(toolkit)
+    return runpy.run_path(str(REPO / "setup.py"))["_cuda_home"]()
+
+
+def test_setup_finds_nvcc_on_path(monkeypatch, tmp_path):
+    toolkit = tmp_path / "cuda-13"
+    (toolkit / "include").mkdir(parents=True)
+    (toolkit / "include" / "cuda_runtime.h").write_text("")
+    assert _cuda_home_with_nvcc_at(monkeypatch, toolkit / "bin", "#!/bin/sh\n") == str(toolkit)
     assert os.environ["CUDA_HOME"] == str(toolkit)
 
 
 def test_setup_skips_an_nvcc_wrapper_outside_the_toolkit(monkeypatch, tmp_path):
     """An ``nvcc`` on PATH that is a wrapper script (as /usr/local/bin/nvcc on some images) says nothing
     about where the toolkit is: the next candidate is used."""
-    (tmp_path / "bin").mkdir()
-    wrapper = tmp_path / "bin" / "nvcc"
-    wrapper.write_text("#!/bin/sh\nexec /opt/elsewhere/nvcc \"$@\"\n")
-    wrapper.chmod(0o755)
-    for name in ("CUDA_HOME", "CUDA_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("NVAE_FAST_BUILD_CUDA", "0")
-    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: None)
-    home = runpy.run_path(str(REPO / "setup.py"))["_cuda_home"]()
+    home = _cuda_home_with_nvcc_at(monkeypatch, tmp_path / "bin", '#!/bin/sh\nexec /opt/elsewhere/nvcc "$@"\n')
     assert home != str(tmp_path)
     assert home == ("/usr/local/cuda" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
 
