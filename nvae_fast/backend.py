@@ -286,7 +286,8 @@ def _passed_selfcheck(op: str, name: str, device: torch.device, dtype: torch.dty
     key = (op, name, str(device), selfcheck.dtype_family(dtype))
     result = _state.selfchecks.get(key)
     if result is None:
-        if torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        capturing = device.type == "cuda" and torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+        if torch.compiler.is_compiling() or capturing:
             return False  # no probe can run here: torch for this trace or capture (see the module doc)
         result = _state.selfchecks[key] = selfcheck.run(op, name, device, dtype)
         if not result.passed:

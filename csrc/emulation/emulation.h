@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <type_traits>
 
 struct uint3 {
@@ -74,6 +75,16 @@ int multiprocessors();
 // configuration or a synchronisation error (see the header comment), naming the kernel by `signature`
 // (the __PRETTY_FUNCTION__ of the launch, whose template argument is the kernel).
 void run_grid(const char* signature, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
+
+// "kernel<args>" out of a launch's signature "void nvae_fast::launch(...) [with auto kernel = kernel<args>;
+// Args = {...}]": the name errors and launch records give a kernel.
+inline std::string kernel_name(const char* signature) {
+  const std::string s(signature);
+  const size_t begin = s.find("kernel = ");
+  if (begin == std::string::npos) return s;
+  const size_t end = s.find_first_of(";]", begin);
+  return s.substr(begin + 9, end == std::string::npos ? std::string::npos : end - begin - 9);
+}
 
 // Synchronisation points, called from kernel code (a fiber).
 void sync_block();

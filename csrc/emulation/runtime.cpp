@@ -270,15 +270,6 @@ void run_block(Launch& l, const Stacks& stacks) {
   }
 }
 
-// "kernel<args>" out of "void nvae_fast::launch(...) [with auto kernel = kernel<args>; Args = {...}]".
-std::string kernel_name(const char* signature) {
-  const std::string s(signature);
-  const size_t begin = s.find("kernel = ");
-  if (begin == std::string::npos) return s;
-  const size_t end = s.find_first_of(";]", begin);
-  return s.substr(begin + 9, end == std::string::npos ? std::string::npos : end - begin - 9);
-}
-
 }  // namespace
 
 void run_grid(const char* signature, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {

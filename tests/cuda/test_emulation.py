@@ -127,7 +127,7 @@ def test_emulated_backend_takes_cpu_tensors_only(monkeypatch):
             kernels,
         )
     # auto never picks the emulation, for CUDA tensors neither
-    assert nvae_fast.backend._auto("squeeze_excite", torch.device("cuda")) != "cuda"
+    assert nvae_fast.backend._auto("squeeze_excite", torch.device("cuda"), torch.float32) != "cuda"
 
 
 def test_emulation_is_off_unless_requested(monkeypatch):

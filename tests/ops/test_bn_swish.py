@@ -6,6 +6,7 @@ import torch
 import nvae_fast
 from nvae_fast.ops import bn_swish, bn_swish_reference
 
+from ._gpu_shapes import BN_SHAPES, ON_GPU, backend_params, shape_id
 from ._helpers import DTYPES, dtype_id, LAYOUTS, LEAN_BACKENDS, assert_close_scaled, layout, randn, require
 
 SHAPES = [(2, 3, 5, 7), (1, 5, 3, 4), (3, 6, 1, 1), (4, 7, 9, 11)]
@@ -46,8 +47,24 @@ def _run(backend, x, dy, weight, bias, rm, rv, training):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("backend", LEAN_BACKENDS)
 def test_matches_reference(backend, training, dtype, kind, shape):
+    _check_matches_reference(backend, training, dtype, kind, shape)
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("training", [True, False] if ON_GPU else [True], ids=lambda t: "train" if t else "eval")
+@pytest.mark.parametrize("backend, dtype, kind", backend_params(DTYPES))
+def test_multi_tile_and_split_paths_match_reference(monkeypatch, backend, dtype, kind, training, shape):
+    """Shapes whose statistics and backward sums take several tiles and parts per channel, and whose
+    element-wise passes grid-stride, on a 132-SM GPU (plans in _gpu_shapes.py, asserted by
+    test_gpu_plans.py). Without a GPU the cuda backend runs them in the emulation of 132 SMs (training
+    only: eval runs a subset of the same kernels)."""
+    monkeypatch.setenv("NVAE_FAST_EMULATE_SMS", "132")
+    _check_matches_reference(backend, training, dtype, kind, shape, seed=11)
+
+
+def _check_matches_reference(backend, training, dtype, kind, shape, seed=0):
     device = require(backend)
-    x, dy, weight, bias, rm, rv = _inputs(shape, dtype, kind, device)
+    x, dy, weight, bias, rm, rv = _inputs(shape, dtype, kind, device, seed=seed)
     y, (dx, dw, db), rm_out, rv_out = _run(backend, x, dy, weight, bias, rm, rv, training)
     y_ref, (dx_ref, dw_ref, db_ref), rm_ref, rv_ref = _reference(x, dy, weight, bias, rm, rv, training)
     assert y.dtype == dtype and dx.dtype == dtype and dw.dtype == weight.dtype and db.dtype == bias.dtype

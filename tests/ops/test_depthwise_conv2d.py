@@ -6,6 +6,7 @@ import torch
 import nvae_fast
 from nvae_fast.ops import depthwise_conv2d, depthwise_conv2d_reference
 
+from ._gpu_shapes import DW_CASES, backend_params
 from ._helpers import DTYPES, LAYOUTS, LEAN_BACKENDS, assert_close_scaled, dtype_id, layout, randn, require
 
 # (x shape, kernel size, stride, padding)
@@ -46,9 +47,23 @@ def _grads(fn, x, weight, bias, dy_gen, dy_dtype, kind):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("backend", LEAN_BACKENDS)
 def test_matches_reference(backend, dtype, kind, case):
+    _check_matches_reference(backend, dtype, kind, case)
+
+
+@pytest.mark.parametrize("case", DW_CASES, ids=_case_id)
+@pytest.mark.parametrize("backend, dtype, kind", backend_params(DTYPES))
+def test_multi_tile_and_split_paths_match_reference(monkeypatch, backend, dtype, kind, case):
+    """Shapes with several spatial tiles per image and weight gradients split into parts that each take
+    several tiles, on a 132-SM GPU (plans in _gpu_shapes.py, asserted by test_gpu_plans.py); without a
+    GPU the cuda backend runs them in the emulation of 132 SMs."""
+    monkeypatch.setenv("NVAE_FAST_EMULATE_SMS", "132")
+    _check_matches_reference(backend, dtype, kind, case, seed=11)
+
+
+def _check_matches_reference(backend, dtype, kind, case, seed=0):
     device = require(backend)
     shape, k, stride, padding = case
-    x, weight, bias = _inputs(shape, k, dtype, kind, device)
+    x, weight, bias = _inputs(shape, k, dtype, kind, device, seed=seed)
 
     def lean(x, w, b):
         with nvae_fast.use_backend(backend):
@@ -57,8 +72,8 @@ def test_matches_reference(backend, dtype, kind, case):
     def ref(x, w, b):
         return depthwise_conv2d_reference(x.double(), w.double(), b.double(), stride, padding if padding != "same" else k // 2)
 
-    y, (dx, dw, db) = _grads(lean, x, weight, bias, 1, dtype, kind)
-    y_ref, (dx_ref, dw_ref, db_ref) = _grads(ref, x, weight, bias, 1, dtype, kind)
+    y, (dx, dw, db) = _grads(lean, x, weight, bias, seed + 1, dtype, kind)
+    y_ref, (dx_ref, dw_ref, db_ref) = _grads(ref, x, weight, bias, seed + 1, dtype, kind)
     assert y.dtype == dtype and dx.dtype == dtype and dw.dtype == weight.dtype and db.dtype == bias.dtype
     if kind == "channels_last":
         assert y.is_contiguous(memory_format=torch.channels_last)

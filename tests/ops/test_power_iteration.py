@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import nvae_fast
 from nvae_fast.ops import power_iteration, power_iteration_reference
 
+from ._gpu_shapes import PI_SHAPES, backend_params
 from ._helpers import LEAN_BACKENDS, assert_close_scaled, dtype_id, randn, require
 
 SHAPES = [(4, 3, 3, 3), (6, 5), (4, 3, 3, 3), (7, 2, 1, 1), (3, 11), (16, 4, 5, 5), (6, 5)]
@@ -32,8 +33,22 @@ def _run(fn, weights, us, vs, n_iter, grad_seed=1):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("backend", LEAN_BACKENDS)
 def test_matches_reference(backend, dtype, n_iter):
+    _check_matches_reference(backend, dtype, n_iter, SHAPES)
+
+
+@pytest.mark.parametrize("n_iter", [1, 4])
+@pytest.mark.parametrize("backend, dtype, kind", backend_params(
+    [torch.float32, torch.float16, torch.bfloat16], layouts=["contiguous"], cpu_triton=True))
+def test_multi_tile_paths_match_reference(backend, dtype, kind, n_iter):
+    """Weights that take triton's persistent and item paths and several cuda tiles each (plans in
+    _gpu_shapes.py, asserted by test_gpu_plans.py), in one call with a one-tile weight; without a GPU
+    in the emulation and the interpreter (whose items are larger, but the paths the same)."""
+    _check_matches_reference(backend, dtype, n_iter, PI_SHAPES, seed=11)
+
+
+def _check_matches_reference(backend, dtype, n_iter, shapes, seed=0):
     device = require(backend)
-    weights, us, vs = _inputs(dtype, device)
+    weights, us, vs = _inputs(dtype, device, seed=seed, shapes=shapes)
 
     def lean(*args):
         with nvae_fast.use_backend(backend):

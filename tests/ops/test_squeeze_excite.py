@@ -6,6 +6,7 @@ import torch
 import nvae_fast
 from nvae_fast.ops import squeeze_excite, squeeze_excite_reference
 
+from ._gpu_shapes import SE_CASES, backend_params, shape_id
 from ._helpers import DTYPES, LAYOUTS, LEAN_BACKENDS, assert_close_scaled, dtype_id, layout, randn, require
 
 # (x shape, hidden)
@@ -41,8 +42,22 @@ def _ref(x, *params):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("backend", LEAN_BACKENDS)
 def test_matches_reference(backend, dtype, kind, case):
+    _check_matches_reference(backend, dtype, kind, case)
+
+
+@pytest.mark.parametrize("case", SE_CASES, ids=lambda c: shape_id(c[0]))
+@pytest.mark.parametrize("backend, dtype, kind", backend_params(DTYPES))
+def test_multi_tile_and_split_paths_match_reference(monkeypatch, backend, dtype, kind, case):
+    """A shape whose pooling and backward sums take several tiles and parts per (n, c), and whose
+    scale and dx passes grid-stride, on a 132-SM GPU (plans in _gpu_shapes.py, asserted by
+    test_gpu_plans.py); without a GPU the cuda backend runs it in the emulation of 132 SMs."""
+    monkeypatch.setenv("NVAE_FAST_EMULATE_SMS", "132")
+    _check_matches_reference(backend, dtype, kind, case, seed=11)
+
+
+def _check_matches_reference(backend, dtype, kind, case, seed=0):
     device = require(backend)
-    x, dy, params = _inputs(*case, dtype, kind, device)
+    x, dy, params = _inputs(*case, dtype, kind, device, seed=seed)
 
     def lean(*args):
         with nvae_fast.use_backend(backend):
