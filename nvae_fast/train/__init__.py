@@ -8,6 +8,7 @@
 - :mod:`.sampling`: BN re-adjustment for sampling and PNG grids;
 - :mod:`.bench`: training throughput and peak memory;
 - :mod:`.monitor`: progress bar, TensorBoard and ``metrics.jsonl``.
+- :mod:`.interrupt`: SIGINT/SIGTERM as a stop after the current step, or at once.
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint

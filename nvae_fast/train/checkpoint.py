@@ -11,6 +11,9 @@ unpickled into arbitrary objects). Layout, written by :class:`nvae_fast.train.tr
     model, ema, optimizer, scheduler, scaler, stats    state dicts
     rng           list over ranks of rng_state() dicts
     sampling_bn   {key: BN state of the EMA model re-adjusted for sampling} (see sampling.py)
+
+:func:`load_run_checkpoint` checks that layout (``RUN_LAYOUT``), so that a damaged or foreign file is
+refused with one line naming what is wrong instead of failing later on a missing key.
 """
 
 from __future__ import annotations
@@ -18,14 +21,45 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "RUN_LAYOUT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_run_checkpoint",
+    "rng_state",
+    "set_rng_state",
+]
 
 CHECKPOINT_FORMAT = 1
+
+# The entries of a Trainer checkpoint that commands read ("a.b": entry b of dict a) and their types.
+RUN_LAYOUT = {
+    "model_config": dict,
+    "train_config": dict,
+    "meta": dict,
+    "step": int,
+    "model": dict,
+    "ema": dict,
+    "ema.module": dict,
+    "ema.updates": int,
+    "ema.decay": (float, int),
+    "optimizer": dict,
+    "optimizer.state": dict,
+    "optimizer.param_groups": list,
+    "scheduler": dict,
+    "scheduler.step_count": int,
+    "scaler": dict,
+    "stats": dict,
+    "stats.skipped": int,
+    "rng": list,
+}
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -47,17 +81,50 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; errors name ``path``."""
+    """Load a checkpoint with ``weights_only=True``; errors (one line each) name ``path``."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoint.pt"
+        hint = f"; did you mean {str(inside)!r}?" if inside.is_file() else ""
+        raise ValueError(f"checkpoint {str(path)!r} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; anything else fails obscurely in torch.load
+        raise ValueError(f"checkpoint {str(path)!r} is not a file written by torch.save")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"checkpoint {str(path)!r} cannot be loaded safely: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {str(path)!r} cannot be loaded safely: {reason}") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {str(path)!r} is not an nvae_fast checkpoint of format {CHECKPOINT_FORMAT}")
     return state
+
+
+def load_run_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """:func:`load_checkpoint` of a checkpoint written by a Trainer, refused with a ``ValueError`` naming
+    the first entry of ``RUN_LAYOUT`` that is missing or of another type."""
+    state = load_checkpoint(path, map_location)
+    problem = _layout_problem(state)
+    if problem:
+        raise ValueError(f"checkpoint {str(path)!r} is malformed: {problem}")
+    return state
+
+
+def _layout_problem(state: dict) -> str | None:
+    """What is wrong with ``state`` against ``RUN_LAYOUT`` (None: nothing)."""
+    for name, kind in RUN_LAYOUT.items():
+        value = state
+        for part in name.split("."):
+            if part not in value:
+                return f"{name!r} is missing"
+            value = value[part]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            return f"{name!r} should be of type {kinds}, not {type(value).__name__}"
+    if state["step"] < 0:
+        return f"'step' is negative ({state['step']})"
+    return None
 
 
 def rng_state() -> dict:

@@ -37,6 +37,7 @@ __all__ = [
     "SyncBatchNorm2d",
     "convert_sync_batchnorm",
     "all_reduce_mean",
+    "all_reduce_max",
     "all_gather_objects",
     "barrier",
     "shutdown",
@@ -162,6 +163,16 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     out = values.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / dist.get_world_size()
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """The largest ``value`` over ranks (``value`` itself when not distributed); ``device`` is one the
+    process group can reduce on (CUDA for NCCL)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    out = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return int(out.item())
 
 
 def all_gather_objects(obj) -> list:

@@ -53,15 +53,14 @@ def evaluate(
         raise ValueError(f"max_images must be >= 1, got {max_images}")
     dims = model.cfg.data_dims
     total_ll, total_elbo, done = 0.0, 0.0, 0
-    bar = tqdm(total=n, desc=f"eval K={num_samples}", unit="img", disable=not progress)
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
-        ll, elbo = log_likelihood(model, data.batch(idx).to(device), num_samples)
-        total_ll += float(ll.sum())
-        total_elbo += float(elbo.sum())
-        done += len(idx)
-        bar.update(len(idx))
-        bar.set_postfix(nll_bpd=f"{-total_ll / (done * dims * math.log(2)):.4f}")
-    bar.close()
+    with tqdm(total=n, desc=f"eval K={num_samples}", unit="img", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            idx = torch.arange(start, min(start + batch_size, n))
+            ll, elbo = log_likelihood(model, data.batch(idx).to(device), num_samples)
+            total_ll += float(ll.sum())
+            total_elbo += float(elbo.sum())
+            done += len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(nll_bpd=f"{-total_ll / (done * dims * math.log(2)):.4f}")
     scale = n * dims * math.log(2)
     return {"nll_bpd": -total_ll / scale, "nelbo_bpd": -total_elbo / scale, "images": n, "num_samples": num_samples}

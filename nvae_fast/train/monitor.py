@@ -2,11 +2,18 @@
 
 Only the main rank writes anything. TensorBoard (``torch.utils.tensorboard``) is optional: without
 the ``tensorboard`` package the run prints one notice and goes on.
+
+A run that starts at step ``initial`` (0, or the step of the checkpoint it resumes) owns every step
+after it: records of later steps already in ``metrics.jsonl`` (written after the last checkpoint of a
+killed run, or by an earlier run into the same folder that saved nothing) are dropped first, and
+TensorBoard is told to hide its events from step ``initial + 1`` on (``purge_step``), so every step
+appears once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,14 +40,16 @@ class Monitor:
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        jsonl = self.out_dir / "metrics.jsonl"
+        _drop_records_after(jsonl, initial)
+        self._jsonl = open(jsonl, "a", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 print("nvae-fast: tensorboard is not installed; skipping TensorBoard logs", file=sys.stderr)
             else:
-                self.writer = SummaryWriter(str(self.out_dir / "tb"))
+                self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=initial + 1)
 
     def advance(self, metrics: dict) -> None:
         """One step done: refresh the bar with the latest ``metrics``."""
@@ -84,3 +93,25 @@ class Monitor:
             self._jsonl.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Keep only the records of ``path`` (a metrics.jsonl) up to ``step``; lines cut short by a killed
+    process are dropped too. The file is replaced atomically; nothing happens when nothing changes."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _record_step(line) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _record_step(line: str) -> float:
+    """The ``step`` of a metrics.jsonl line; infinity for a line that is not a whole record."""
+    try:
+        return float(json.loads(line)["step"]) if line.endswith("\n") else float("inf")
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

@@ -13,6 +13,10 @@ One step (``t`` = steps taken so far, ``T`` = ``TrainConfig.steps``):
    EMA of the weights is updated.
 5. the learning rate follows :class:`~nvae_fast.train.optim.WarmupCosine`; ``t`` advances either way.
 
+The schedules (learning rate, KL and regularisation warm-ups) span ``TrainConfig.schedule_length``:
+``T`` itself, or, for a run given another length on resuming (:meth:`TrainConfig.with_steps`), the
+``T`` it was planned with.
+
 Everything a run depends on (model, EMA, optimizer, schedule, scaler, step, counters, RNG states of
 every rank) is in :meth:`Trainer.state_dict`, and the data order is a function of ``(seed, t)``, so a
 run resumed from a checkpoint continues bit-exactly on the same hardware, backend and world size.
@@ -24,8 +28,9 @@ import copy
 import math
 import random
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -54,6 +59,8 @@ class TrainConfig:
     ``grad_skip_threshold``: the loss is a per-image sum over pixels, so healthy gradient norms are
     large (up to ~3e4 in the digits example) and grow with image size; the default only catches
     blow-ups. ``None`` skips only NaN/Inf gradients.
+    ``schedule_steps``: the length of the learning-rate cosine and of the KL/regularisation warm-ups when
+    it differs from ``steps`` (``None``: ``steps``); :meth:`with_steps` sets it.
     """
 
     steps: int = 400
@@ -74,6 +81,7 @@ class TrainConfig:
     fp16_init_scale: float = 256.0
     grad_checkpointing: bool = False
     seed: int = 0
+    schedule_steps: int | None = None
 
     def __post_init__(self):
         if self.amp not in AMP_DTYPES:
@@ -82,8 +90,20 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ValueError(f"schedule_steps must be >= 1 or None, got {self.schedule_steps}")
         if self.grad_skip_threshold is not None and not self.grad_skip_threshold > 0:
             raise ValueError(f"grad_skip_threshold must be positive or None, got {self.grad_skip_threshold}")
+
+    @property
+    def schedule_length(self) -> int:
+        """Steps spanned by the learning-rate cosine and the KL/regularisation warm-ups."""
+        return self.schedule_steps or self.steps
+
+    def with_steps(self, steps: int) -> "TrainConfig":
+        """This run with ``steps`` steps in all and its schedules unchanged, so that continuing a finished
+        run goes on where it ended (learning rate ``lr_min``, KL coefficient 1) instead of restarting."""
+        return replace(self, steps=steps, schedule_steps=self.schedule_length)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,12 +180,13 @@ class Trainer:
         _seed_everything(cfg.seed + self.dist.rank)  # ranks draw different latent noise
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.adamax_eps)
-        self.scheduler = WarmupCosine(self.optimizer, cfg.lr, cfg.lr_min, cfg.warmup_steps, cfg.steps)
+        self.scheduler = WarmupCosine(self.optimizer, cfg.lr, cfg.lr_min, cfg.warmup_steps, cfg.schedule_length)
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=cfg.fp16_init_scale,
                                           enabled=cfg.amp == "fp16")
         self.sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size)
         self.step = 0
         self.stats = {"skipped": 0}
+        self.stop_code = 0
         self._bn_cache: tuple[int, dict] = (-1, {})
 
     # ------------------------------------------------------------------ one step
@@ -175,8 +196,9 @@ class Trainer:
         from ..model import kl_coefficient, reg_coefficient
 
         cfg, mc = self.config, self.model_config
-        kl = kl_coefficient(step, cfg.steps, cfg.kl_warmup_portion, cfg.kl_const_portion, cfg.kl_min_coeff)
-        reg = reg_coefficient(step, cfg.steps, cfg.reg_warmup_portion, mc.reg_lambda, mc.reg_lambda_init)
+        length = cfg.schedule_length
+        kl = kl_coefficient(step, length, cfg.kl_warmup_portion, cfg.kl_const_portion, cfg.kl_min_coeff)
+        reg = reg_coefficient(step, length, cfg.reg_warmup_portion, mc.reg_lambda, mc.reg_lambda_init)
         return kl, reg
 
     def train_step(self) -> dict[str, float]:
@@ -303,35 +325,60 @@ class Trainer:
         num_samples: int = 64,
         temperature: float = 1.0,
         bn_batches: int = 10,
+        stop_requested: Callable[[], int] | None = None,
     ) -> list[dict]:
         """Train up to ``config.steps``, logging every ``log_every`` steps, writing sample grids
         (``samples/step_XXXXXX.png``) and ``checkpoint.pt`` every ``sample_every``/``ckpt_every`` steps
-        (0: only at the end) into ``out_dir``. Returns the logged records."""
+        (0: only at the end) into ``out_dir``. Returns the logged records.
+
+        ``stop_requested()``, asked before every step, ends the loop early when nonzero (the CLI returns
+        the number of a signal received): the step reached is checkpointed so that no work is lost, and
+        the value, agreed on by all ranks, stays in ``stop_code`` (0 when the loop ran to the end).
+        """
         out_dir = Path(out_dir)
+        ckpt = out_dir / "checkpoint.pt"
         total = self.config.steps
         monitor = Monitor(out_dir, total, self.step, enabled=self.dist.is_main, progress=progress,
                           tensorboard=tensorboard)
-        records = []
-        global_batch = self.config.batch_size * self.dist.world_size
+        records, saved = [], None
         try:
             while self.step < total:
+                self.stop_code = self._agreed_stop(stop_requested)
+                if self.stop_code:
+                    break
                 metrics = self.train_step()
                 monitor.advance(metrics)
                 last = self.step == total
                 if self.step % log_every == 0 or last:
-                    keys = sorted(metrics)
-                    mean = D.all_reduce_mean(torch.tensor([metrics[k] for k in keys], dtype=torch.float64,
-                                                          device=self.device))
-                    averaged = dict(zip(keys, mean.tolist()))
-                    averaged["skipped"] = int(metrics["skipped"])
-                    records.append(monitor.log(self.step, averaged, global_batch))
+                    records.append(self._log(monitor, metrics))
                 if self.dist.is_main and ((sample_every and self.step % sample_every == 0) or last):
-                    images = self.samples(num_samples, temperature, bn_batches, min(num_samples, 64))
-                    path = save_png(images, out_dir / "samples" / f"step_{self.step:06d}.png", upscale=2)
-                    monitor.image("samples", make_grid(images), self.step)
-                    monitor.write(f"step {self.step}: samples -> {path}")
+                    self._write_samples(monitor, out_dir, num_samples, temperature, bn_batches)
                 if (ckpt_every and self.step % ckpt_every == 0) or last:
-                    self.save(out_dir / "checkpoint.pt")
+                    self.save(ckpt)
+                    saved = self.step
+            if self.stop_code and saved != self.step:
+                self.save(ckpt)
         finally:
             monitor.close()
         return records
+
+    def _agreed_stop(self, stop_requested: Callable[[], int] | None) -> int:
+        """``stop_requested()``, the largest over ranks (every rank stops at the same step); 0 without it."""
+        if stop_requested is None:
+            return 0
+        return D.all_reduce_max(int(stop_requested()), self.device)
+
+    def _log(self, monitor: Monitor, metrics: dict) -> dict:
+        """Average this step's ``metrics`` over ranks and record them."""
+        keys = sorted(metrics)
+        mean = D.all_reduce_mean(torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device))
+        averaged = dict(zip(keys, mean.tolist()))
+        averaged["skipped"] = int(metrics["skipped"])
+        return monitor.log(self.step, averaged, self.config.batch_size * self.dist.world_size)
+
+    def _write_samples(self, monitor: Monitor, out_dir: Path, num: int, temperature: float, bn_batches: int) -> None:
+        """The sample grid of this step: ``samples/step_XXXXXX.png`` and TensorBoard (main rank)."""
+        images = self.samples(num, temperature, bn_batches, min(num, 64))
+        path = save_png(images, out_dir / "samples" / f"step_{self.step:06d}.png", upscale=2)
+        monitor.image("samples", make_grid(images), self.step)
+        monitor.write(f"step {self.step}: samples -> {path}")

@@ -45,7 +45,7 @@ def test_train_refuses_to_overwrite_and_resumes(run_dir, capsys):
     with pytest.raises(SystemExit, match="--resume"):
         main(["train", "--preset", "tiny", "--out", str(run_dir), "--no-progress"])
     assert main(["train", "--out", str(run_dir), "--resume", "--no-progress", "--no-tensorboard"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    assert "is complete (2 of 2 steps)" in capsys.readouterr().out
 
 
 def test_eval_prints_bits_per_dim(run_dir, capsys):
