@@ -8,7 +8,14 @@ Copy bandwidth: ``dst.copy_(src)`` of two ``nbytes`` buffers on the device, time
 
     copy_bandwidth = 2 * nbytes / median_time        [GB/s, 1 GB = 1e9 bytes]
 
-It is the denominator of every ``bandwidth_fraction`` row.
+Two rates are measured:
+
+- the *large-copy* rate, ``nbytes`` = 1 GiB (32 MiB on a CPU), once per session: stored as
+  ``copy_bw_GBps`` in the environment and every row, the denominator of every ``bandwidth_fraction``;
+- the *same-size* rate (:func:`copy_bandwidth_at`): a copy that moves as many bytes as the row's
+  minimum traffic (``nbytes = traffic / 2``), measured in the same session, cached per size: the
+  denominator of ``bandwidth_fraction_same_size``. A copy of 8 to 17 MB is itself well below the
+  large-copy rate (launch, ramp-up, tail), so this is "as fast as copying the same bytes".
 """
 
 from __future__ import annotations
@@ -89,6 +96,23 @@ def copy_bandwidth(device: torch.device, smoke: bool) -> float:
     return 2 * nbytes / (timing.percentiles(samples)[1] * 1e-3) / 1e9
 
 
+_same_size_cache: dict[tuple[str, int, bool], float] = {}
+
+
+def copy_bandwidth_at(device: torch.device, traffic_bytes: int, smoke: bool) -> float:
+    """GB/s of a device-to-device copy moving ``traffic_bytes`` in all (``traffic_bytes // 2`` read and
+    as many written), timed like the ops (L2 flushed, device time); measured once per size and device."""
+    nbytes = max(1, int(traffic_bytes) // 2)
+    key = (str(device), nbytes, bool(smoke))
+    if key not in _same_size_cache:
+        src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
+        dst = torch.empty_like(src)
+        samples = timing.time_runs(lambda _: dst.copy_(src), device=device, smoke=smoke)
+        _same_size_cache[key] = 2 * nbytes / (max(timing.percentiles(samples)[1], 1e-9) * 1e-3) / 1e9
+        del src, dst
+    return _same_size_cache[key]
+
+
 def driver_version(device: torch.device) -> str:
     """The NVIDIA driver's version as ``nvidia-smi`` reports it (``"none"`` off a CUDA device)."""
     if device.type != "cuda":
@@ -115,6 +139,7 @@ def environment(device: torch.device, smoke: bool) -> dict:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "smoke": smoke,
         "driver": driver_version(device),
+        "timing": timing.TIMING_METHOD,
         **versions(),
     }
 

@@ -17,9 +17,12 @@ Steps:
    ``bwd``      the backward only; each run's forward is done in the untimed setup
    ``fwd+bwd``  both
 
-   Each mode gives ``time_ms`` and, with the minimum traffic of :mod:`benchmarks.traffic`,
-   ``bandwidth_GBps`` and ``bandwidth_fraction`` (of the copy bandwidth), computed per run, then
-   summarised by percentiles.
+   Each mode gives ``time_ms`` (device time, host ahead), ``host_ms`` (host wall time per call, back
+   to back), ``graph_ms`` (CUDA-graph replay; ``skipped`` with the reason where the provider cannot
+   be captured, and for ``bwd``, whose forward runs outside the timed function) and, with the minimum
+   traffic of :mod:`benchmarks.traffic`, ``bandwidth_GBps``, ``bandwidth_fraction`` (of the large-copy
+   bandwidth) and ``bandwidth_fraction_same_size`` (of a copy of the same bytes, measured in this
+   session: ``copy_same_size_GBps``), computed per run, then summarised by percentiles.
 4. Memory: ``peak_mem_MiB`` of one fwd+bwd above the allocated inputs (CUDA only) and ``saved_MiB``,
    the tensors autograd keeps for backward (:func:`nvae_fast.memory.saved_tensor_bytes`).
 """
@@ -32,6 +35,7 @@ import torch
 
 from nvae_fast.memory import saved_tensor_bytes
 
+from . import env as bench_env
 from . import inputs as I
 from . import providers as P
 from . import timing, traffic
@@ -67,10 +71,24 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
+def _graph_row(fn, setup, mode_case, env, err, *, smoke, device, budget_s) -> dict:
+    """The ``graph_ms`` row: CUDA-graph replay time, or ``skipped`` with why the capture failed."""
+    if setup is not None:
+        return make_row(mode_case, env, "graph_ms", status="skipped",
+                        reason="bwd: the forward runs in the untimed setup, outside a capturable function; see fwd+bwd")
+    try:
+        ms = timing.graph_runs(fn, device=device, smoke=smoke, budget_s=budget_s)
+    except timing.NotCapturable as exc:
+        return make_row(mode_case, env, "graph_ms", status="skipped", reason=f"not capturable: {exc}"[:500])
+    return make_row(mode_case, env, "graph_ms", timing.percentiles(ms), n=len(ms), max_rel_err=err)
+
+
 def run_case(shape: OpShape, provider: str, dtype: str, *, smoke: bool, device: torch.device, env: dict, budget_s: float) -> list[dict]:
     """All rows of one case (see module doc). Errors while running become ``error`` rows."""
     case = case_columns(shape, provider, dtype)
     reason = P.unavailable(shape.op, provider, len(shape.weights) if shape.weights else None)
+    if not reason and smoke and provider == "compile_max":
+        reason = "smoke run: with the eager compile backend (tracing only) this is the same as 'compile'"
     if reason:
         return _not_ok(case, env, "skipped", reason)
     try:
@@ -129,6 +147,14 @@ def _measure(shape, provider, dtype, case, *, smoke, device, env, budget_s) -> l
             rows.append(make_row(mode_case, env, "bandwidth_GBps", timing.percentiles(gbps), traffic_bytes=nbytes, **common))
             fraction = [g / env["copy_bw_GBps"] for g in gbps]
             rows.append(make_row(mode_case, env, "bandwidth_fraction", timing.percentiles(fraction), traffic_bytes=nbytes, **common))
+            copy_same = bench_env.copy_bandwidth_at(device, nbytes, smoke)
+            rows.append(make_row(mode_case, env, "copy_same_size_GBps", copy_same, n=1, traffic_bytes=nbytes))
+            same = [g / copy_same for g in gbps]
+            rows.append(make_row(mode_case, env, "bandwidth_fraction_same_size", timing.percentiles(same),
+                                 traffic_bytes=nbytes, **common))
+            host = timing.host_runs(fn, device=device, smoke=smoke, setup=setup, budget_s=budget_s)
+            rows.append(make_row(mode_case, env, "host_ms", timing.percentiles(host), n=len(host), max_rel_err=err))
+            rows.append(_graph_row(fn, setup, mode_case, env, err, smoke=smoke, device=device, budget_s=budget_s))
         peak = timing.peak_memory_bytes(fwd_bwd, device)
         saved = saved_tensor_bytes(prepared.forward, t).saved_bytes
     fb = {**case, "mode": "fwd+bwd"}

@@ -14,8 +14,11 @@ One row is one metric of one case. Columns (:data:`FIELDS`):
 - environment, repeated on every row: ``smoke``, ``device``, ``gpu``, ``copy_bw_GBps``, ``torch``,
   ``triton``, ``cuda``, ``git_commit``, ``date``.
 
-Metrics: ``time_ms``, ``bandwidth_GBps``, ``bandwidth_fraction`` (of the copy bandwidth),
-``peak_mem_MiB`` (fwd+bwd above the inputs; whole training step for the model), ``saved_MiB``
+Metrics: ``time_ms`` (device time, host ahead; see :mod:`benchmarks.timing`), ``host_ms`` (host wall
+time per call, back to back), ``graph_ms`` (CUDA-graph replay; ``skipped`` with the capture's failure
+when not capturable), ``bandwidth_GBps``, ``bandwidth_fraction`` (of the large-copy bandwidth
+``copy_bw_GBps``), ``bandwidth_fraction_same_size`` (of a copy of the same bytes, same session) and
+``copy_same_size_GBps`` (that copy's rate), ``peak_mem_MiB`` (fwd+bwd above the inputs; whole training step for the model), ``saved_MiB``
 (tensors saved for backward), ``images_per_s``, ``max_batch``.
 
 Files: ``<section>.json`` (``{"format", "env", "rows"}``; ``env`` is :func:`benchmarks.env.environment`
@@ -42,6 +45,10 @@ UNITS = {
     "time_ms": "ms",
     "bandwidth_GBps": "GB/s",
     "bandwidth_fraction": "fraction",
+    "bandwidth_fraction_same_size": "fraction",
+    "copy_same_size_GBps": "GB/s",
+    "host_ms": "ms",
+    "graph_ms": "ms",
     "peak_mem_MiB": "MiB",
     "saved_MiB": "MiB",
     "images_per_s": "images/s",

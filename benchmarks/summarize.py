@@ -22,8 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import auto_order, results, targets
-from .providers import PROVIDERS
+from .providers import PROVIDERS, implementation
 from .settings import DEFAULT_OUT, MODEL_PROVIDERS
+from .timing import TIMING_METHOD
 
 HERE = Path(__file__).resolve().parent
 SMOKE_WARNING = "**SMOKE RUN: tiny shapes, one run each, on whatever device CI had. These numbers are no measurements.**"
@@ -77,7 +78,16 @@ def _target_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _op_lines(rows: list[dict]) -> list[str]:
+# What a results directory's ``time_ms`` means, by its environment's ``timing`` (absent: the first method).
+TIME_LABELS = {
+    TIMING_METHOD: "p50 device time",
+    None: ("p50 time, first timing method (CUDA events around each call, the L2 flush queued before the start "
+           "event, so part of the host's launch work is inside; the depthwise `reference_cl` baseline ran with "
+           "`cudnn.benchmark=False`)"),
+}
+
+
+def _op_lines(rows: list[dict], timing: str | None = TIMING_METHOD) -> list[str]:
     idx = _index(rows)
     out = []
     for op, providers in PROVIDERS.items():
@@ -106,10 +116,37 @@ def _op_lines(rows: list[dict]) -> list[str]:
                     cells.append(cell)
                 body.append(cells)
             out += [f"#### {op}, {dtype}, forward+backward", "",
-                    "p50 time (speedup over `reference`) and fraction of the copy bandwidth "
+                    f"{TIME_LABELS.get(timing, timing)} (speedup over `reference`) and fraction of the large-copy bandwidth "
                     "(minimum-traffic model, `benchmarks/traffic.py`).", "",
-                    *_table(["shape", "sets", *providers], body), ""]
+                    *_table(["shape", "sets", *providers], body), "",
+                    "Providers: " + "; ".join(f"`{p}` = {implementation(op, p)}" for p in providers) + ".", ""]
+            out += _host_graph_lines(idx, op, dtype, shapes, providers)
     return out
+
+
+def _host_graph_lines(idx: dict, op: str, dtype: str, shapes: dict, providers) -> list[str]:
+    """Per shape and provider: device / host / CUDA-graph p50 ms and the fraction of a same-size copy
+    (only for rows that have them: result files before these metrics have none)."""
+    body = []
+    for shape, sets in shapes.items():
+        cells, any_new = [f"`{shape}`", sets], False
+        for p in providers:
+            get = {m: idx.get((op, p, "fwd+bwd", dtype, shape, m))
+                   for m in ("time_ms", "host_ms", "graph_ms", "bandwidth_fraction_same_size")}
+            ok = {m: r["p50"] for m, r in get.items() if r is not None and r["status"] == "ok"}
+            any_new |= any(m in ok for m in ("host_ms", "graph_ms", "bandwidth_fraction_same_size"))
+            if "time_ms" not in ok:
+                cells.append("—")
+                continue
+            frac = ok.get("bandwidth_fraction_same_size")
+            cells.append(f"{_fmt(ok['time_ms'])} / {_fmt(ok.get('host_ms'))} / {_fmt(ok.get('graph_ms'))}"
+                         + ("" if frac is None else f" ({frac:.0%})"))
+        if any_new:
+            body.append(cells)
+    if not body:
+        return []
+    return [f"Device / host / CUDA-graph p50 ms (fraction of a copy of the same bytes), {op}, {dtype}, "
+            "forward+backward:", "", *_table(["shape", "sets", *providers], body), ""]
 
 
 def _model_lines(rows: list[dict]) -> list[str]:
@@ -170,7 +207,7 @@ def summarize_dir(directory: Path, summary_path: Path) -> list[str]:
               "The faster fused backend per op by these rows (`benchmarks/auto_order.py`); "
               "`nvae_fast.backend.AUTO_ORDER` should read so.", "",
               *auto_order.table_lines(auto_order.decide(rows)), ""]
-    lines += ["### Ops", ""] + (_op_lines(rows) or ["No preset or target shapes in this run (the sweep is plotted).", ""])
+    lines += ["### Ops", ""] + (_op_lines(rows, env.get("timing")) or ["No preset or target shapes in this run (the sweep is plotted).", ""])
     lines += _model_lines(rows) + _plot_lines(directory, summary_path) + _skip_lines(rows)
     return lines
 

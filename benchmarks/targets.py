@@ -8,13 +8,16 @@ provider (:data:`PROVIDERS`) and dtype, over the shapes it names:
 | BN+Swish >= 85% of copy bandwidth                             | the preset shapes               | bandwidth_fraction p50                | median >= 0.85 |
 | BN+Swish >= 2x eager                                          | the preset shapes               | t(reference) / t(provider)            | median >= 2  |
 | BN+Swish faster than torch.compile                            | the preset shapes               | t(compile) / t(provider)              | median > 1   |
-| depthwise 5x5 >= 2x cuDNN NCHW / channels_last, 16x16 / 32x32 | N=32, C=768 (one row per shape) | t(reference or reference_cl) / t(p)   | >= 2         |
+| depthwise 5x5 >= 2x ATen native NCHW / cuDNN channels_last    | N=32, C=768 (one row per shape) | t(reference or reference_cl) / t(p)   | >= 2         |
 | squeeze-excite >= 2x eager                                    | the preset shapes               | t(reference) / t(provider)            | median >= 2  |
 | power iteration >= 5x stack+bmm                               | every conv of the CIFAR-10 model, 4 steps | t(stack_bmm) / t(provider)  | >= 5         |
 
 Times are the p50 of each case. "The preset shapes" are those whose ``shape_set`` names one of the
 presets (CIFAR-10, CelebA-64, 256x256); the measured value is the median over them, reported with the
-minimum and maximum. A target without rows for the provider (or its baseline) is ``not measured``,
+minimum and maximum. The depthwise baselines are named by what runs
+(:func:`benchmarks.providers.implementation`): ``reference`` on NCHW is ATen's native
+``conv_depthwise2d`` in float32 and bfloat16 (cuDNN is not used), ``reference_cl`` is cuDNN channels_last
+with ``cudnn.benchmark = True``. A target without rows for the provider (or its baseline) is ``not measured``,
 with the reason recorded in the skipped/error rows when there is one.
 """
 
@@ -51,10 +54,11 @@ TARGETS = (
     Target("BN+Swish fwd+bwd >= 2x eager", "bn_swish", 2.0, "reference"),
     Target("BN+Swish fwd+bwd faster than torch.compile", "bn_swish", 1.0, "compile", strict=True),
     *(
-        Target(f"depthwise 5x5 fwd+bwd >= 2x cuDNN {name}, N=32 C=768 {s}x{s}", "depthwise_conv2d", 2.0, base,
+        Target(f"depthwise 5x5 fwd+bwd >= 2x {name}, N=32 C=768 {s}x{s}", "depthwise_conv2d", 2.0, base,
                shape=f"32x768x{s}x{s}-k5")
         for s in (16, 32)
-        for name, base in (("NCHW", "reference"), ("channels_last", "reference_cl"))
+        for name, base in (("ATen native NCHW (conv_depthwise2d)", "reference"),
+                           ("cuDNN channels_last", "reference_cl"))
     ),
     Target("squeeze-excite fwd+bwd >= 2x eager", "squeeze_excite", 2.0, "reference"),
     Target("power iteration, every conv of CIFAR-10, fwd+bwd >= 5x stack+bmm", "power_iteration", 5.0, "stack_bmm",

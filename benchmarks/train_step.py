@@ -13,12 +13,16 @@ One step (the contract of ``nvae_fast.model``)::
 under that nvae_fast backend (the lean paths), ``reference`` under the ``reference`` backend (plain
 PyTorch), ``compile`` is ``torch.compile(model)`` under the ``reference`` backend.
 
-Metrics: ``time_ms`` per step (CUDA events, see :mod:`benchmarks.timing`; no L2 flush: a step's working
-set is far larger than L2), ``images_per_s`` = batch / step time, ``peak_mem_MiB`` = the peak of
-``torch.cuda.max_memory_allocated`` during one step (parameters, optimizer state and activations
-included), and ``max_batch``: the largest batch whose step runs without a CUDA out-of-memory error,
-found by :func:`largest_batch` (doubling from the preset batch, then bisection to within
-:data:`BATCH_RESOLUTION`). ``max_batch`` is not searched for ``compile`` (every probed batch size would
+Metrics: ``time_ms`` per step, end to end in a steady loop (:func:`benchmarks.timing.throughput_runs`:
+steps back to back, a CUDA event between consecutive steps, so host and device time both count, as in
+training; no L2 flush: a step's working set is far larger than L2), ``images_per_s`` = batch / step
+time, ``peak_mem_MiB`` = the peak of ``torch.cuda.max_memory_allocated`` during one step (parameters,
+optimizer state and activations included), and ``max_batch``: the largest batch whose step fits in
+:data:`MEMORY_CAP_BYTES` (80 GB, an H100's memory, so that the number holds on an H100 and an H200
+alike), found by :func:`largest_batch` (doubling from the preset batch, then bisection to within
+:data:`BATCH_RESOLUTION`). A probe fits when its step raises no out-of-memory error with the caching
+allocator capped at 80 GB (``torch.cuda.set_per_process_memory_fraction``) and its
+``max_memory_allocated`` stays within 80 GB. ``max_batch`` is not searched for ``compile`` (every probed batch size would
 recompile the model) nor in smoke runs; an error other than out-of-memory during the search makes only
 the ``max_batch`` row an ``error``.
 """
@@ -42,6 +46,7 @@ MAX_BATCH_CAP = 4096
 BATCH_RESOLUTION = 1 / 32
 SMOKE_BATCH = 2
 MIB = float(1 << 20)
+MEMORY_CAP_BYTES = 80e9
 
 
 def largest_batch(fits: Callable[[int], bool], start: int, cap: int = MAX_BATCH_CAP) -> int:
@@ -69,6 +74,17 @@ def largest_batch(fits: Callable[[int], bool], start: int, cap: int = MAX_BATCH_
         else:
             hi = mid
     return lo
+
+
+@contextlib.contextmanager
+def memory_cap(device: torch.device, cap_bytes: float):
+    """Cap this process's CUDA caching allocator at ``cap_bytes`` (or the whole device, if smaller)."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
 class StepRunner:
@@ -105,11 +121,12 @@ class StepRunner:
         return loss.detach()
 
     def fits(self, batch: int) -> bool:
-        """Whether one step at ``batch`` runs without CUDA running out of memory."""
+        """Whether one step at ``batch`` runs within :data:`MEMORY_CAP_BYTES` (see module doc)."""
         try:
+            torch.cuda.reset_peak_memory_stats(self.device)
             self.step(self.images(batch))
             torch.cuda.synchronize(self.device)
-            return True
+            return torch.cuda.max_memory_allocated(self.device) <= MEMORY_CAP_BYTES
         except torch.cuda.OutOfMemoryError:
             return False
         except RuntimeError as exc:  # cuBLAS/cuDNN report failed allocations as plain RuntimeErrors
@@ -178,8 +195,8 @@ def run_step_case(preset: str, provider: str, dtype: str, *, smoke: bool, device
 
 def _measure(runner: StepRunner, batch, case, provider, *, smoke, device, env, budget_s, max_batch) -> list[dict]:
     x = runner.images(batch)
-    ms = timing.time_runs(lambda _: runner.step(x), device=device, smoke=smoke, flush=False,
-                          budget_s=max(budget_s, 2.0), min_reps=5, max_reps=30)
+    ms = timing.throughput_runs(lambda _: runner.step(x), device=device, smoke=smoke, budget_s=max(budget_s, 2.0),
+                                min_reps=5, max_reps=30)
     rows = [
         make_row(case, env, "time_ms", timing.percentiles(ms), n=len(ms)),
         make_row(case, env, "images_per_s", timing.percentiles([batch / (m * 1e-3) for m in ms]), n=len(ms)),
@@ -204,7 +221,9 @@ def _measure(runner: StepRunner, batch, case, provider, *, smoke, device, env, b
         rows.append(make_row(case, env, "max_batch", status="skipped", reason=why))
     else:
         try:
-            rows.append(make_row(case, env, "max_batch", largest_batch(runner.fits, batch), n=1))
+            with memory_cap(device, MEMORY_CAP_BYTES):
+                found = largest_batch(runner.fits, batch)
+            rows.append(make_row(case, env, "max_batch", found, n=1))
         except Exception as exc:  # not an out-of-memory error: the rows measured above are kept
             rows.append(make_row(case, env, "max_batch", status="error", reason=f"{type(exc).__name__}: {exc}"[:500]))
     return rows

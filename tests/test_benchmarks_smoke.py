@@ -59,7 +59,10 @@ def _check_smoke_rows(smoke_dir: Path) -> None:
             mine = [r for r in rows if r["op"] == op and r["provider"] == provider and r["metric"] == "time_ms"]
             assert mine, (op, provider)
             assert {r["mode"] for r in mine} == set(traffic.MODES)
-            if provider in ("triton", "cuda") and not gpu:
+            if provider == "compile_max":
+                # smoke runs trace with the eager backend: the same as compile, so skipped with the reason
+                assert all(r["status"] == "skipped" and "same as 'compile'" in r["reason"] for r in mine), mine[0]
+            elif provider in ("triton", "cuda") and not gpu:
                 # no GPU and no interpreter: skipped, and the reason says why
                 assert all(r["status"] == "skipped" and "unavailable" in r["reason"] for r in mine), mine[0]
             elif provider in ("triton", "cuda"):
@@ -67,6 +70,17 @@ def _check_smoke_rows(smoke_dir: Path) -> None:
                 assert all(r["status"] == "ok" or (r["status"] == "skipped" and r["reason"]) for r in mine), mine[0]
             else:
                 assert all(r["status"] == "ok" for r in mine), [r["reason"] for r in mine if r["status"] != "ok"]
+    by_case = {}
+    for r in rows:
+        if r["section"] == "ops":
+            by_case.setdefault((r["op"], r["provider"], r["mode"], r["dtype"], r["shape"]), {})[r["metric"]] = r
+    measured = [m for m in by_case.values() if m["time_ms"]["status"] == "ok"]
+    assert measured
+    for m in measured:  # the new metrics come as new rows next to the old ones
+        assert m["host_ms"]["status"] == "ok" and m["copy_same_size_GBps"]["status"] == "ok"
+        assert m["bandwidth_fraction_same_size"]["status"] == "ok" and m["bandwidth_fraction"]["status"] == "ok"
+        if not gpu:
+            assert m["graph_ms"]["status"] == "skipped" and m["graph_ms"]["reason"]
     step = {r["provider"]: r for r in rows if r["op"] == "train_step" and r["metric"] == "images_per_s" and r["dtype"] == "float32"}
     assert step["torch"]["status"] == "ok" and step["reference"]["status"] == "ok"
     assert step["compile"]["status"] == "skipped" and step["compile"]["reason"]
@@ -251,6 +265,9 @@ class _FakeCuda:
                 assert self.synced and end.synced, "CUDA event read before torch.cuda.synchronize"
                 return (end.t - self.t) * 1e3
 
+            def query(self):
+                return self.synced  # not completed before a synchronisation: the host is ahead
+
         self.Event, self.pending = Event, []
 
     def synchronize(self, device=None):
@@ -263,6 +280,11 @@ class _FakeCuda:
         monkeypatch.setattr(torch.cuda, "synchronize", self.synchronize)
         for name in ("empty_cache", "reset_peak_memory_stats"):
             monkeypatch.setattr(torch.cuda, name, lambda *a, name=name, **k: self.calls.append(name))
+        monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: self.calls.append("_sleep"))
+        monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                            lambda fraction, device=None: self.calls.append(("memory_fraction", fraction)))
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda device=None: type("Props", (), {"total_memory": 144e9})())
         monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: self.allocated)
         monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: self.peak)
         return self
@@ -339,6 +361,8 @@ def test_step_case_keeps_measured_rows_when_the_batch_search_fails(monkeypatch):
     assert all(by_metric[m]["status"] == "ok" for m in ("time_ms", "images_per_s", "peak_mem_MiB"))
     assert by_metric["peak_mem_MiB"]["p50"] == 3.0
     assert by_metric["max_batch"]["status"] == "error" and "CUDNN_STATUS_EXECUTION_FAILED" in by_metric["max_batch"]["reason"]
+    fractions = [c[1] for c in fake.calls if isinstance(c, tuple) and c[0] == "memory_fraction"]
+    assert fractions == [pytest.approx(80e9 / 144e9), 1.0]  # the search is capped at 80 GB, then the cap is lifted
     assert not [p for r in rows for p in results.problems(r)]
 
 
@@ -433,7 +457,7 @@ def test_plot_and_summary_render_gpu_style_results(tmp_path):
     assert {"presets-bn_swish-float32.png", "memory-bn_swish.png", "model.png"} <= made
     text = summarize.write_summary(summarize.result_dirs(tmp_path, False), tmp_path / "SUMMARY.md").read_text()
     assert "SMOKE" not in text and "#### bn_swish, float32, forward+backward" in text
-    assert "| `32x1536x16x16` | cifar10 | 1 ms (9.00x) 90% | — | — | 9 ms (1.00x) 90% | 1.5 ms (6.00x) 90% |" in text
+    assert "| `32x1536x16x16` | cifar10 | 1 ms (9.00x) 90% | — | — | 9 ms (1.00x) 90% | 1.5 ms (6.00x) 90% | — |" in text
     bn_2x = next(line for line in text.splitlines() if line.startswith("| BN+Swish fwd+bwd >= 2x eager"))
     assert "| 6.00x [3.00x – 9.00x] **pass** |" in bn_2x  # median of 3x and 9x
     assert "| `cifar10-b32` | float32 | torch | 150 [145 – 155] |" in text and "no _C" in text
