@@ -19,6 +19,25 @@ fi
 "$PY" -c "import triton" 2>/dev/null || pip_install "triton>=3.6,<3.10"
 pip_install -r requirements.txt
 
+# torchvision and timm (the EfficientNet/MobileNet definitions nvae_fast.patch is tested on), each only when
+# missing and with --no-deps, so the installed torch is never replaced; torchvision is the release paired
+# with that torch (2.11 -> 0.26 ... 2.14 -> 0.29), timm's pure-Python requirements come under a torch pin.
+torch_version=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
+if ! "$PY" -c "import torchvision" 2>/dev/null; then
+  vision_minor=$(( $(echo "$torch_version" | cut -d. -f2) + 15 ))
+  echo "setup: installing torchvision==0.${vision_minor}.* (for torch ${torch_version})"
+  pip_install --no-deps "torchvision==0.${vision_minor}.*"
+fi
+if ! "$PY" -c "import timm" 2>/dev/null; then
+  echo "setup: installing timm"
+  pip_install --no-deps timm
+  pin=$(mktemp) && echo "torch==${torch_version}" > "$pin"
+  for dep in huggingface_hub safetensors yaml:pyyaml; do
+    "$PY" -c "import ${dep%%:*}" 2>/dev/null || pip_install -c "$pin" "${dep##*:}"
+  done
+  rm -f "$pin"
+fi
+
 # (setup.py finds the CUDA toolkit: CUDA_HOME, CUDA_PATH, the nvcc on PATH, /usr/local/cuda)
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"

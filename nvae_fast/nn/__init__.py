@@ -2,6 +2,7 @@
 
 from .bn_swish import BNSwish, SyncBNSwish, convert_sync_bn_swish
 from .bn_swish_conv2d import BNSwishConv2d, bn_swish_conv2d_modules
+from .conv_squeeze_excite import ConvSqueezeExcite
 from .depthwise_conv2d import DepthwiseConv2d
 from .patch import PatchReport, patch
 from .spectral import SpectralNormRegularizer, conv_weight
@@ -15,6 +16,7 @@ __all__ = [
     "bn_swish_conv2d_modules",
     "DepthwiseConv2d",
     "SqueezeExcite",
+    "ConvSqueezeExcite",
     "SpectralNormRegularizer",
     "conv_weight",
     "patch",

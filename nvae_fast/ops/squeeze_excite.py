@@ -1,16 +1,19 @@
-"""Squeeze-excitation: ``y = x * sigmoid(linear(relu(linear(mean_hw(x), w1, b1)), w2, b2))``.
+"""Squeeze-excitation: ``y = x * sigmoid(linear(act(linear(mean_hw(x), w1, b1)), w2, b2))``, ``act`` relu or silu.
 
 Shapes: ``x`` (N, C, H, W) (NCHW or channels_last), ``w1`` (Ch, C), ``b1`` (Ch,) or ``None``,
 ``w2`` (C, Ch), ``b2`` (C,) or ``None``. Math (accumulation in float32, float64 for float64 input):
 
     m = mean_{h,w} x                      (N, C)
-    a = relu(m w1^T + b1)                 (N, Ch)
+    q = m w1^T + b1                       (N, Ch)
+    a = act(q)                            (N, Ch)     relu (NVAE's gate) or silu (EfficientNet's)
     g = sigmoid(a w2^T + b2)              (N, C)      the gate
     y = x * g[:, :, None, None]
 
 Backward: dg = sum_{h,w} dy x; dp = dg g (1 - g); dw2 = dp^T a; db2 = sum_n dp; da = dp w2;
-dq = da [a > 0]; dw1 = dq^T m; db1 = sum_n dq; dm = dq w1; dx = dy g + dm / (H W).
-The lean backends save x, the gate g and the pooled mean m (both N*C, tiny) and fuse dx into one pass.
+dq = da act'(q) (relu: [q > 0]; silu: s (1 + q (1 - s)), s = sigmoid(q)); dw1 = dq^T m; db1 = sum_n dq;
+dm = dq w1; dx = dy g + dm / (H W).
+The lean backends save x, the gate g and the pooled mean m (both N*C, tiny) and fuse dx into one pass;
+the gate MLP (N*C work) runs as ATen ops here for every backend, so the kernel sets never see ``act``.
 
 Kernel set contract (``torch``: :class:`TorchKernels`; ``triton``: ``nvae_fast.kernels.squeeze_excite``;
 ``cuda``: ``nvae_fast.cuda.squeeze_excite``):
@@ -34,11 +37,18 @@ __all__ = ["squeeze_excite", "squeeze_excite_reference", "TorchKernels", "Squeez
 
 _OP = "squeeze_excite"
 
+# The gate's inner activation by name: (function, derivative given the pre-activation q).
+ACTIVATIONS = {
+    "relu": (F.relu, lambda q: (q > 0).to(q.dtype)),
+    "silu": (F.silu, lambda q: torch.sigmoid(q) * (1 + q * (1 - torch.sigmoid(q)))),
+}
 
-def squeeze_excite_reference(x, w1, b1, w2, b2):
+
+def squeeze_excite_reference(x, w1, b1, w2, b2, activation="relu"):
     """The unfused composition that defines the semantics."""
+    act, _ = ACTIVATIONS[activation]
     m = x.mean(dim=(2, 3))
-    g = torch.sigmoid(F.linear(F.relu(F.linear(m, w1, b1)), w2, b2))
+    g = torch.sigmoid(F.linear(act(F.linear(m, w1, b1)), w2, b2))
     return x * g[:, :, None, None]
 
 
@@ -67,34 +77,36 @@ class TorchKernels:
         return (dy * gate[:, :, None, None] + (dmean / hw)[:, :, None, None]).to(dy.dtype)
 
 
-def _mlp(m, w1, b1, w2, b2):
+def _mlp(m, w1, b1, w2, b2, activation):
+    """The gate MLP in ``m``'s (accumulation) dtype: ``(q, a, g)`` of the module docstring."""
     acc = m.dtype
-    a = F.relu(F.linear(m, w1.to(acc), None if b1 is None else b1.to(acc)))
+    q = F.linear(m, w1.to(acc), None if b1 is None else b1.to(acc))
+    a = ACTIVATIONS[activation][0](q)
     g = torch.sigmoid(F.linear(a, w2.to(acc), None if b2 is None else b2.to(acc)))
-    return a, g
+    return q, a, g
 
 
 class SqueezeExciteFunction(torch.autograd.Function):
     """One autograd node for SE; saves x, the gate and the pooled mean."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, kernels):
+    def forward(ctx, x, w1, b1, w2, b2, activation, kernels):
         m = kernels.pool(x)
-        _, g = _mlp(m, w1, b1, w2, b2)
+        _, _, g = _mlp(m, w1, b1, w2, b2, activation)
         ctx.save_for_backward(x, m, g, w1, b1, w2, b2)
-        ctx.kernels = kernels
+        ctx.kernels, ctx.activation = kernels, activation
         return kernels.scale(x, g)
 
     @staticmethod
     def backward(ctx, dy):
         x, m, g, w1, b1, w2, b2 = ctx.saved_tensors
         kernels = ctx.kernels
-        a, _ = _mlp(m, w1, b1, w2, b2)
+        q, a, _ = _mlp(m, w1, b1, w2, b2, ctx.activation)
         dg = kernels.backward_reduce(dy, x)
         dp = dg * g * (1 - g)
         da = dp @ w2.to(dp.dtype)
-        dq = da * (a > 0)
-        grads = [None] * 6
+        dq = da * ACTIVATIONS[ctx.activation][1](q)
+        grads = [None] * 7
         if ctx.needs_input_grad[0]:
             dm = dq @ w1.to(dq.dtype)
             grads[0] = kernels.backward_dx(dy, g, dm, x.shape[2] * x.shape[3])
@@ -109,7 +121,9 @@ class SqueezeExciteFunction(torch.autograd.Function):
         return tuple(grads)
 
 
-def _check(x, w1, b1, w2, b2):
+def _check(x, w1, b1, w2, b2, activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"squeeze_excite: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     check_tensor(_OP, "x", x, ndim=4)
     check_tensor(_OP, "w1", w1, ndim=2)
     check_tensor(_OP, "w2", w2, ndim=2)
@@ -125,10 +139,13 @@ def _check(x, w1, b1, w2, b2):
         raise ValueError(f"squeeze_excite: x must have a non-empty spatial extent, got shape {tuple(x.shape)}")
 
 
-def squeeze_excite(x, w1, b1, w2, b2):
-    """``x * sigmoid(linear(relu(linear(mean_hw(x), w1, b1)), w2, b2))[:, :, None, None]``; like ``x``."""
-    _check(x, w1, b1, w2, b2)
+def squeeze_excite(x, w1, b1, w2, b2, activation="relu"):
+    """``x * sigmoid(linear(act(linear(mean_hw(x), w1, b1)), w2, b2))[:, :, None, None]``; like ``x``.
+
+    ``activation``: the gate's inner ``act``, ``"relu"`` (default) or ``"silu"``.
+    """
+    _check(x, w1, b1, w2, b2, activation)
     name, kernels = backend.resolve(_OP, x.device, TorchKernels, x)
     if name == "reference":
-        return squeeze_excite_reference(x, w1, b1, w2, b2)
-    return SqueezeExciteFunction.apply(x, w1, b1, w2, b2, kernels)
+        return squeeze_excite_reference(x, w1, b1, w2, b2, activation)
+    return SqueezeExciteFunction.apply(x, w1, b1, w2, b2, activation, kernels)
