@@ -1,6 +1,6 @@
 """Static resources of every Triton kernel variant, compiled ahead of time (no GPU needed).
 
-For each entry of each kernel module's ``AOT_SPECS`` and each target, compile it as the ahead-of-time
+For each entry of each kernel module's ``aot_specs()`` and each target, compile it as the ahead-of-time
 test does (``kernels/_aot.py``'s :func:`compile_for`) and read the cubin's resource
 usage with the ``cuobjdump -res-usage`` that Triton ships: registers per thread, stack bytes (register
 spills), shared memory per block. From them an occupancy *estimate* for an H100/A100 SM (65536
@@ -65,7 +65,7 @@ def resources(module_name: str, targets=(90,)) -> list[dict]:
 
     module = importlib.import_module(f"nvae_fast.kernels.{module_name}")
     rows = []
-    for entry in module.AOT_SPECS:
+    for entry in module.aot_specs():
         fn, signature, constexprs = entry[0], dict(entry[1]), dict(entry[2])
         options = dict(entry[3]) if len(entry) > 3 else {}
         for cc in targets:

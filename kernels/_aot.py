@@ -1,6 +1,7 @@
-"""Ahead-of-time compile specs: what ``tests/kernels/test_aot_compile.py`` compiles for real GPU targets.
+"""Ahead-of-time compile specs: what ``tests/kernels/test_aot_compile.py`` compiles for real GPU targets
+(built only when asked for, never at import).
 
-Every kernel module ``kernels/<op>.py`` defines ``AOT_SPECS``, a list of :class:`AotSpec` (plain tuples
+Every kernel module ``kernels/<op>.py`` defines ``aot_specs()``, returning a list of :class:`AotSpec` (plain tuples
 ``(fn, signature, constexprs)`` or ``(fn, signature, constexprs, options)`` are accepted too) that covers
 each launched kernel (module-level ``@triton.jit`` functions whose name ends in ``_kernel``) and its
 meaningful constexpr variants: input dtypes, layouts, flags, a representative tile shape. The test feeds

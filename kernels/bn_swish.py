@@ -44,7 +44,7 @@ import triton.language as tl
 from . import _host
 from ._aot import aot_spec, ones, ptr
 
-__all__ = ["supports", "batch_stats", "normalize", "backward_reduce", "backward_dx", "train_forward", "AOT_SPECS"]
+__all__ = ["supports", "batch_stats", "normalize", "backward_reduce", "backward_dx", "train_forward", "aot_specs"]
 
 MAX_COLS_NCHW = 1024  # widest tile along H*W
 MAX_COLS_NHWC = 128  # widest tile along C
@@ -555,7 +555,7 @@ def train_forward(x, weight, bias, eps):
 # ------------------------------------------------------------------------ ahead-of-time compile specs
 
 
-def _aot_specs():
+def aot_specs():
     """Every kernel for each x dtype (parameters float32, or float64 with float64 x; normalize and the
     one-read forward also with parameters in x's half dtype), both layouts, training and eval, one
     full-size tile per layout; for float32 also with the integer arguments the JIT may specialise to 1
@@ -613,6 +613,3 @@ def _aot_specs():
         specs += [aot_spec(fn, args, _host.num_warps(256) if fn is _bn_stats_finalize_kernel else warps)
                   for fn, args in jobs]
     return specs
-
-
-AOT_SPECS = _aot_specs()

@@ -48,7 +48,7 @@ import triton.language as tl
 from ._aot import aot_spec, ptr
 from ._host import TL_DTYPES, interpreting, num_warps, pow2, sm_count, tl_acc
 
-__all__ = ["supports", "forward", "backward_input", "backward_weight", "AOT_SPECS"]
+__all__ = ["supports", "forward", "backward_input", "backward_weight", "aot_specs"]
 
 MAX_KERNEL = 11  # largest unrolled kernel side
 MAX_INDEX = 2**31 - 1  # offsets inside one image are int32
@@ -422,7 +422,7 @@ def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
 # --------------------------------------------------------------------------------- ahead-of-time specs
 
 
-def _aot_specs() -> list:
+def aot_specs() -> list:
     """Every kernel for each x dtype (weights float32, float64 with float64 x) at 5x5, stride 1, with the
     channels_last tile of NVAE's 32x32x768 decoder maps; the NCHW tile at 3x3, stride 2, without bias;
     11x11 (the largest unrolled row of taps) once; the partial-sum reduction per accumulation dtype."""
@@ -457,6 +457,3 @@ def _aot_specs() -> list:
                 "part_ptr": ptr(acc), "dw_ptr": ptr(acc), "db_ptr": ptr(acc), "CHUNKS": "i32", "C": "i32",
                 "TAPS_W": 25, "HAS_BIAS": bias, "BLOCK": REDUCE_BLOCK}, 4))
     return specs
-
-
-AOT_SPECS = _aot_specs()

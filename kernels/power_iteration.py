@@ -38,7 +38,7 @@ import triton.language as tl
 from ._aot import aot_spec, ptr
 from ._host import TL_DTYPES, interpreting, num_warps
 
-__all__ = ["supports", "update", "sigmas", "AOT_SPECS"]
+__all__ = ["supports", "update", "sigmas", "aot_specs"]
 
 EPS = 1e-12  # as nvae_fast.ops.power_iteration.EPS
 GPU_BLOCKS = (32, 128)  # (BLOCK_R, BLOCK_K): a 4096-element tile, rows of 128 contiguous columns
@@ -514,7 +514,7 @@ def sigmas(mats, us, vs):
 # --------------------------------------------------------------------------------- ahead-of-time specs
 
 
-def _aot_specs() -> list:
+def aot_specs() -> list:
     """Every kernel for weights in each float dtype (u, v float32, or float64 throughout), both variants of
     the first half-step, with the GPU tile."""
     block_r, block_k = GPU_BLOCKS
@@ -553,6 +553,3 @@ def _aot_specs() -> list:
             aot_spec(_sigma_sum_kernel, {"meta_ptr": "*i64", "part_ptr": a, "out_ptr": a, "BLOCK": SUM_BLOCK}, 1),
         ]
     return specs
-
-
-AOT_SPECS = _aot_specs()

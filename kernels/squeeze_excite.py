@@ -26,7 +26,7 @@ import triton.language as tl
 from . import _host
 from ._aot import aot_spec, ones, ptr
 
-__all__ = ["supports", "pool", "scale", "backward_reduce", "backward_dx", "AOT_SPECS"]
+__all__ = ["supports", "pool", "scale", "backward_reduce", "backward_dx", "aot_specs"]
 
 MAX_COLS_NCHW = 1024  # widest tile along H*W
 MAX_COLS_NHWC = 128  # widest tile along C
@@ -232,7 +232,7 @@ def backward_dx(dy, gate, dmean, hw):
 # ------------------------------------------------------------------------ ahead-of-time compile specs
 
 
-def _aot_specs():
+def aot_specs():
     """Both kernels of each layout for every x dtype, with and without their flag, one full-size tile;
     for float32 also with the integer arguments the JIT may specialise to 1 (see :func:`._aot.ones`)."""
     specs = []
@@ -263,6 +263,3 @@ def _aot_specs():
                 (fn, ones(args)) for fn, args in jobs]
         specs += [aot_spec(fn, args, warps) for fn, args in jobs]
     return specs
-
-
-AOT_SPECS = _aot_specs()

@@ -10,9 +10,11 @@ device libm rounding) is listed in that header. It is slow: use small shapes.
 
 The library registers the ops as ``torch.ops.nvae_fast_emu.*`` (CPU dispatch key; the fake
 implementations of :mod:`nvae_fast.cuda` are registered for them too, so ``torch.library.opcheck`` runs
-on them). It is built on first use into ``build/cuda-emulation/`` of the source checkout with
-torch's C++ extension builder (ninja; about a minute on 2 cores, rebuilt only when a source changed) and
-needs no CUDA toolkit, so it also works with a CPU build of torch.
+on them). It is built on first use into a cache directory outside the checkout (:func:`build_root`:
+``NVAE_FAST_EMULATION_DIR``, else ``$XDG_CACHE_HOME/nvae_fast/cuda-emulation``, else
+``~/.cache/nvae_fast/cuda-emulation``, like torch's extension cache) with torch's C++ extension builder
+(ninja; about a minute on 2 cores, rebuilt only when a source changed) and needs no CUDA toolkit, so it
+also works with a CPU build of torch.
 
 ``NVAE_FAST_CUDA_EMULATE=asan`` builds the kernels with AddressSanitizer instead, so that an access
 outside a tensor's memory stops the process with a report naming the kernel (the CPU counterpart of
@@ -32,7 +34,6 @@ NAMESPACE = "nvae_fast_emu"
 
 _ROOT = Path(__file__).resolve().parents[2]
 CSRC = _ROOT / "csrc"
-BUILD_DIR = _ROOT / "build" / "cuda-emulation"
 KERNEL_SOURCES = ("bn_swish.cu", "depthwise_conv2d.cu", "squeeze_excite.cu", "power_iteration.cu")
 CFLAGS = ("-O2", "-DNVAE_FAST_EMULATE", "-fno-strict-aliasing", "-fvisibility=hidden")
 ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer")
@@ -48,6 +49,15 @@ def requested() -> bool:
 def sanitized() -> bool:
     """True when ``NVAE_FAST_CUDA_EMULATE=asan`` asks for the AddressSanitizer build."""
     return os.environ.get(ENV, "") == "asan"
+
+
+def build_root() -> Path:
+    """Where the emulated libraries are built (see the module doc; read at every build)."""
+    configured = os.environ.get("NVAE_FAST_EMULATION_DIR", "").strip()
+    if configured:
+        return Path(configured)
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "nvae_fast" / "cuda-emulation"
 
 
 def build(name: str, sources: list[Path], asan: bool | None = None) -> None:
@@ -67,7 +77,7 @@ def build(name: str, sources: list[Path], asan: bool | None = None) -> None:
 
     asan = sanitized() if asan is None else asan
     # one ABI per torch version
-    build_dir = BUILD_DIR / f"{name}-torch-{torch.__version__}{'-asan' if asan else ''}"
+    build_dir = build_root() / f"{name}-torch-{torch.__version__}{'-asan' if asan else ''}"
     wrappers = build_dir / "src"
     wrappers.mkdir(parents=True, exist_ok=True)
     compiled = [CSRC / "emulation" / "runtime.cpp"]

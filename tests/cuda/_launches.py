@@ -5,9 +5,9 @@ emulation's runtime that records each launch's kernel, grid, block and shared me
 it, on a device of 132 multiprocessors unless asked for another count) and returns the launches. The
 sources are the unchanged ``csrc/*.cu`` and ``csrc/bindings.cpp``, registered as
 ``torch.ops.nvae_fast_plan.*``; the library is compiled once (host compiler, -O0, like the emulation:
-about a minute on 2 cores) into
-``build/cuda-emulation/nvae_fast_plan-torch-<version>/``. Its ops take CPU tensors of any content (the
-kernels never run; outputs stay uninitialised).
+about a minute on 2 cores) into ``nvae_fast_plan-torch-<version>/`` of the emulation's build directory
+(``emulation.build_root()``). Its ops take CPU tensors of any content (the kernels never run; outputs
+stay uninitialised).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def load():
     if not _loaded:
         from torch.utils import cpp_extension
 
-        build_dir = emulation.BUILD_DIR / f"{NAMESPACE}-torch-{torch.__version__}"
+        build_dir = emulation.build_root() / f"{NAMESPACE}-torch-{torch.__version__}"
         wrappers = build_dir / "src"
         wrappers.mkdir(parents=True, exist_ok=True)
         sources = [_RECORDER]

@@ -5,7 +5,8 @@
 # machines without a GPU; it finds nothing about races (see csrc/emulation/emulation.h).
 #
 # Usage, from anywhere, in a source checkout with nvae_fast installed (the first run builds the
-# sanitized kernels into build/cuda-emulation/, about a minute):
+# sanitized kernels into the emulation's build directory, ~/.cache/nvae_fast/cuda-emulation by default,
+# about a minute):
 #   tests/cuda/run_emulated_asan.sh                      # every test of test_cuda_kernels.py (2 minutes)
 #   tests/cuda/run_emulated_asan.sh -k float32           # extra arguments go to pytest
 #   tests/cuda/run_emulated_asan.sh --command CMD ARG..  # any other command under the sanitizer

@@ -182,3 +182,15 @@ def test_address_sanitizer_build_reports_an_access_past_the_end():
     )
     assert proc.returncode != 0
     assert "heap-buffer-overflow" in proc.stderr and "read_past_end_kernel" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_build_root_is_a_cache_outside_the_checkout(monkeypatch, tmp_path):
+    monkeypatch.delenv("NVAE_FAST_EMULATION_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert emulation.build_root() == tmp_path / "xdg" / "nvae_fast" / "cuda-emulation"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert emulation.build_root() == tmp_path / "home" / ".cache" / "nvae_fast" / "cuda-emulation"
+    monkeypatch.setenv("NVAE_FAST_EMULATION_DIR", str(tmp_path / "mine"))
+    assert emulation.build_root() == tmp_path / "mine"
+    assert emulation.CSRC.parent not in emulation.build_root().parents
