@@ -87,13 +87,17 @@ def versions() -> dict[str, str]:
     }
 
 
-def copy_bandwidth(device: torch.device, smoke: bool) -> float:
-    """Measured device-to-device copy bandwidth in GB/s (see the module docstring)."""
-    nbytes = GPU_COPY_BYTES if device.type == "cuda" else CPU_COPY_BYTES
+def _copy_rate(device: torch.device, nbytes: int, smoke: bool, flush: bool) -> float:
+    """GB/s of ``dst.copy_(src)`` over ``nbytes``-byte buffers (read plus write counted), p50 of timed runs."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
     dst = torch.empty_like(src)
-    samples = timing.time_runs(lambda _: dst.copy_(src), device=device, smoke=smoke, flush=False)
-    return 2 * nbytes / (timing.percentiles(samples)[1] * 1e-3) / 1e9
+    samples = timing.time_runs(lambda _: dst.copy_(src), device=device, smoke=smoke, flush=flush)
+    return 2 * nbytes / (max(timing.percentiles(samples)[1], 1e-9) * 1e-3) / 1e9
+
+
+def copy_bandwidth(device: torch.device, smoke: bool) -> float:
+    """Measured device-to-device copy bandwidth in GB/s (see the module docstring)."""
+    return _copy_rate(device, GPU_COPY_BYTES if device.type == "cuda" else CPU_COPY_BYTES, smoke, flush=False)
 
 
 _same_size_cache: dict[tuple[str, int, bool], float] = {}
@@ -105,11 +109,7 @@ def copy_bandwidth_at(device: torch.device, traffic_bytes: int, smoke: bool) -> 
     nbytes = max(1, int(traffic_bytes) // 2)
     key = (str(device), nbytes, bool(smoke))
     if key not in _same_size_cache:
-        src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
-        dst = torch.empty_like(src)
-        samples = timing.time_runs(lambda _: dst.copy_(src), device=device, smoke=smoke)
-        _same_size_cache[key] = 2 * nbytes / (max(timing.percentiles(samples)[1], 1e-9) * 1e-3) / 1e9
-        del src, dst
+        _same_size_cache[key] = _copy_rate(device, nbytes, smoke, flush=True)
     return _same_size_cache[key]
 
 

@@ -58,26 +58,30 @@ GRACE_S=15  # a step is sent SIGINT at its limit, then killed GRACE_S seconds la
 
 session_deadline() { echo "${GPU_SESSION_S:-480}"; }
 
+# Seconds the caps of SESSION_STEPS add up to.
+session_steps_total() {
+  local total=0 entry
+  for entry in "${SESSION_STEPS[@]}"; do total=$((total + ${entry#* })); done
+  echo "$total"
+}
+
 # "name cap" lines of the session's plan (memcheck gets what the other caps leave, when that is enough).
 session_plan_lines() {
-  local deadline total=0 entry
-  deadline=$(session_deadline)
-  for entry in "${SESSION_STEPS[@]}"; do
-    echo "$entry"
-    total=$((total + ${entry#* }))
-  done
-  if [ $((deadline - total)) -ge "$MEMCHECK_MIN_S" ]; then echo "memcheck $((deadline - total))"; fi
+  local left
+  left=$(($(session_deadline) - $(session_steps_total)))
+  printf '%s\n' "${SESSION_STEPS[@]}"
+  if [ "$left" -ge "$MEMCHECK_MIN_S" ]; then echo "memcheck $left"; fi
 }
 
 session_plan() {
-  local deadline used=0 name cap total=0
+  local deadline used=0 name cap total
   deadline=$(session_deadline)
+  total=$(session_steps_total)
   printf '%-14s %6s %8s %10s\n' step cap ends_at left_after
   while read -r name cap; do
     used=$((used + cap))
     printf '%-14s %6d %8d %10d\n' "$name" "$cap" "$used" $((deadline - used))
   done < <(session_plan_lines)
-  for entry in "${SESSION_STEPS[@]}"; do total=$((total + ${entry#* })); done
   if [ $((deadline - total)) -lt "$MEMCHECK_MIN_S" ]; then
     echo "memcheck left out: $((deadline - total)) s left after the other steps, it needs $MEMCHECK_MIN_S"
   fi

@@ -6,18 +6,15 @@ import pytest
 import torch
 
 import nvae_fast
+from nvae_fast import selfcheck
 
 LEAN_BACKENDS = ("torch", "triton", "cuda")
 
 # (atol, rtol) for comparing a backend in this dtype against the float64 reference, relative to the
-# output's own scale (see assert_close_scaled). Low precision: the inputs are rounded identically for
-# both sides, so the error is the backend's own arithmetic and its final rounding.
-TOLERANCES = {
-    torch.float64: (1e-10, 1e-9),
-    torch.float32: (2e-5, 2e-5),
-    torch.float16: (2e-3, 4e-3),
-    torch.bfloat16: (1.6e-2, 3e-2),
-}
+# output's own scale (see assert_close_scaled): the table auto's self-check uses too. Low precision: the
+# inputs are rounded identically for both sides, so the error is the backend's own arithmetic and its
+# final rounding.
+TOLERANCES = selfcheck.TOLERANCES
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
