@@ -50,6 +50,8 @@ from typing import Any
 
 import torch
 
+from . import selfcheck
+
 __all__ = [
     "BACKENDS",
     "AUTO_ORDER",
@@ -281,8 +283,6 @@ def _passed_selfcheck(op: str, name: str, device: torch.device, dtype: torch.dty
     """The self-check's verdict for (op, backend, device, dtype family), running it on first use."""
     if not _state.selfcheck_on:
         return True
-    from . import selfcheck
-
     key = (op, name, str(device), selfcheck.dtype_family(dtype))
     result = _state.selfchecks.get(key)
     if result is None:
