@@ -1,7 +1,7 @@
 """The backend order that ``auto`` should use per op, as decided by benchmark rows.
 
-``nvae_fast.backend.AUTO_ORDER`` lists, per op, the fused backends ``auto`` tries on CUDA tensors. The
-issue asks that the faster of ``cuda`` and ``triton`` come first by measurement. Per op, over every case
+``nvae_fast.backend.AUTO_ORDER`` lists, per op, the fused backends ``auto`` tries on CUDA tensors; the
+faster of ``cuda`` and ``triton`` by measurement should come first. Per op, over every case
 (shape, dtype, layout) where both have an ``ok`` forward+backward ``time_ms`` row:
 
     r_case = p50(cuda) / p50(triton),   ratio = geometric mean of r_case

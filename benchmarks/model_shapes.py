@@ -15,9 +15,9 @@ with the paper's 256x256 settings (Table 6 and the authors' published command: 3
 When the model cannot be built, :func:`preset_shapes` falls back to the paper-derived shapes of
 :mod:`benchmarks.shapes` and says why in each shape's ``source``.
 
-Building the 130M-parameter models costs a GPU session time it does not have, so the shapes the hooks
-record are kept in :data:`CACHE` (``benchmarks/preset_shapes.json``), which :func:`preset_shapes` reads
-first. ``python -m benchmarks.model_shapes --write`` rebuilds it on the CPU (about a minute), and a test
+Building the 130M-parameter models takes more time than a time-limited GPU run can spare, so the shapes
+the hooks record are kept in :data:`CACHE` (``benchmarks/preset_shapes.json``), which
+:func:`preset_shapes` reads first. ``python -m benchmarks.model_shapes --write`` rebuilds it on the CPU (about a minute), and a test
 rebuilds it and fails when the committed file differs from what the model gives.
 """
 

@@ -10,6 +10,16 @@ import pytest
 from . import measure, results
 
 
+def run_once(benchmark, bench_rows, group, fn, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` (which measures a case and returns its rows) once under pytest-benchmark's
+    ``group``, keep its rows for the result files and report them: a failed row fails the test, a
+    skipped timing skips it."""
+    benchmark.group = group
+    rows = benchmark.pedantic(fn, args=args, kwargs=kwargs, rounds=1, iterations=1)
+    bench_rows.extend(rows)
+    _report(benchmark, rows)
+
+
 def _report(benchmark, rows):
     benchmark.extra_info.update(
         {f"{r['mode']} {r['metric']} p50": r["p50"] for r in rows if r["status"] == "ok"}
@@ -27,13 +37,5 @@ def _report(benchmark, rows):
 def test_op(op_case, benchmark, bench_settings, bench_env, bench_rows):
     shape, provider, dtype = op_case
     s = bench_settings
-    benchmark.group = f"{shape.op} {shape.label} {dtype}"
-    rows = benchmark.pedantic(
-        measure.run_case,
-        args=(shape, provider, dtype),
-        kwargs=dict(smoke=s.smoke, device=s.device, env=bench_env, budget_s=s.budget_s),
-        rounds=1,
-        iterations=1,
-    )
-    bench_rows.extend(rows)
-    _report(benchmark, rows)
+    run_once(benchmark, bench_rows, f"{shape.op} {shape.label} {dtype}", measure.run_case, shape, provider, dtype,
+             smoke=s.smoke, device=s.device, env=bench_env, budget_s=s.budget_s)

@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nvae_fast._accumulation import acc_dtype
+
 NCHW = "nchw"
 NHWC = "nhwc"
 
@@ -49,22 +51,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 tensors, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def tl_acc(dtype: torch.dtype):
     """The Triton accumulation dtype for tensors of torch ``dtype``."""
     return TL_DTYPES[acc_dtype(dtype)]
 
 
-def unsupported(x: torch.Tensor) -> str | None:
-    """Why the kernels cannot run ``x`` (``None`` when they can): dtype, rank or size."""
-    if x.dtype not in TL_DTYPES:
-        return f"x has dtype {x.dtype}; the Triton kernels take float16, bfloat16, float32 or float64"
-    if x.dim() != 4:
-        return f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}"
+def too_large(x: torch.Tensor) -> str | None:
+    """Why the kernels cannot run ``x``, a tensor the op has checked (``None`` when they can): its size."""
     if x.numel() > MAX_ELEMS:
         return f"x has {x.numel()} elements; the Triton kernels index with int32 (at most {MAX_ELEMS})"
     return None

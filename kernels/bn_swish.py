@@ -1,4 +1,4 @@
-"""Triton kernel set of the fused BatchNorm + Swish op (contract: :mod:`nvae_fast.ops.bn_swish`).
+"""Triton kernel set of :mod:`nvae_fast.ops.bn_swish` (contract: ``BNSwishKernels`` there).
 
 Shapes: ``x``, ``dy`` (N, C, H, W); ``mean``, ``invstd``, ``weight``, ``bias``, ``sum_dz``,
 ``sum_dz_xhat`` (C,). Per channel c over its n = N*H*W values, with acc the accumulation dtype (float64
@@ -41,10 +41,14 @@ import torch
 import triton
 import triton.language as tl
 
+from nvae_fast._accumulation import acc_dtype
+
 from . import _host
 from ._aot import aot_spec, ones, ptr
 
-__all__ = ["supports", "batch_stats", "normalize", "backward_reduce", "backward_dx", "train_forward", "aot_specs"]
+__all__ = [
+    "supports", "train_forward", "batch_stats", "normalize", "backward", "backward_reduce", "backward_dx", "aot_specs",
+]
 
 MAX_COLS_NCHW = 1024  # widest tile along H*W
 MAX_COLS_NHWC = 128  # widest tile along C
@@ -377,8 +381,8 @@ def _bn_train_forward_nhwc_kernel(
 
 
 def supports(x):
-    """``None`` when the kernels can run ``x``, else the reason (dtype, rank or int32 size limit)."""
-    return _host.unsupported(x)
+    """``None`` when the kernels can run ``x``, else the reason (its size beyond int32 indexing)."""
+    return _host.too_large(x)
 
 
 def _matrix(x: torch.Tensor, layout: str):
@@ -408,7 +412,7 @@ def batch_stats(x):
     """Per-channel ``(mean, var)`` of x (N, C, H, W), biased variance, both (C,) in the acc dtype."""
     x, layout = _host.dense(x)
     n, c, h, w = x.shape
-    acc = _host.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     mean = torch.empty(c, dtype=acc, device=x.device)
     var = torch.empty(c, dtype=acc, device=x.device)
     if x.numel() == 0:
@@ -458,7 +462,7 @@ def backward_reduce(dy, x, mean, invstd, weight, bias):
     x, layout = _host.dense(x)
     dy, _ = _host.dense(dy, layout)
     n, c, h, w = x.shape
-    acc = _host.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     if x.numel() == 0:
         zeros = torch.zeros(c, dtype=acc, device=x.device)
         return zeros, zeros.clone()
@@ -478,6 +482,12 @@ def backward_reduce(dy, x, mean, invstd, weight, bias):
         )
     sums = part[:, 0] if split == 1 else part.sum(dim=1)
     return sums[0], sums[1]
+
+
+def backward(dy, x, mean, invstd, weight, bias, count):
+    """``(dx, sum_dz, sum_dz_xhat)``: :func:`backward_reduce`, then :func:`backward_dx` with its sums."""
+    sum_dz, sum_dz_xhat = backward_reduce(dy, x, mean, invstd, weight, bias)
+    return backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count), sum_dz, sum_dz_xhat
 
 
 def backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count):
@@ -504,7 +514,7 @@ def backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count):
 
 def _one_read_limit(dtype: torch.dtype) -> int:
     """Elements of x one program of the one-read forward holds: :data:`ONE_READ_ELEMS` float32 words."""
-    return ONE_READ_ELEMS * 4 // _host.acc_dtype(dtype).itemsize
+    return ONE_READ_ELEMS * 4 // acc_dtype(dtype).itemsize
 
 
 def _one_read_tile(x: torch.Tensor, layout: str) -> tuple[int, int] | None:
@@ -521,8 +531,8 @@ def _one_read_tile(x: torch.Tensor, layout: str) -> tuple[int, int] | None:
 
 
 def train_forward(x, weight, bias, eps):
-    """``(y, mean, var)`` of the training forward in one read of x, or ``None`` when a channel's slice
-    does not fit one program (see :func:`_one_read_tile`) or x is empty.
+    """``(y, mean, var)`` of the training forward: in one read of x when a channel's slice fits one
+    program (see :func:`_one_read_tile`), else :func:`batch_stats` then :func:`normalize`.
 
     y like x (dtype and dense layout); mean, var (C,) in the acc dtype, var biased;
     y = silu(weight (x - mean) / sqrt(var + eps) + bias).
@@ -530,10 +540,11 @@ def train_forward(x, weight, bias, eps):
     layout = _host.layout_of(x) or _host.NCHW
     tile = _one_read_tile(x, layout)
     if tile is None or x.numel() == 0:
-        return None
+        mean, var = batch_stats(x)
+        return normalize(x, mean, torch.rsqrt(var + eps), weight, bias), mean, var
     x, _ = _host.dense(x, layout)
     n, c, h, w = x.shape
-    acc = _host.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     y = torch.empty_like(x)
     mean = torch.empty(c, dtype=acc, device=x.device)
     var = torch.empty(c, dtype=acc, device=x.device)
@@ -567,7 +578,7 @@ def aot_specs():
     nhwc_tile = {"BLOCK_R": 32, "BLOCK_C": 128}
     warps = _host.num_warps(_host.TILE_ELEMS)
     for xdt, pdt in combos:
-        acc = _host.acc_dtype(xdt)
+        acc = acc_dtype(xdt)
         x, a, p = ptr(xdt), ptr(acc), ptr(pdt)
         tacc = {"ACC": _host.TL_DTYPES[acc]}
         jobs = [

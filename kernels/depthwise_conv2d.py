@@ -1,4 +1,4 @@
-"""Triton kernel set of ``depthwise_conv2d`` (the contract is the docstring of nvae_fast.ops.depthwise_conv2d).
+"""Triton kernel set of :mod:`nvae_fast.ops.depthwise_conv2d` (contract: ``DepthwiseConv2dKernels`` there).
 
 Math, for x (N, C, H, W), weight (C, 1, KH, KW), stride (SH, SW), padding (PH, PW), dilation (DH, DW):
 
@@ -44,6 +44,8 @@ import inspect
 import torch
 import triton
 import triton.language as tl
+
+from nvae_fast._accumulation import acc_dtype
 
 from ._aot import aot_spec, ptr
 from ._host import TL_DTYPES, interpreting, num_warps, pow2, sm_count, tl_acc
@@ -314,8 +316,6 @@ def _weight_taps(weight: torch.Tensor) -> torch.Tensor:
 
 def supports(x, weight, stride, padding, dilation):
     """``None`` when the Triton kernels run this convolution, else the reason they do not."""
-    if x.dtype not in TL_DTYPES:
-        return f"x has dtype {x.dtype}; the Triton kernels take float16, bfloat16, float32 or float64"
     kh, kw = weight.shape[2:]
     if max(kh, kw) > MAX_KERNEL:
         return f"kernel size {kh}x{kw} is larger than the unrolled maximum {MAX_KERNEL}x{MAX_KERNEL}"
@@ -394,7 +394,7 @@ def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
     n, c, h, w = x.shape
     ho, wo = dy.shape[2:]
     consts, (ph, pw) = _geometry(tuple(kernel_hw), stride, padding, dilation)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     taps_w = consts["KH"] * consts["KW"]
     taps = taps_w + (1 if with_bias else 0)
     dweight = torch.zeros((c, 1, consts["KH"], consts["KW"]), dtype=acc, device=x.device)
@@ -441,7 +441,7 @@ def aot_specs() -> list:
                                                               (torch.float16, 11, 1, True, nhwc)]
     specs = []
     for dtype, k, stride, bias, blocks in variants:
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        acc = acc_dtype(dtype)
         x, w, a = ptr(dtype), ptr(acc), ptr(acc)
         geo = dict(KH=k, KW=k, SH=stride, SW=stride, DH=1, DW=1, ACC=TL_DTYPES[acc])
         specs += [

@@ -1,4 +1,4 @@
-"""Triton kernel set of ``power_iteration`` (the contract is the docstring of nvae_fast.ops.power_iteration).
+"""Triton kernel set of :mod:`nvae_fast.ops.power_iteration` (contract: ``PowerIterationKernels`` there).
 
 For every weight matrix W_i (out_i, rest_i) with vectors u_i (out_i,) and v_i (rest_i,), one step is
 
@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from nvae_fast._accumulation import acc_dtype, shared_acc_dtype
 
 from ._aot import aot_spec, ptr
 from ._host import TL_DTYPES, interpreting, num_warps
@@ -368,10 +370,6 @@ def _sigma_sum_kernel(meta_ptr, part_ptr, out_ptr, BLOCK: tl.constexpr):
 # -------------------------------------------------------------------------------------------- host side
 
 
-def _acc(mats) -> torch.dtype:
-    return torch.float64 if all(m.dtype == torch.float64 for m in mats) else torch.float32
-
-
 def _readable(m: torch.Tensor) -> torch.Tensor:
     """``m`` when its rows are contiguous (column stride 1), else a contiguous copy."""
     return m if m.shape[1] == 1 or m.stride(1) == 1 else m.contiguous()
@@ -382,10 +380,7 @@ def _blocks() -> tuple[int, int]:
 
 
 def supports(mats):
-    """``None`` when the Triton kernels run these matrices, else the reason they do not."""
-    for i, m in enumerate(mats):
-        if m.dtype not in TL_DTYPES:
-            return f"weights[{i}] has dtype {m.dtype}; the Triton kernels take float16, bfloat16, float32 or float64"
+    """``None``: the kernels run every set of matrices that :func:`nvae_fast.ops.power_iteration` accepts."""
     return None
 
 
@@ -434,7 +429,7 @@ class _Group:
 
 def _groups(mats, us, vs, index):
     """One :class:`_Group` per (W, u, v) dtype combination among the weights ``index``."""
-    acc = _acc(mats)
+    acc = shared_acc_dtype(mats)
     members: dict[tuple, list[int]] = {}
     for i in index:
         members.setdefault((mats[i].dtype, us[i].dtype, vs[i].dtype), []).append(i)
@@ -448,7 +443,7 @@ def update(mats, us, vs, n_iter):
     """``n_iter`` power-iteration steps for every (out_i, rest_i) matrix; ``us``/``vs`` updated in place."""
     if n_iter == 0 or not mats:
         return
-    acc = TL_DTYPES[_acc(mats)]
+    acc = TL_DTYPES[shared_acc_dtype(mats)]
     small, large = _split(mats)
     block_r, block_k = _blocks()
     fits = [i for i in small if mats[i].shape[0] <= block_r and mats[i].shape[1] <= block_k]
@@ -493,7 +488,7 @@ def sigmas(mats, us, vs):
 
     Small weights: one program each (one launch); large ones: row items, then a fixed-order sum per weight.
     """
-    acc = _acc(mats)
+    acc = shared_acc_dtype(mats)
     out = torch.empty(len(mats), dtype=acc, device=mats[0].device)
     small, large = _split(mats)
     for g in _groups(mats, us, vs, small):
@@ -523,7 +518,7 @@ def aot_specs() -> list:
     tables = {"addr_ptr": "*i64", "meta_ptr": "*i64"}
     specs = []
     for w_dtype in TL_DTYPES:
-        acc = torch.float64 if w_dtype == torch.float64 else torch.float32
+        acc = acc_dtype(w_dtype)
         a, tw, ta = ptr(acc), TL_DTYPES[w_dtype], TL_DTYPES[acc]
         work = {"ws_u_ptr": a, "ws_v_ptr": a}
         parts = {**work, "items_ptr": "*i64", "part_u_ptr": a, "part_v_ptr": a}

@@ -1,4 +1,4 @@
-"""Triton kernel set of squeeze-excitation (contract: :mod:`nvae_fast.ops.squeeze_excite`).
+"""Triton kernel set of :mod:`nvae_fast.ops.squeeze_excite` (contract: ``SqueezeExciteKernels`` there).
 
 Shapes: ``x``, ``dy`` (N, C, H, W); ``gate``, ``dmean`` and every result but ``scale``/``backward_dx``
 (N, C) in the accumulation dtype acc (float64 for float64 x, float32 otherwise)::
@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from nvae_fast._accumulation import acc_dtype
 
 from . import _host
 from ._aot import aot_spec, ones, ptr
@@ -138,8 +140,8 @@ def _se_apply_nhwc_kernel(
 
 
 def supports(x):
-    """``None`` when the kernels can run ``x``, else the reason (dtype, rank or int32 size limit)."""
-    return _host.unsupported(x)
+    """``None`` when the kernels can run ``x``, else the reason (its size beyond int32 indexing)."""
+    return _host.too_large(x)
 
 
 def _reduce_plan(x, layout):
@@ -157,7 +159,7 @@ def _reduce_plan(x, layout):
 def _reduce(x, y, layout, mean):
     """sum_{h,w} x (y) [/ HW] as (N, C) in the acc dtype; ``x`` (and ``y``) dense in ``layout``."""
     n, c, h, w = x.shape
-    acc = _host.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     if x.numel() == 0:
         return torch.zeros((n, c), dtype=acc, device=x.device)
     product = y is not None
@@ -238,7 +240,7 @@ def aot_specs():
     specs = []
     warps = _host.num_warps(_host.TILE_ELEMS)
     for xdt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        acc = _host.acc_dtype(xdt)
+        acc = acc_dtype(xdt)
         x, a = ptr(xdt), ptr(acc)
         tacc = {"ACC": _host.TL_DTYPES[acc]}
         jobs = []

@@ -5,7 +5,8 @@
 """
 
 from . import memory, nn, ops
-from .backend import backend_info, get_backend, reset, run_selfchecks, set_backend, use_backend
+from .backend import backend_info, get_backend, reset, set_backend, use_backend
+from .ops import run_selfchecks
 from .nn.patch import patch
 
 __version__ = "0.1.0"

@@ -1,7 +1,8 @@
 """Backend selection for the nvae_fast ops.
 
 Every op in :mod:`nvae_fast.ops` has one public function and one ``torch.autograd.Function``.
-The function checks its inputs, then asks :func:`resolve` which backend runs it:
+The function checks its inputs, then asks :func:`resolve` which backend runs it, handing it the op's
+:class:`Op` (its name, its ``torch`` kernel set and its self-check):
 
 ``reference``
     the plain, unfused PyTorch composition (``F.silu(F.batch_norm(...))`` etc.); it defines the
@@ -23,16 +24,21 @@ The function checks its inputs, then asks :func:`resolve` which backend runs it:
     backward, against ``torch``; run on first use, once per process); one that fails it is skipped for
     the next in the order or ``torch``, with one warning and a record in :func:`backend_info`.
     ``NVAE_FAST_SELFCHECK=0`` turns the self-check off. Inside ``torch.compile`` tracing or CUDA-graph
-    capture no probe can run: an op not yet checked there runs on ``torch`` (:func:`run_selfchecks`
-    checks ahead of time).
+    capture no probe can run: an op not yet checked there runs on ``torch``
+    (:func:`nvae_fast.run_selfchecks` checks ahead of time).
 
 Kernel sets
 -----------
-A lean backend provides, for each op, a *kernel set*: a module (or class) with the functions that the
-op's ``autograd.Function`` calls, named and shaped as the op's docstring in :mod:`nvae_fast.ops` says,
-plus ``supports(...) -> str | None`` that returns why given inputs are unsupported (``None`` if they are).
-Unsupported inputs fall back to the ``torch`` kernel set, with one logged warning per (backend, op,
-reason) and a record in :func:`backend_info`; nothing falls back silently.
+A lean backend provides, for each op, a *kernel set*: a module (or class) that implements the op's
+contract, the ``typing.Protocol`` next to its reference in ``nvae_fast/ops/<op>.py`` (e.g.
+:class:`nvae_fast.ops.bn_swish.BNSwishKernels`), including ``supports(...) -> str | None``, which
+returns why inputs that passed the op's argument checks are still beyond the kernels (``None`` if they
+are not). Unsupported inputs fall back to the ``torch`` kernel set, with one logged warning per (backend,
+op, reason) and a record in :func:`backend_info`; nothing falls back silently. The kernel sets of a
+backend are the modules ``nvae_fast.kernels.<op>`` (``triton``) and ``nvae_fast.cuda.<op>`` (``cuda``).
+
+Dependencies point one way: the ops import this module and :mod:`nvae_fast.selfcheck`; this module
+imports the kernel sets by name; the kernel sets import neither.
 
 Choose a backend with :func:`set_backend`, the context manager :func:`use_backend`, or the environment
 variable ``NVAE_FAST_BACKEND`` (read at import and by :func:`reset`, like ``TRITON_INTERPRET`` and
@@ -46,11 +52,10 @@ import importlib
 import logging
 import os
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
-
-from . import selfcheck
 
 __all__ = [
     "BACKENDS",
@@ -63,6 +68,8 @@ __all__ = [
     "resolve",
     "cuda_emulated",
     "run_selfchecks",
+    "Op",
+    "dtype_family",
 ]
 
 log = logging.getLogger("nvae_fast")
@@ -79,6 +86,27 @@ FUSED_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 # results under benchmarks/results/ decide (benchmarks/auto_order.py): on an H200, cuda was faster than
 # triton for every op (benchmarks/results/2026-12-04-nvidia-h200).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {op: ("cuda", "triton") for op in OPS}
+
+
+@dataclass(frozen=True)
+class Op:
+    """An op as :func:`resolve` sees it.
+
+    ``name`` is the op's name, which is also the module name of its kernel set in every lean backend;
+    ``torch_kernels`` its ATen kernel set; ``selfcheck(backend, device, dtype)`` runs the op's probes
+    under ``backend`` and ``torch`` and returns a verdict with ``passed``, ``why`` and ``seconds``
+    (:func:`nvae_fast.selfcheck.run`).
+    """
+
+    name: str
+    torch_kernels: Any
+    selfcheck: Callable[[str, torch.device, torch.dtype], Any]
+
+
+def dtype_family(dtype: torch.dtype) -> str:
+    """The dtypes that share kernel plans, and so one self-check: ``half`` (float16, bfloat16),
+    ``float32``, ``float64``."""
+    return "half" if dtype in (torch.float16, torch.bfloat16) else str(dtype).replace("torch.", "")
 
 
 class _State:
@@ -138,13 +166,16 @@ class _State:
         return False, "no CUDA device, and TRITON_INTERPRET=1 is not set"
 
     def _probe_cuda(self) -> tuple[bool, str]:
-        if self.cuda_emulated:
-            from .cuda import emulation
+        # The kernel sets call the extension's ops, or the emulation's once it is loaded.
+        from .cuda import _library, emulation
 
+        _library.use_namespace(_library.EXTENSION)
+        if self.cuda_emulated:
             try:
                 emulation.load()
             except Exception as exc:  # no source checkout, or a compile error
                 return False, f"NVAE_FAST_CUDA_EMULATE=1, but the CPU emulation cannot be built: {exc}"
+            _library.use_namespace(emulation.NAMESPACE)
             return True, ""
         try:
             importlib.import_module("nvae_fast._C")
@@ -279,51 +310,51 @@ def _dtype_of(args) -> torch.dtype:
     return torch.float32
 
 
-def _passed_selfcheck(op: str, name: str, device: torch.device, dtype: torch.dtype) -> bool:
+def _passed_selfcheck(op: Op, name: str, device: torch.device, dtype: torch.dtype) -> bool:
     """The self-check's verdict for (op, backend, device, dtype family), running it on first use."""
     if not _state.selfcheck_on:
         return True
-    key = (op, name, str(device), selfcheck.dtype_family(dtype))
+    key = (op.name, name, str(device), dtype_family(dtype))
     result = _state.selfchecks.get(key)
     if result is None:
         capturing = device.type == "cuda" and torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
         if torch.compiler.is_compiling() or capturing:
             return False  # no probe can run here: torch for this trace or capture (see the module doc)
-        result = _state.selfchecks[key] = selfcheck.run(op, name, device, dtype)
+        result = _state.selfchecks[key] = op.selfcheck(name, device, dtype)
         if not result.passed:
-            message = (f"nvae_fast: {name} backend failed its self-check for {op} on {device} "
+            message = (f"nvae_fast: {name} backend failed its self-check for {op.name} on {device} "
                        f"({key[3]}): {result.why}; auto uses the next backend instead")
             log.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=4)
     return result.passed
 
 
-def run_selfchecks(device: torch.device | str | None = None, dtypes=(torch.float32,)) -> list[dict]:
-    """Run ``auto``'s self-checks now, for every op and every fused backend that runs on ``device``
-    (default: the current CUDA device) in ``dtypes``; returns :func:`backend_info`'s ``selfchecks``. Call
-    it before ``torch.compile`` or CUDA-graph capture, where no probe can run."""
+def run_selfchecks(ops, device: torch.device | str | None = None, dtypes=(torch.float32,)) -> list[dict]:
+    """Run ``auto``'s self-checks now, for each :class:`Op` of ``ops`` and every fused backend that runs
+    on ``device`` (default: the current CUDA device) in ``dtypes``; returns :func:`backend_info`'s
+    ``selfchecks``. :func:`nvae_fast.run_selfchecks` calls it with every op."""
     device = torch.device(device if device is not None else "cuda")
-    for op in OPS:
-        for name in AUTO_ORDER[op]:
+    for op in ops:
+        for name in AUTO_ORDER[op.name]:
             if _runs_on(name, device):
                 for dtype in dtypes:
                     _passed_selfcheck(op, name, device, dtype)
     return backend_info()["selfchecks"]
 
 
-def _auto(op: str, device: torch.device, dtype: torch.dtype) -> str:
+def _auto(op: Op, device: torch.device, dtype: torch.dtype) -> str:
     if device.type in FUSED_DEVICE_TYPES:
-        for name in AUTO_ORDER[op]:
+        for name in AUTO_ORDER[op.name]:
             if _runs_on(name, device) and _passed_selfcheck(op, name, device, dtype):
                 return name
     return "torch"
 
 
-def resolve(op: str, device: torch.device, torch_kernels, *support_args):
+def resolve(op: Op, device: torch.device, *support_args):
     """Pick the backend for one call of ``op`` on tensors living on ``device``.
 
     Returns ``(name, kernels)``: ``name`` is ``"reference"`` (``kernels`` is then ``None``) or the name of
-    the backend whose kernel set ``kernels`` runs the call. ``torch_kernels`` is the op's ATen kernel set;
+    the backend whose kernel set ``kernels`` runs the call (``op.torch_kernels`` for ``torch``).
     ``support_args`` are passed to the chosen kernel set's ``supports`` to detect a needed fallback.
     """
     name = _state.selected
@@ -332,25 +363,25 @@ def resolve(op: str, device: torch.device, torch_kernels, *support_args):
     if name == "reference":
         return name, None
     if name == "torch":
-        return name, torch_kernels
+        return name, op.torch_kernels
     if name == "triton" and device.type != "cuda" and not _state.interpreting:
         raise RuntimeError(
-            f"{op}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
+            f"{op.name}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
             f"got tensors on {device}"
         )
     if name == "cuda" and device.type != ("cpu" if _state.cuda_emulated else "cuda"):
         raise RuntimeError(
-            f"{op}: backend 'cuda' needs CUDA tensors (CPU tensors under NVAE_FAST_CUDA_EMULATE=1, and only "
+            f"{op.name}: backend 'cuda' needs CUDA tensors (CPU tensors under NVAE_FAST_CUDA_EMULATE=1, and only "
             f"those); got tensors on {device}"
         )
     ok, why = _status(name)
     if not ok:
-        raise RuntimeError(f"{op}: backend {name!r} is unavailable: {why}")
-    kernels = _state.kernels[(op, name)]
+        raise RuntimeError(f"{op.name}: backend {name!r} is unavailable: {why}")
+    kernels = _state.kernels[(op.name, name)]
     reason = kernels.supports(*support_args)
     if reason is not None:
-        _record_fallback(name, op, reason)
-        return "torch", torch_kernels
+        _record_fallback(name, op.name, reason)
+        return "torch", op.torch_kernels
     return name, kernels
 
 

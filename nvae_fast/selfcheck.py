@@ -1,6 +1,7 @@
 """The self-check that ``auto`` runs before it first trusts a fused backend with an op.
 
-:func:`run` calls the op's public function on small probe inputs, forward and backward, once under the
+:func:`run` calls the op's public function (handed in by the op's module, through its
+:class:`nvae_fast.backend.Op`) on small probe inputs, forward and backward, once under the
 fused backend and once under ``torch``, and compares every output, gradient and updated state tensor:
 ``|fused - torch| <= FACTOR * (atol * max|torch| + rtol * |torch|)`` with the op suite's (atol, rtol) for
 the dtype (:data:`TOLERANCES`). A wrong kernel misses by far more; rounding by far less.
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from . import backend
 
 TOLERANCES = {  # (atol, rtol) of the op suite against its float64 reference
     torch.float64: (1e-10, 1e-9),
@@ -46,17 +49,11 @@ class Result:
     seconds: float
 
 
-def dtype_family(dtype: torch.dtype) -> str:
-    """The dtypes that share kernel plans: ``half`` (float16, bfloat16), ``float32``, ``float64``."""
-    return "half" if dtype in (torch.float16, torch.bfloat16) else str(dtype).replace("torch.", "")
-
-
 def _randn(g: torch.Generator, shape, device, dtype, scale=1.0, shift=0.0) -> torch.Tensor:
     return (torch.randn(shape, generator=g, dtype=torch.float64) * scale + shift).to(device=device, dtype=dtype)
 
 
-def _bn_swish(shape, device, dtype) -> Callable[[], dict]:
-    from .ops import bn_swish
+def _bn_swish(bn_swish, shape, device, dtype) -> Callable[[], dict]:
 
     def run():
         g = torch.Generator().manual_seed(1)
@@ -72,8 +69,7 @@ def _bn_swish(shape, device, dtype) -> Callable[[], dict]:
     return run
 
 
-def _depthwise(case, device, dtype) -> Callable[[], dict]:
-    from .ops import depthwise_conv2d
+def _depthwise(depthwise_conv2d, case, device, dtype) -> Callable[[], dict]:
 
     shape, k, stride, padding = case
 
@@ -88,8 +84,7 @@ def _depthwise(case, device, dtype) -> Callable[[], dict]:
     return run
 
 
-def _squeeze_excite(case, device, dtype) -> Callable[[], dict]:
-    from .ops import squeeze_excite
+def _squeeze_excite(squeeze_excite, case, device, dtype) -> Callable[[], dict]:
 
     shape, hidden = case
 
@@ -109,8 +104,7 @@ def _squeeze_excite(case, device, dtype) -> Callable[[], dict]:
     return run
 
 
-def _power_iteration(shapes, device, dtype) -> Callable[[], dict]:
-    from .ops import power_iteration
+def _power_iteration(power_iteration, shapes, device, dtype) -> Callable[[], dict]:
 
     def run():
         g = torch.Generator().manual_seed(4)
@@ -150,16 +144,15 @@ def _mismatch(name: str, got: torch.Tensor, want: torch.Tensor, dtype: torch.dty
     return None
 
 
-def run(op: str, backend_name: str, device: torch.device, dtype: torch.dtype) -> Result:
-    """Self-check ``backend_name`` on ``op`` for ``device`` and ``dtype`` (see module doc)."""
-    from . import backend
-
+def run(op: str, function: Callable, backend_name: str, device: torch.device, dtype: torch.dtype) -> Result:
+    """Self-check ``backend_name`` on ``op``, whose public function is ``function``, for ``device`` and
+    ``dtype`` (see the module doc)."""
     start = time.perf_counter()
     why = ""
     try:
         with torch.enable_grad(), torch.inference_mode(False), torch.autocast(device.type, enabled=False):
             for case in PROBE_SHAPES[op]:
-                probe = _BUILDERS[op](case, device, dtype)
+                probe = _BUILDERS[op](function, case, device, dtype)
                 with backend.use_backend(backend_name):
                     fused = probe()
                 with backend.use_backend("torch"):

@@ -4,8 +4,9 @@
 #   bash scripts/gpu_checks.sh test [pytest args]   every test on the GPU: backends vs reference, opcheck, compile
 #   bash scripts/gpu_checks.sh sanitize [pytest args]   compute-sanitizer (TOOLS, default memcheck racecheck)
 #   bash scripts/gpu_checks.sh bench [args]   the benchmark suites (see benchmarks/README.md to split them)
-#   bash scripts/gpu_checks.sh session [--plan]   what a short lease needs most, in one command of
-#                                        GPU_SESSION_S seconds (default 480); --plan prints the steps and caps
+#   bash scripts/gpu_checks.sh session [--plan]   what the targets need most, in one command of
+#                                        GPU_SESSION_S seconds (default 480) for a GPU machine with 15
+#                                        minutes of time in all; --plan prints the steps and caps
 # Logs go to $OUT when it is set (the device tool's output folder), else to gpu-logs/; bench and session
 # also pack benchmarks/results into bench-results.tar.gz there, even when killed. Where the copy of the
 # tree has no .git, pass NVAE_BENCH_GIT_COMMIT=<hash> for the result files.
@@ -26,10 +27,10 @@ ensure_built() {
 pack_results() {
   tar -czf "$logs/bench-results.tar.gz" -C benchmarks results
 }
-# The session: one command for a 15-minute lease (machine start included), GPU_SESSION_S seconds
-# (default 480, so that a second, shorter call still fits the lease). Its steps, in order, with their
-# caps in seconds; the caps add up to the deadline, and time a step leaves unused goes to the steps
-# after it. `session --plan` prints this plan without running anything.
+# The session: one command for a GPU machine with 15 minutes of time in all (machine start included),
+# GPU_SESSION_S seconds (default 480, which leaves time for a second, shorter call). Its steps, in
+# order, with their caps in seconds; the caps add up to the deadline, and time a step leaves unused goes
+# to the steps after it. `session --plan` prints this plan without running anything.
 #   build         the CUDA extension for sm_90 only (offline: PIP_NO_INDEX=1)
 #   bench-power   power iteration over every conv weight of the CIFAR-10 model: stack_bmm, cuda, triton
 #   bench-dw      depthwise 5x5, N=32, C=768, 16x16 then 32x32: ATen NCHW, cuDNN channels_last, cuda, triton

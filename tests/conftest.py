@@ -22,7 +22,8 @@ import nvae_fast  # noqa: E402
 pytest_plugins = ("tests.backend_gate",)
 
 # Under pytest-xdist the workers share the cores: torch's default of one thread per core in every worker
-# oversubscribes them (tests/ops with 2 workers on 2 cores: 5 min 13 s, against 3 min 1 s like this).
+# would oversubscribe them (N workers, N threads each, on N cores), which makes the suite much slower, so
+# each worker gets its share of the cores.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _workers > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))

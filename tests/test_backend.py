@@ -67,7 +67,8 @@ def test_env_variable_at_import():
 
 def test_auto_uses_torch_on_cpu():
     x = torch.randn(2, 3, 4, 4)
-    name, kernels = backend.resolve("bn_swish", x.device, "torch-kernels", x)
+    op = backend.Op("bn_swish", "torch-kernels", None)
+    name, kernels = backend.resolve(op, x.device, x)
     assert (name, kernels) == ("torch", "torch-kernels")
 
 

@@ -86,8 +86,8 @@ def sim(monkeypatch):
 
 @pytest.mark.parametrize("host_us", [0.0, 20.0, 70.0, 200.0, 1000.0])
 def test_device_time_excludes_host_work_and_flush(sim, host_us):
-    """The timed interval is the op's device time, whatever its host time; the old timing (flush queued
-    before the start event, no hold) measured max(0, host - flush) + device for a host-heavy op."""
+    """The timed interval is the op's device time, whatever its host time; with the flush queued right
+    before the start event and no hold it would be max(0, host - flush) + device for a host-heavy op."""
     ms = timing.time_runs(op(sim, host_us, 10.0), device=CUDA, smoke=False, budget_s=0.0, min_reps=5, max_reps=5)
     assert len(ms) == 5
     assert ms == pytest.approx([0.010] * 5, abs=1e-6)

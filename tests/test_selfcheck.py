@@ -13,6 +13,10 @@ import torch
 import nvae_fast
 from nvae_fast import backend, selfcheck
 from nvae_fast.ops import bn_swish, depthwise_conv2d
+from nvae_fast.ops import OPS
+from nvae_fast.ops.bn_swish import OP as BN_SWISH
+from nvae_fast.ops.depthwise_conv2d import OP as DEPTHWISE
+from nvae_fast.ops.squeeze_excite import OP as SQUEEZE_EXCITE
 
 CPU = torch.device("cpu")
 
@@ -72,11 +76,11 @@ def test_auto_uses_a_fused_backend_once_it_passes_its_selfcheck(auto_on_cpu, mon
     real_run = selfcheck.run
     monkeypatch.setattr(selfcheck, "run", lambda *a: runs.append(a) or real_run(*a))
     x, w, b = _inputs()
-    name, _ = backend.resolve("bn_swish", CPU, None, x)
+    name, _ = backend.resolve(BN_SWISH, CPU, x)
     assert name == backend.AUTO_ORDER["bn_swish"][0] == "cuda"
-    backend.resolve("bn_swish", CPU, None, x)
-    backend.resolve("bn_swish", CPU, None, x.double())
-    assert [(a[0], a[1], a[3]) for a in runs] == [("bn_swish", "cuda", torch.float32), ("bn_swish", "cuda", torch.float64)]
+    backend.resolve(BN_SWISH, CPU, x)
+    backend.resolve(BN_SWISH, CPU, x.double())
+    assert [(a[0], a[2], a[4]) for a in runs] == [("bn_swish", "cuda", torch.float32), ("bn_swish", "cuda", torch.float64)]
     records = nvae_fast.backend_info()["selfchecks"]
     assert [(r["op"], r["backend"], r["device"], r["dtypes"], r["passed"], r["why"]) for r in records] == [
         ("bn_swish", "cuda", "cpu", "float32", True, ""), ("bn_swish", "cuda", "cpu", "float64", True, ""),
@@ -93,7 +97,7 @@ def test_a_wrong_kernel_set_is_caught_warned_once_and_avoided(auto_on_cpu, monke
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once: the verdict is kept
         _call(x, w, b)
-    assert backend.resolve("bn_swish", CPU, None, x)[0] == "triton"  # the next backend in the order
+    assert backend.resolve(BN_SWISH, CPU, x)[0] == "triton"  # the next backend in the order
     with nvae_fast.use_backend("torch"):
         torch.testing.assert_close(y, _call(x, w, b))
     (record, passing) = nvae_fast.backend_info()["selfchecks"]
@@ -109,7 +113,7 @@ def test_with_every_fused_backend_wrong_auto_runs_torch(auto_on_cpu, monkeypatch
         monkeypatch.setitem(backend._state.kernels, key, _Off(backend._state.kernels[key]))
     x = torch.randn(2, 3, 6, 7)
     with pytest.warns(RuntimeWarning):
-        assert backend.resolve("depthwise_conv2d", CPU, None, x, torch.randn(3, 1, 3, 3), (1, 1), (1, 1), (1, 1))[0] == "torch"
+        assert backend.resolve(DEPTHWISE, CPU, x, torch.randn(3, 1, 3, 3), (1, 1), (1, 1), (1, 1))[0] == "torch"
     assert [r["passed"] for r in nvae_fast.backend_info()["selfchecks"]] == [False, False]
 
 
@@ -122,7 +126,7 @@ def test_a_kernel_that_raises_fails_its_selfcheck_with_the_error(auto_on_cpu, mo
     kernels = types.SimpleNamespace(**{n: getattr(backend._state.kernels[("squeeze_excite", "cuda")], n)
                                        for n in ("supports", "pool", "scale", "backward_reduce")}, backward_dx=broken)
     monkeypatch.setitem(backend._state.kernels, ("squeeze_excite", "cuda"), kernels)
-    result = selfcheck.run("squeeze_excite", "cuda", CPU, torch.float32)
+    result = SQUEEZE_EXCITE.selfcheck("cuda", CPU, torch.float32)
     assert not result.passed and result.why == "RuntimeError: an illegal memory access was encountered"
 
 
@@ -131,7 +135,7 @@ def test_selfcheck_off_trusts_the_fused_backend(auto_on_cpu, monkeypatch):
     monkeypatch.setenv("NVAE_FAST_SELFCHECK", "0")
     nvae_fast.reset()
     x, _, _ = _inputs()
-    assert backend.resolve("bn_swish", CPU, None, x)[0] == "cuda"
+    assert backend.resolve(BN_SWISH, CPU, x)[0] == "cuda"
     info = nvae_fast.backend_info()
     assert info["selfcheck"] is False and info["selfchecks"] == []
 
@@ -170,6 +174,6 @@ def test_the_real_probes_pass_on_the_emulated_cuda_kernels(dtype):
     _need("cuda")
     if torch.cuda.is_available():
         pytest.skip("on a GPU the self-check runs on the device itself")
-    for op in backend.OPS:
-        result = selfcheck.run(op, "cuda", CPU, dtype)
+    for op in OPS:
+        result = op.selfcheck("cuda", CPU, dtype)
         assert result.passed, (op, result.why)

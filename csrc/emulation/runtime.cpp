@@ -19,6 +19,10 @@
 #include <sanitizer/asan_interface.h>
 #endif
 
+#if defined(NVAE_FAST_EMULATE_COUNT)
+#include "traffic.h"
+#endif
+
 extern "C" [[noreturn]] void nvae_emu_fiber_main();
 
 namespace nvae_fast {
@@ -301,6 +305,15 @@ void run_grid(const char* signature, dim3 grid, dim3 block, size_t smem, const s
   t_launch = &l;
   gridDim = grid;
   blockDim = block;
+#if defined(NVAE_FAST_EMULATE_COUNT)
+  // The count flavour (traffic.h): the launch's global-memory accesses are counted until run_grid
+  // returns, or only its configuration is recorded and no block runs.
+  const bool run = traffic::begin(kernel);
+  struct EndCount {
+    ~EndCount() { traffic::end(); }
+  } end_count;
+  if (!run) return;
+#endif
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {

@@ -1,10 +1,13 @@
-"""Loading of the extension ``nvae_fast._C`` and the layout helpers shared by the kernel sets.
+"""Loading of the extension ``nvae_fast._C``, the namespace the kernel sets call, and the layout helpers
+they share.
 
 Importing this module tries ``import nvae_fast._C``, which registers the custom ops
-``torch.ops.nvae_fast.*`` (see ``csrc/bindings.cpp``). It never initialises CUDA. When the extension is
-missing, the kernel-set functions raise ``RuntimeError`` with the import error, and ``supports`` reports
-it as the reason to fall back. Under ``NVAE_FAST_CUDA_EMULATE=1`` (:mod:`nvae_fast.cuda.emulation`) the
-kernel sets call the CPU build of the same kernels, ``torch.ops.nvae_fast_emu.*``, instead.
+``torch.ops.nvae_fast.*`` (see ``csrc/bindings.cpp``). It never initialises CUDA. The kernel sets call
+the ops through :func:`ops`, by default in the extension's namespace; when the extension is missing,
+:func:`ops` raises ``RuntimeError`` with the import error and :func:`missing` returns it as a reason. The
+backend, which alone knows whether ``NVAE_FAST_CUDA_EMULATE=1`` asks for the CPU emulation
+(:mod:`nvae_fast.cuda.emulation`), points the kernel sets at the emulation's copy of the ops,
+``torch.ops.nvae_fast_emu.*``, with :func:`use_namespace`; this package never imports the backend.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from .. import backend
-from . import emulation
+#: The namespace of the extension's ops, ``torch.ops.nvae_fast``.
+EXTENSION = "nvae_fast"
 
 #: Every custom op the extension registers, by kernel set.
 OPS: dict[str, tuple[str, ...]] = {
@@ -34,28 +37,39 @@ else:
 
 #: The fake (meta) implementation of every custom op, by op name: filled by the kernel-set modules.
 FAKES: dict[str, Callable] = {}
+# Namespaces whose ops get the fakes (the extension's when it loaded, and each one use_namespace chose),
+# and the qualified op names registered so far.
+_fake_namespaces: list[str] = [EXTENSION] if _IMPORT_ERROR is None else []
 _registered: set[str] = set()
+# The namespace that ops() returns; the backend chooses it at every reset.
+_namespace = EXTENSION
 
 
 def register_fakes(fakes: dict[str, Callable]) -> None:
-    """Add ``fakes`` (op name -> fake implementation) to :data:`FAKES` and register them for every loaded
-    namespace of the ops (:func:`register_loaded_fakes`)."""
+    """Add ``fakes`` (op name -> fake implementation) to :data:`FAKES` and register them with
+    ``torch.library`` for every namespace that holds the ops, each op once."""
     FAKES.update(fakes)
-    register_loaded_fakes()
+    _register_fakes()
 
 
-def register_loaded_fakes() -> None:
-    """Register :data:`FAKES` with ``torch.library`` for ``torch.ops.nvae_fast`` (when the extension is
-    loaded) and ``torch.ops.nvae_fast_emu`` (when the emulation is), each op once."""
-    namespaces = ["nvae_fast"] if _IMPORT_ERROR is None else []
-    if emulation.loaded():
-        namespaces.append(emulation.NAMESPACE)
-    for namespace in namespaces:
+def _register_fakes() -> None:
+    for namespace in _fake_namespaces:
         for name, fake in FAKES.items():
             qualname = f"{namespace}::{name}"
             if qualname not in _registered:
                 torch.library.register_fake(qualname, fake)
                 _registered.add(qualname)
+
+
+def use_namespace(namespace: str) -> None:
+    """Make the kernel sets call ``torch.ops.<namespace>``: :data:`EXTENSION`, or a loaded library that
+    defines the same ops (the emulation's), whose ops then get the fakes too (so that ``torch.compile``
+    and ``torch.library.opcheck`` can trace them)."""
+    global _namespace
+    if namespace != EXTENSION and namespace not in _fake_namespaces:
+        _fake_namespaces.append(namespace)
+        _register_fakes()
+    _namespace = namespace
 
 
 def available() -> bool:
@@ -64,25 +78,20 @@ def available() -> bool:
 
 
 def missing() -> str | None:
-    """Why the CUDA kernels cannot run at all (``None`` when the extension or the emulation is loaded)."""
-    if _IMPORT_ERROR is None or backend.cuda_emulated():
+    """Why the kernel sets cannot call their ops at all: the extension's import error while they call the
+    extension's namespace, else ``None``."""
+    if _IMPORT_ERROR is None or _namespace != EXTENSION:
         return None
     return f"the extension nvae_fast._C is not built ({_IMPORT_ERROR})"
 
 
 def ops():
-    """The namespace ``torch.ops.nvae_fast`` (``torch.ops.nvae_fast_emu`` under the emulation);
-    ``RuntimeError`` when the extension is not built."""
-    if backend.cuda_emulated():
-        return emulation.ops()
-    if _IMPORT_ERROR is not None:
-        raise RuntimeError(f"nvae_fast.cuda: {missing()}")
-    return torch.ops.nvae_fast
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the kernels: float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """The namespace the kernel sets call, ``torch.ops.nvae_fast`` unless :func:`use_namespace` chose
+    another; ``RuntimeError`` when that is the extension's and it is not built."""
+    reason = missing()
+    if reason is not None:
+        raise RuntimeError(f"nvae_fast.cuda: {reason}")
+    return getattr(torch.ops, _namespace)
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:

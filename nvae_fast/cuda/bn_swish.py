@@ -1,4 +1,4 @@
-"""CUDA kernel set of :mod:`nvae_fast.ops.bn_swish` (contract: that module's docstring).
+"""CUDA kernel set of :mod:`nvae_fast.ops.bn_swish` (contract: :class:`nvae_fast.ops.bn_swish.BNSwishKernels`).
 
 x: (N, C, H, W), NCHW or channels_last (other layouts are copied to NCHW first); dy is brought to x's
 dtype and memory format. Per-channel tensors (C,) are passed to the kernels in the accumulation dtype
@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import torch
 
+from .._accumulation import acc_dtype
 from . import _library
-from ._library import acc_dtype, dense, like, per_channel
+from ._library import dense, like, per_channel
 
-__all__ = ["supports", "batch_stats", "normalize", "backward_reduce", "backward_dx"]
+__all__ = ["supports", "train_forward", "batch_stats", "normalize", "backward", "backward_reduce", "backward_dx"]
 
 
 def supports(x):
-    """``None`` when the kernels can run ``x`` (any 4-D float tensor), else the reason."""
-    return _library.missing()
+    """``None``: the kernels run every x that :func:`nvae_fast.ops.bn_swish` accepts."""
+    return None
 
 
 def _params(x, mean, invstd, weight, bias):
@@ -40,6 +41,18 @@ def normalize(x, mean, invstd, weight, bias):
     """y = silu(x * scale + shift) with scale = weight * invstd, shift = bias - mean * scale; like x."""
     x = dense(x)
     return _library.ops().bn_swish_normalize(x, *_params(x, mean, invstd, weight, bias))
+
+
+def train_forward(x, weight, bias, eps):
+    """``(y, mean, var)`` of a training step: the statistics, then y with them (two passes over x)."""
+    mean, var = batch_stats(x)
+    return normalize(x, mean, torch.rsqrt(var + eps), weight, bias), mean, var
+
+
+def backward(dy, x, mean, invstd, weight, bias, count):
+    """``(dx, sum_dz, sum_dz_xhat)``: the per-channel sums, then dx with them."""
+    sum_dz, sum_dz_xhat = backward_reduce(dy, x, mean, invstd, weight, bias)
+    return backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count), sum_dz, sum_dz_xhat
 
 
 def backward_reduce(dy, x, mean, invstd, weight, bias):

@@ -1,4 +1,4 @@
-"""CUDA kernel set of :mod:`nvae_fast.ops.depthwise_conv2d` (contract: that module's docstring).
+"""CUDA kernel set of :mod:`nvae_fast.ops.depthwise_conv2d` (contract: :class:`nvae_fast.ops.depthwise_conv2d.DepthwiseConv2dKernels`).
 
 Supported: kernel sizes 1..11 per axis, stride 1 or 2 per axis, any padding up to 1024, dilation 1
 (``supports`` gives the reason for anything else, and the op falls back to the ``torch`` kernels).
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from .._accumulation import acc_dtype
 from . import _library
-from ._library import acc_dtype, dense, like, memory_format, per_channel
+from ._library import dense, like, memory_format, per_channel
 
 __all__ = ["supports", "forward", "backward_input", "backward_weight"]
 
@@ -34,17 +35,11 @@ def supports(x, weight, stride, padding, dilation):
         return f"kernel size {kh}x{kw} (the CUDA kernels support 1 to {MAX_KERNEL} per axis)"
     if max(padding) > MAX_PADDING:
         return f"padding {tuple(padding)} (the CUDA kernels support at most {MAX_PADDING})"
-    return _library.missing()
-
-
-def _check_dilation(dilation):
-    if tuple(dilation) != (1, 1):
-        raise ValueError(f"nvae_fast.cuda.depthwise_conv2d: dilation must be (1, 1), got {tuple(dilation)}")
+    return None
 
 
 def forward(x, weight, bias, stride, padding, dilation):
     """y = depthwise conv of x with weight (C, 1, kh, kw) and optional bias (C,); x's dtype and layout."""
-    _check_dilation(dilation)
     x = dense(x)
     acc = acc_dtype(x.dtype)
     b = None if bias is None else per_channel(bias, acc)
@@ -53,7 +48,6 @@ def forward(x, weight, bias, stride, padding, dilation):
 
 def backward_input(dy, weight, input_hw, stride, padding, dilation):
     """dx (N, C, *input_hw): the transposed convolution of dy with the same taps; dy's dtype and layout."""
-    _check_dilation(dilation)
     dy = dense(dy)
     w = per_channel(weight, acc_dtype(dy.dtype))
     return _library.ops().dwconv2d_backward_input(dy, w, list(input_hw), list(stride), list(padding))
@@ -61,7 +55,6 @@ def backward_input(dy, weight, input_hw, stride, padding, dilation):
 
 def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
     """(dweight (C, 1, kh, kw), dbias (C,) or ``None``) in the accumulation dtype."""
-    _check_dilation(dilation)
     x = dense(x)
     dweight, dbias = _library.ops().dwconv2d_backward_weight(
         like(dy, x), x, list(kernel_hw), list(stride), list(padding)

@@ -1,4 +1,4 @@
-"""CUDA kernel set of :mod:`nvae_fast.ops.power_iteration` (contract: that module's docstring).
+"""CUDA kernel set of :mod:`nvae_fast.ops.power_iteration` (contract: :class:`nvae_fast.ops.power_iteration.PowerIterationKernels`).
 
 All matrices go to the kernels in one dtype: their own when they share one, float32 otherwise (the
 accumulation dtype is float64 only when every matrix is float64). Each matrix must be contiguous
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .._accumulation import acc_dtype
 from . import _library
 
 __all__ = ["supports", "update", "sigmas"]
@@ -23,7 +24,7 @@ def supports(mats):
     for i, m in enumerate(mats):
         if m.numel() == 0:
             return f"matrix {i} has no elements (shape {tuple(m.shape)})"
-    return _library.missing()
+    return None
 
 
 def _uniform(mats):
@@ -48,8 +49,7 @@ def _update_fake(mats, us, vs, n_iter):
 
 
 def _sigmas_fake(mats, us, vs):
-    dtype = torch.float64 if mats[0].dtype == torch.float64 else torch.float32
-    return mats[0].new_empty(len(mats), dtype=dtype)
+    return mats[0].new_empty(len(mats), dtype=acc_dtype(mats[0].dtype))
 
 
 _library.register_fakes(

@@ -1,4 +1,4 @@
-"""CUDA kernel set of :mod:`nvae_fast.ops.squeeze_excite` (contract: that module's docstring).
+"""CUDA kernel set of :mod:`nvae_fast.ops.squeeze_excite` (contract: :class:`nvae_fast.ops.squeeze_excite.SqueezeExciteKernels`).
 
 x / dy: (N, C, H, W), NCHW or channels_last (other layouts are copied to NCHW first); gate and dmean
 (N, C) are passed in the accumulation dtype (float32, float64 for float64 inputs).
@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import torch
 
+from .._accumulation import acc_dtype
 from . import _library
-from ._library import acc_dtype, dense, like, per_channel
+from ._library import dense, like, per_channel
 
 __all__ = ["supports", "pool", "scale", "backward_reduce", "backward_dx"]
 
 
 def supports(x):
     """``None`` when the kernels can run ``x`` (any 4-D float tensor with H * W > 0), else the reason."""
-    return _library.missing()
+    return None
 
 
 def pool(x):

@@ -21,6 +21,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from .._accumulation import acc_dtype
+
 __all__ = ["kl_coefficient", "reg_coefficient", "kl_balance_weights", "balanced_kl", "nvae_loss"]
 
 
@@ -63,7 +65,7 @@ def _joint_abs_mean(kl: torch.Tensor, process_group) -> torch.Tensor:
     Batch sizes may differ between ranks. A group of one rank: the local mean, without communication;
     ``torch.distributed`` not initialised: the local mean, with no ``torch.distributed`` call at all.
     """
-    acc = torch.float64 if kl.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(kl.dtype)
     packed = torch.cat([kl.to(acc).abs().sum(dim=0), kl.new_full((1,), kl.shape[0], dtype=acc)])
     if dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1:
         dist.all_reduce(packed, group=process_group)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..ops import bn_swish
+from .convert import replace_modules, share_bn_state
 
 __all__ = ["BNSwish", "SyncBNSwish", "convert_sync_bn_swish"]
 
@@ -48,17 +49,16 @@ class BNSwish(nn.Module):
             self.num_batches_tracked.zero_()
 
     def functional_args(self) -> tuple:
-        """The arguments after ``x`` of :func:`nvae_fast.ops.bn_swish` for one forward call of this module.
+        """The arguments after ``x`` of :func:`nvae_fast.ops.bn_swish` for the next forward call of this
+        module. Reading them changes no state: a forward reads them, then calls :meth:`count_batch`.
 
-        Applies ``nn.BatchNorm2d``'s rules: in training with running statistics ``num_batches_tracked``
-        is incremented and ``momentum=None`` becomes ``1 / num_batches_tracked``; batch statistics are
-        used in training or when there are no running statistics.
+        Applies ``nn.BatchNorm2d``'s rules: batch statistics are used in training or when there are no
+        running statistics; with ``momentum=None`` the running statistics are the cumulative average, so the
+        batch about to be counted gets the factor ``1 / (num_batches_tracked + 1)``.
         """
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        if self.momentum is None and self._counts_batches():
+            factor = 1.0 / (float(self.num_batches_tracked) + 1.0)
         use_batch_stats = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
         return (
@@ -72,11 +72,22 @@ class BNSwish(nn.Module):
             self._group(),
         )
 
+    def count_batch(self) -> None:
+        """Count one forward call as ``nn.BatchNorm2d`` does: ``num_batches_tracked += 1`` in training with
+        running statistics. Called by every forward that uses :meth:`functional_args`, after reading them."""
+        if self._counts_batches():
+            self.num_batches_tracked.add_(1)
+
+    def _counts_batches(self) -> bool:
+        return self.training and self.track_running_stats
+
     def _group(self):
         return self.process_group
 
     def forward(self, x):
-        return bn_swish(x, *self.functional_args())
+        args = self.functional_args()
+        self.count_batch()
+        return bn_swish(x, *args)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
@@ -93,16 +104,11 @@ class SyncBNSwish(BNSwish):
 
 def convert_sync_bn_swish(module: nn.Module, process_group=None) -> nn.Module:
     """Return ``module`` with every :class:`BNSwish` replaced by a :class:`SyncBNSwish` sharing its tensors."""
-    if isinstance(module, BNSwish) and not isinstance(module, SyncBNSwish):
-        sync = SyncBNSwish(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, process_group
-        )
-        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-            setattr(sync, name, getattr(module, name))  # share, so optimizers keep their parameters
-        sync.train(module.training)
-        return sync
-    for name, child in module.named_children():
-        converted = convert_sync_bn_swish(child, process_group)
-        if converted is not child:
-            setattr(module, name, converted)
-    return module
+
+    def sync(m: nn.Module) -> SyncBNSwish | None:
+        if not isinstance(m, BNSwish) or isinstance(m, SyncBNSwish):
+            return None
+        sync_bn = SyncBNSwish(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, process_group)
+        return share_bn_state(sync_bn, m)
+
+    return replace_modules(module, sync)

@@ -42,6 +42,7 @@ def bn_swish_conv2d_modules(bn: BNSwish, conv: nn.Conv2d, x: torch.Tensor) -> to
     if any(m._forward_pre_hooks or m._forward_hooks for m in (bn, conv)):
         return conv(bn(x))  # hooks on either module see the calls they were registered for
     weight, bias, running_mean, running_var, use_batch_stats, factor, eps, group = bn.functional_args()
+    bn.count_batch()
     if hasattr(conv, "weight_norm_params"):
         direction, log_gain, mask = conv.weight_norm_params()
     else:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..ops import bn_swish_conv2d
 from .bn_swish import BNSwish
+from .convert import share_bn_state
 
 __all__ = ["DeferredBNSwish", "BNSwishInputConv2d", "can_defer_into", "defer_into_conv"]
 
@@ -46,6 +47,7 @@ class BNSwishInputConv2d(nn.Module):
 
     def forward(self, x):
         weight, bias, running_mean, running_var, use_batch_stats, factor, eps, group = self.bn.functional_args()
+        self.bn.count_batch()
         return bn_swish_conv2d(
             x, weight, bias, running_mean, running_var, use_batch_stats, factor, eps,
             self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, group,
@@ -75,6 +77,4 @@ def can_defer_into(bn: nn.Module, conv: nn.Module) -> bool:
 def defer_into_conv(bn: BNSwish) -> DeferredBNSwish:
     """A :class:`DeferredBNSwish` sharing ``bn``'s parameters and buffers, in ``bn``'s training mode."""
     new = DeferredBNSwish(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, bn.process_group)
-    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-        setattr(new, name, getattr(bn, name))
-    return new.train(bn.training)
+    return share_bn_state(new, bn)

@@ -25,6 +25,7 @@ from torch import nn
 
 from .bn_swish import BNSwish
 from .conv_squeeze_excite import ConvSqueezeExcite, is_pointwise
+from .convert import share_bn_state
 from .deferred_bn_swish import BNSwishInputConv2d, can_defer_into, defer_into_conv
 from .depthwise_conv2d import DepthwiseConv2d
 from .foreign import bn_act_parts, bn_feeds_conv, squeeze_excite_parts
@@ -68,10 +69,7 @@ def _is_depthwise(m: nn.Module) -> bool:
 
 
 def _bn_swish_from(bn: nn.BatchNorm2d) -> BNSwish:
-    new = BNSwish(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-        setattr(new, name, getattr(bn, name))
-    return new.train(bn.training)
+    return share_bn_state(BNSwish(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats), bn)
 
 
 def _depthwise_from(conv: nn.Conv2d) -> DepthwiseConv2d:

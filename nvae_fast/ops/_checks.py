@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -65,8 +66,3 @@ def check_kernel_fits(op: str, x: torch.Tensor, kernel_hw, padding, dilation) ->
                 f"{op}: x's spatial size {tuple(x.shape[2:])} with padding {padding} is smaller than the dilated "
                 f"kernel {span}"
             )
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs, float32 for everything else."""
-    return torch.float64 if dtype == torch.float64 else torch.float32

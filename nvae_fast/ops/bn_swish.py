@@ -17,38 +17,60 @@ With a ``process_group`` the statistics and the two backward sums are reduced ac
 (SyncBatchNorm semantics; dweight and dbias stay local, as in PyTorch, for DDP to average).
 
 The lean backends save only ``x`` and the per-channel ``mean``/``invstd`` for backward and recompute
-``z`` there. Kernel set contract (``torch``: :class:`TorchKernels`; ``triton``:
-``nvae_fast.kernels.bn_swish``; ``cuda``: ``nvae_fast.cuda.bn_swish``):
-
-    batch_stats(x) -> (mean, var)                                 (C,), accumulation dtype, biased var
-    normalize(x, mean, invstd, weight, bias) -> y                 like x (dtype and memory format)
-    backward_reduce(dy, x, mean, invstd, weight, bias) -> (sum_dz, sum_dz_xhat)   (C,), accumulation dtype
-    backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count) -> dx
-        count is n (int) in training, ``None`` in eval (then sum_dz/sum_dz_xhat are ignored)
-    supports(x) -> None or the reason it cannot run x
-    optional: train_forward(x, weight, bias, eps) -> (y, mean, var) or None (one read of x, no process group)
-    optional: backward(dy, x, mean, invstd, weight, bias, count) -> (dx, sum_dz, sum_dz_xhat) (no process group)
-
-``weight``/``bias`` reach the kernels as tensors (ones/zeros when the caller passed ``None``), in
-their own dtype, which may differ from ``x``'s (e.g. float32 parameters with bfloat16 activations).
+``z`` there. Their kernels implement :class:`BNSwishKernels` (``torch``: :class:`TorchKernels`;
+``triton``: ``nvae_fast.kernels.bn_swish``; ``cuda``: ``nvae_fast.cuda.bn_swish``).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 
-from .. import backend
-from ._checks import acc_dtype, check_same_device, check_tensor, check_vector
+from .. import backend, selfcheck
+from .._accumulation import acc_dtype
+from ._checks import check_same_device, check_tensor, check_vector
 
-__all__ = ["bn_swish", "bn_swish_reference", "TorchKernels", "BNSwishFunction"]
-
-_OP = "bn_swish"
+__all__ = ["bn_swish", "bn_swish_reference", "BNSwishKernels", "TorchKernels", "BNSwishFunction", "OP"]
 
 
 def bn_swish_reference(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
     """The unfused composition that defines the semantics: ``F.silu(F.batch_norm(...))``."""
     return F.silu(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps))
+
+
+class BNSwishKernels(Protocol):
+    """The kernels of one lean backend for :func:`bn_swish`; every backend implements all of them.
+
+    ``x``, ``dy``: (N, C, H, W), already checked by :func:`bn_swish`; ``mean``, ``invstd``, ``sum_*``:
+    (C,) in the accumulation dtype (:func:`acc_dtype` of x's dtype); ``weight``, ``bias``: (C,) tensors
+    in their own dtype (ones/zeros where the caller passed ``None``). Outputs like ``x`` have x's dtype
+    and (dense) memory format.
+    """
+
+    def supports(self, x: torch.Tensor) -> str | None:
+        """Why the kernels cannot run ``x`` (beyond the op's own checks), or ``None``."""
+
+    def train_forward(self, x, weight, bias, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(y, mean, var)`` of a training step without a process group: y like x, the batch mean and
+        biased variance (C,); y = silu(weight (x - mean) / sqrt(var + eps) + bias)."""
+
+    def batch_stats(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(mean, biased var)`` over N, H, W (for SyncBN, which merges them across ranks)."""
+
+    def normalize(self, x, mean, invstd, weight, bias) -> torch.Tensor:
+        """y = silu(weight (x - mean) invstd + bias), like x."""
+
+    def backward(self, dy, x, mean, invstd, weight, bias, count: int | None):
+        """``(dx, sum_dz, sum_dz_xhat)`` without a process group; ``count`` is n in training, ``None``
+        in eval (then dx = weight invstd dz)."""
+
+    def backward_reduce(self, dy, x, mean, invstd, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(sum dz, sum dz xhat)`` (for SyncBN, which sums them across ranks)."""
+
+    def backward_dx(self, dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count: int | None) -> torch.Tensor:
+        """dx from the (possibly all-rank) sums; ``count`` as in :meth:`backward`."""
 
 
 def _bcast(v: torch.Tensor) -> torch.Tensor:
@@ -83,6 +105,11 @@ class TorchKernels:
     def normalize(x, mean, invstd, weight, bias):
         z = TorchKernels._z(x, mean, invstd, weight, bias)
         return F.silu(z, inplace=True).to(x.dtype)
+
+    @staticmethod
+    def train_forward(x, weight, bias, eps):
+        mean, var = TorchKernels.batch_stats(x)
+        return TorchKernels.normalize(x, mean, torch.rsqrt(var + eps), weight, bias), mean, var
 
     @staticmethod
     def _dz(dy, x, mean, invstd, weight, bias):
@@ -124,7 +151,8 @@ class TorchKernels:
         return torch.addcmul(rest, dz, _bcast(scale)).to(x.dtype)
 
 
-def _group_size(process_group) -> int:
+def process_group_size(process_group) -> int:
+    """Ranks in ``process_group``; 1 without one or without an initialised ``torch.distributed``."""
     if process_group is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return 1
     return torch.distributed.get_world_size(process_group)
@@ -161,33 +189,33 @@ def lean_forward(kernels, x, weight, bias, running_mean, running_var, training, 
     ``process_group`` those of all ranks), ``count`` is n = N*H*W over all ranks when training, ``None`` in
     eval. Running statistics are updated in place when training. ``weight``/``bias`` must be tensors.
     """
-    c = x.shape[1]
-    fused = None
-    if training:
-        count = x.numel() // c
-        synced = _group_size(process_group) > 1
-        if not synced and count > 1 and hasattr(kernels, "train_forward"):
-            fused = kernels.train_forward(x, weight, bias, eps)
-        if fused is not None:
-            y, mean, var = fused
-        else:
-            mean, var = kernels.batch_stats(x)
-        if synced:
-            mean, var, count = _sync_stats(mean, var, count, process_group)
-        if count <= 1:
-            raise ValueError(f"bn_swish: expected more than 1 value per channel when training, got x of shape {tuple(x.shape)}")
-        if running_mean is not None:
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        if running_var is not None:
-            unbiased = var * (count / (count - 1))
-            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
-    else:
+    if not training:
         acc = acc_dtype(x.dtype)
-        mean, var, count = running_mean.to(acc), running_var.to(acc), None
-    invstd = torch.rsqrt(var + eps)
-    if fused is None:
+        mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
+        return kernels.normalize(x, mean, invstd, weight, bias), mean, invstd, None
+    count = x.numel() // x.shape[1]
+    synced = process_group_size(process_group) > 1
+    if synced:
+        mean, var = kernels.batch_stats(x)
+        mean, var, count = _sync_stats(mean, var, count, process_group)
+    _check_count(count, x)
+    if synced:
+        invstd = torch.rsqrt(var + eps)
         y = kernels.normalize(x, mean, invstd, weight, bias)
+    else:
+        y, mean, var = kernels.train_forward(x, weight, bias, eps)
+        invstd = torch.rsqrt(var + eps)
+    if running_mean is not None:
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+    if running_var is not None:
+        unbiased = var * (count / (count - 1))
+        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
     return y, mean, invstd, count
+
+
+def _check_count(count: int, x: torch.Tensor) -> None:
+    if count <= 1:
+        raise ValueError(f"bn_swish: expected more than 1 value per channel when training, got x of shape {tuple(x.shape)}")
 
 
 def lean_backward(kernels, dy, x, mean, invstd, weight, bias, count, process_group, need_dx):
@@ -196,19 +224,17 @@ def lean_backward(kernels, dy, x, mean, invstd, weight, bias, count, process_gro
     ``sum_dz``/``sum_dz_xhat`` (C,) are this rank's dbias/dweight in the accumulation dtype; ``dx`` (only
     when ``need_dx``) uses the sums over every rank of ``process_group`` (SyncBN).
     """
-    synced = count is not None and _group_size(process_group) > 1
-    if need_dx and not synced and hasattr(kernels, "backward"):
+    synced = count is not None and process_group_size(process_group) > 1
+    if need_dx and not synced:
         return kernels.backward(dy, x, mean, invstd, weight, bias, count)
     sum_dz, sum_dz_xhat = kernels.backward_reduce(dy, x, mean, invstd, weight, bias)
-    dx = None
-    if need_dx:
-        if synced:  # dx needs the sums over every rank; dweight/dbias stay local for DDP
-            both = torch.cat([sum_dz, sum_dz_xhat])
-            torch.distributed.all_reduce(both, group=process_group)
-            global_dz, global_dz_xhat = both.chunk(2)
-        else:
-            global_dz, global_dz_xhat = sum_dz, sum_dz_xhat
-        dx = kernels.backward_dx(dy, x, mean, invstd, weight, bias, global_dz, global_dz_xhat, count)
+    if not need_dx:
+        return None, sum_dz, sum_dz_xhat
+    # dx needs the sums over every rank; dweight/dbias stay local for DDP
+    both = torch.cat([sum_dz, sum_dz_xhat])
+    torch.distributed.all_reduce(both, group=process_group)
+    global_dz, global_dz_xhat = both.chunk(2)
+    dx = kernels.backward_dx(dy, x, mean, invstd, weight, bias, global_dz, global_dz_xhat, count)
     return dx, sum_dz, sum_dz_xhat
 
 
@@ -263,13 +289,16 @@ def bn_swish(x, weight, bias, running_mean, running_var, training, momentum=0.1,
     when ``training`` (unbiased variance, like PyTorch). With ``process_group`` the batch statistics are
     those of all ranks' batches together (SyncBN). Returns a tensor like ``x``.
     """
-    check_args(_OP, x, weight, bias, running_mean, running_var, training)
-    name, kernels = backend.resolve(_OP, x.device, TorchKernels, x)
+    check_args(OP.name, x, weight, bias, running_mean, running_var, training)
+    name, kernels = backend.resolve(OP, x.device, x)
     if name == "reference":
-        if process_group is not None and _group_size(process_group) > 1:
+        if process_group is not None and process_group_size(process_group) > 1:
             raise ValueError("bn_swish: the reference backend has no process_group support; use 'torch' for SyncBN")
         return bn_swish_reference(x, weight, bias, running_mean, running_var, training, momentum, eps)
     weight, bias = affine_params(x, weight, bias)
     return BNSwishFunction.apply(
         x, weight, bias, running_mean, running_var, bool(training), float(momentum), float(eps), process_group, kernels
     )
+
+
+OP = backend.Op("bn_swish", TorchKernels, lambda name, device, dtype: selfcheck.run("bn_swish", bn_swish, name, device, dtype))

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
-from .bn_swish import TorchKernels as BNSwishTorchKernels
-from .bn_swish import _group_size, affine_params, bn_swish_reference, check_args, lean_backward, lean_forward
-from .depthwise_conv2d import TorchKernels as DepthwiseTorchKernels
+from .bn_swish import OP as BN_SWISH
+from .bn_swish import affine_params, bn_swish_reference, check_args, lean_backward, lean_forward, process_group_size
+from .depthwise_conv2d import OP as DEPTHWISE_CONV2D
 from .weight_norm import weight_norm, weight_norm_backward
 from ._autocast import conv_autocast_dtype
 from ._checks import check_kernel_fits, check_same_device, check_tensor, check_vector, conv_stride_dilation, pair
@@ -185,9 +185,9 @@ def bn_swish_conv2d(x, bn_weight, bn_bias, running_mean, running_var, training, 
     """
     check_args(_OP, x, bn_weight, bn_bias, running_mean, running_var, training)
     stride, padding, dilation = _check_conv(x, conv_weight, conv_bias, wn_log_gain, wn_mask, stride, padding, dilation, groups)
-    name, bn_kernels = backend.resolve("bn_swish", x.device, BNSwishTorchKernels, x)
+    name, bn_kernels = backend.resolve(BN_SWISH, x.device, x)
     if name == "reference":
-        if process_group is not None and _group_size(process_group) > 1:
+        if process_group is not None and process_group_size(process_group) > 1:
             raise ValueError(f"{_OP}: the reference backend has no process_group support; use 'torch' for SyncBN")
         return bn_swish_conv2d_reference(x, bn_weight, bn_bias, running_mean, running_var, training, momentum, eps,
                                          conv_weight, conv_bias, stride, padding, dilation, groups, wn_log_gain, wn_mask)
@@ -196,7 +196,7 @@ def bn_swish_conv2d(x, bn_weight, bn_bias, running_mean, running_var, training, 
     dw_kernels = None
     c = x.shape[1]
     if groups == c == conv_weight.shape[0] and c > 1:
-        _, dw_kernels = backend.resolve("depthwise_conv2d", x.device, DepthwiseTorchKernels, x, conv_weight, stride, padding, dilation)
+        _, dw_kernels = backend.resolve(DEPTHWISE_CONV2D, x.device, x, conv_weight, stride, padding, dilation)
     bn_weight, bn_bias = affine_params(x, bn_weight, bn_bias)
     return BNSwishConv2dFunction.apply(
         x, bn_weight, bn_bias, running_mean, running_var, bool(training), float(momentum), float(eps),

@@ -9,25 +9,20 @@ Shapes: ``x`` (N, C, H, W) (NCHW or channels_last), ``weight`` (C, 1, kh, kw), `
 dweight[c, 0, p, q] = sum_{n, i, j} dy[n, c, i, j] x[n, c, i sh - ph + p dh, j sw - pw + q dw],
 dbias[c] = sum_{n, i, j} dy[n, c, i, j]. Accumulation is float32 (float64 for float64 inputs).
 
-Kernel set contract (``torch``: :class:`TorchKernels`; ``triton``: ``nvae_fast.kernels.depthwise_conv2d``;
-``cuda``: ``nvae_fast.cuda.depthwise_conv2d``); stride/padding/dilation arrive as pairs of ints:
-
-    forward(x, weight, bias, stride, padding, dilation) -> y            like x (dtype, memory format)
-    backward_input(dy, weight, input_hw, stride, padding, dilation) -> dx        input_hw = (H, W)
-    backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias) -> (dweight, dbias or None)
-        dweight (C, 1, kh, kw) and dbias (C,) in the accumulation dtype; the autograd.Function casts
-        them to the dtypes of weight and bias
-    supports(x, weight, stride, padding, dilation) -> None or the reason it cannot run them
+Their kernels implement :class:`DepthwiseConv2dKernels` (``torch``: :class:`TorchKernels`; ``triton``:
+``nvae_fast.kernels.depthwise_conv2d``; ``cuda``: ``nvae_fast.cuda.depthwise_conv2d``).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 
-from .. import backend
+from .. import backend, selfcheck
+from .._accumulation import acc_dtype
 from ._checks import (
-    acc_dtype,
     check_kernel_fits,
     check_same_device,
     check_tensor,
@@ -36,7 +31,10 @@ from ._checks import (
     pair,
 )
 
-__all__ = ["depthwise_conv2d", "depthwise_conv2d_reference", "TorchKernels", "DepthwiseConv2dFunction"]
+__all__ = [
+    "depthwise_conv2d", "depthwise_conv2d_reference", "DepthwiseConv2dKernels", "TorchKernels",
+    "DepthwiseConv2dFunction", "OP",
+]
 
 _OP = "depthwise_conv2d"
 
@@ -44,6 +42,27 @@ _OP = "depthwise_conv2d"
 def depthwise_conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1):
     """The definition: ``F.conv2d(x, weight, bias, stride, padding, dilation, groups=C)``."""
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
+
+
+class DepthwiseConv2dKernels(Protocol):
+    """The kernels of one lean backend for :func:`depthwise_conv2d`; every backend implements all of them.
+
+    Inputs are already checked by :func:`depthwise_conv2d`; ``stride``, ``padding``, ``dilation`` arrive as
+    pairs of ints. Outputs like ``x`` have x's dtype and (dense) memory format.
+    """
+
+    def supports(self, x, weight, stride, padding, dilation) -> str | None:
+        """Why the kernels cannot run this convolution (beyond the op's own checks), or ``None``."""
+
+    def forward(self, x, weight, bias, stride, padding, dilation) -> torch.Tensor:
+        """y (N, C, Ho, Wo) like x."""
+
+    def backward_input(self, dy, weight, input_hw, stride, padding, dilation) -> torch.Tensor:
+        """dx (N, C, H, W) like dy; ``input_hw`` = (H, W)."""
+
+    def backward_weight(self, dy, x, kernel_hw, stride, padding, dilation, with_bias: bool):
+        """``(dweight (C, 1, kh, kw), dbias (C,) or None)`` in the accumulation dtype; the
+        autograd.Function casts them to the dtypes of weight and bias."""
 
 
 class TorchKernels:
@@ -142,7 +161,10 @@ def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
     ``'valid'``. Returns (N, C, Ho, Wo) in ``x``'s dtype and memory format.
     """
     stride, padding, dilation = _check(x, weight, bias, stride, padding, dilation)
-    name, kernels = backend.resolve(_OP, x.device, TorchKernels, x, weight, stride, padding, dilation)
+    name, kernels = backend.resolve(OP, x.device, x, weight, stride, padding, dilation)
     if name == "reference":
         return depthwise_conv2d_reference(x, weight, bias, stride, padding, dilation)
     return DepthwiseConv2dFunction.apply(x, weight, bias, stride, padding, dilation, kernels)
+
+
+OP = backend.Op(_OP, TorchKernels, lambda name, device, dtype: selfcheck.run(_OP, depthwise_conv2d, name, device, dtype))

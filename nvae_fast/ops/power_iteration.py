@@ -12,32 +12,30 @@ update ``us``/``vs`` in place (accumulation in float32, float64 when every weigh
 differentiable w.r.t. each ``W_i`` with u, v held constant: d sigma_i / d W_i = u_i v_i^T.
 Used by the spectral regulariser (sum of sigma over every conv of the model).
 
-Kernel set contract (``torch``: :class:`TorchKernels`, grouped by shape; ``triton``:
-``nvae_fast.kernels.power_iteration``; ``cuda``: ``nvae_fast.cuda.power_iteration``):
-
-    update(mats, us, vs, n_iter) -> None     mats: list of 2-D (out_i, rest_i) views; us/vs updated in place
-    sigmas(mats, us, vs) -> (n,)             accumulation dtype
-    supports(mats) -> None or the reason it cannot run them
+Their kernels implement :class:`PowerIterationKernels` (``torch``: :class:`TorchKernels`, batched by
+shape; ``triton``: ``nvae_fast.kernels.power_iteration``; ``cuda``: ``nvae_fast.cuda.power_iteration``).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from .. import backend
+from .. import backend, selfcheck
+from .._accumulation import shared_acc_dtype
 from ._checks import check_tensor
 
-__all__ = ["power_iteration", "power_iteration_reference", "TorchKernels", "PowerIterationFunction"]
+__all__ = [
+    "power_iteration", "power_iteration_reference", "PowerIterationKernels", "TorchKernels", "PowerIterationFunction",
+    "OP",
+]
 
 _OP = "power_iteration"
 EPS = 1e-12
-
-
-def _acc(mats) -> torch.dtype:
-    return torch.float64 if all(m.dtype == torch.float64 for m in mats) else torch.float32
 
 
 def _matrices(weights):
@@ -47,7 +45,7 @@ def _matrices(weights):
 def power_iteration_reference(weights, us, vs, n_iter):
     """One weight at a time, plain PyTorch: the definition of the op."""
     mats = _matrices(weights)
-    acc = _acc(mats)
+    acc = shared_acc_dtype(mats)
     sig = []
     for w, u_buf, v_buf in zip(mats, us, vs):
         with torch.no_grad():
@@ -73,6 +71,23 @@ def _keys(mats):
     return [(tuple(m.shape), m.dtype) for m in mats]
 
 
+class PowerIterationKernels(Protocol):
+    """The kernels of one lean backend for :func:`power_iteration`; every backend implements all of them.
+
+    ``mats``: the weights as 2-D (out_i, rest_i) matrices, already checked by :func:`power_iteration`;
+    ``us[i]`` (out_i,), ``vs[i]`` (rest_i,).
+    """
+
+    def supports(self, mats) -> str | None:
+        """Why the kernels cannot run these matrices (beyond the op's own checks), or ``None``."""
+
+    def update(self, mats, us, vs, n_iter: int) -> None:
+        """``n_iter`` steps of v <- normalize(W^T u), u <- normalize(W v) per matrix; us, vs in place."""
+
+    def sigmas(self, mats, us, vs) -> torch.Tensor:
+        """sigma_i = u_i^T W_i v_i: (len(mats),) in the accumulation dtype."""
+
+
 class TorchKernels:
     """ATen kernel set: stack the weights of each shape and run batched mat-vecs (``torch.bmm``)."""
 
@@ -82,7 +97,7 @@ class TorchKernels:
 
     @staticmethod
     def update(mats, us, vs, n_iter):
-        acc = _acc(mats)
+        acc = shared_acc_dtype(mats)
         for idx in _groups(_keys(mats)):
             w = torch.stack([mats[i] for i in idx]).to(acc)
             u = torch.stack([us[i] for i in idx]).to(acc)
@@ -96,7 +111,7 @@ class TorchKernels:
 
     @staticmethod
     def sigmas(mats, us, vs):
-        acc = _acc(mats)
+        acc = shared_acc_dtype(mats)
         out = torch.empty(len(mats), dtype=acc, device=mats[0].device)
         for idx in _groups(_keys(mats)):
             w = torch.stack([mats[i] for i in idx]).to(acc)
@@ -152,7 +167,7 @@ def _check(weights, us, vs, n_iter):
         check_tensor("power_iteration", f"vs[{i}]", v, ndim=1)
         if w.dim() < 2:
             raise ValueError(f"power_iteration: weights[{i}] must have at least 2 dims, got shape {tuple(w.shape)}")
-        rest = w.numel() // w.shape[0]
+        rest = math.prod(w.shape[1:])
         if u.numel() != w.shape[0] or v.numel() != rest:
             raise ValueError(
                 f"power_iteration: us[{i}] must have {w.shape[0]} and vs[{i}] {rest} elements for weights[{i}] of shape "
@@ -171,7 +186,10 @@ def power_iteration(weights, us, vs, n_iter):
     w.r.t. the weights.
     """
     _check(weights, us, vs, n_iter)
-    name, kernels = backend.resolve(_OP, weights[0].device, TorchKernels, _matrices(weights))
+    name, kernels = backend.resolve(OP, weights[0].device, _matrices(weights))
     if name == "reference":
         return power_iteration_reference(weights, us, vs, n_iter)
     return PowerIterationFunction.apply(kernels, list(us), list(vs), n_iter, *weights)
+
+
+OP = backend.Op(_OP, TorchKernels, lambda name, device, dtype: selfcheck.run(_OP, power_iteration, name, device, dtype))

@@ -15,25 +15,24 @@ dm = dq w1; dx = dy g + dm / (H W).
 The lean backends save x, the gate g and the pooled mean m (both N*C, tiny) and fuse dx into one pass;
 the gate MLP (N*C work) runs as ATen ops here for every backend, so the kernel sets never see ``act``.
 
-Kernel set contract (``torch``: :class:`TorchKernels`; ``triton``: ``nvae_fast.kernels.squeeze_excite``;
-``cuda``: ``nvae_fast.cuda.squeeze_excite``):
-
-    pool(x) -> m                                      (N, C), accumulation dtype
-    scale(x, gate) -> y                               gate (N, C) accumulation dtype; y like x
-    backward_reduce(dy, x) -> dg                      (N, C), accumulation dtype: sum_{h,w} dy x
-    backward_dx(dy, gate, dmean, hw) -> dx            dy gate + dmean / hw, in dy's dtype
-    supports(x) -> None or the reason it cannot run x
+Their kernels implement :class:`SqueezeExciteKernels` (``torch``: :class:`TorchKernels`; ``triton``:
+``nvae_fast.kernels.squeeze_excite``; ``cuda``: ``nvae_fast.cuda.squeeze_excite``).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 
-from .. import backend
-from ._checks import acc_dtype, check_same_device, check_tensor, check_vector
+from .. import backend, selfcheck
+from .._accumulation import acc_dtype
+from ._checks import check_same_device, check_tensor, check_vector
 
-__all__ = ["squeeze_excite", "squeeze_excite_reference", "TorchKernels", "SqueezeExciteFunction"]
+__all__ = [
+    "squeeze_excite", "squeeze_excite_reference", "SqueezeExciteKernels", "TorchKernels", "SqueezeExciteFunction", "OP",
+]
 
 _OP = "squeeze_excite"
 
@@ -50,6 +49,29 @@ def squeeze_excite_reference(x, w1, b1, w2, b2, activation="relu"):
     m = x.mean(dim=(2, 3))
     g = torch.sigmoid(F.linear(act(F.linear(m, w1, b1)), w2, b2))
     return x * g[:, :, None, None]
+
+
+class SqueezeExciteKernels(Protocol):
+    """The kernels of one lean backend for :func:`squeeze_excite`; every backend implements all of them.
+
+    ``x``, ``dy``: (N, C, H, W), already checked by :func:`squeeze_excite`; (N, C) tensors are in the
+    accumulation dtype. Outputs like ``x`` have x's dtype and (dense) memory format.
+    """
+
+    def supports(self, x) -> str | None:
+        """Why the kernels cannot run ``x`` (beyond the op's own checks), or ``None``."""
+
+    def pool(self, x) -> torch.Tensor:
+        """m = mean_{h,w} x: (N, C)."""
+
+    def scale(self, x, gate) -> torch.Tensor:
+        """y = x gate[:, :, None, None], like x; ``gate`` (N, C)."""
+
+    def backward_reduce(self, dy, x) -> torch.Tensor:
+        """dg = sum_{h,w} dy x: (N, C)."""
+
+    def backward_dx(self, dy, gate, dmean, hw: int) -> torch.Tensor:
+        """dx = dy gate + dmean / hw, like dy; ``dmean`` (N, C)."""
 
 
 class TorchKernels:
@@ -145,7 +167,10 @@ def squeeze_excite(x, w1, b1, w2, b2, activation="relu"):
     ``activation``: the gate's inner ``act``, ``"relu"`` (default) or ``"silu"``.
     """
     _check(x, w1, b1, w2, b2, activation)
-    name, kernels = backend.resolve(_OP, x.device, TorchKernels, x)
+    name, kernels = backend.resolve(OP, x.device, x)
     if name == "reference":
         return squeeze_excite_reference(x, w1, b1, w2, b2, activation)
     return SqueezeExciteFunction.apply(x, w1, b1, w2, b2, activation, kernels)
+
+
+OP = backend.Op(_OP, TorchKernels, lambda name, device, dtype: selfcheck.run(_OP, squeeze_excite, name, device, dtype))

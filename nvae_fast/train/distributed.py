@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._accumulation import acc_dtype
+from ..nn.convert import replace_modules, share_bn_state
 from ..ops.bn_swish import merge_rank_statistics
 
 __all__ = [
@@ -114,7 +116,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
         self._check_input_dim(x)
-        xa = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        xa = x.to(acc_dtype(x.dtype))
         mean, var, n = self._joint_statistics(xa)
         if self.track_running_stats:
             with torch.no_grad():
@@ -142,18 +144,15 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     """``module`` with every plain ``nn.BatchNorm2d`` replaced by a :class:`SyncBatchNorm2d` sharing its
     parameters and buffers (so optimizers and EMA keep working on the same tensors)."""
-    if type(module) is nn.BatchNorm2d:
-        sync = SyncBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats, process_group=process_group)
-        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-            setattr(sync, name, getattr(module, name))
-        sync.train(module.training)
-        return sync
-    for name, child in module.named_children():
-        converted = convert_sync_batchnorm(child, process_group)
-        if converted is not child:
-            setattr(module, name, converted)
-    return module
+
+    def sync(m: nn.Module) -> SyncBatchNorm2d | None:
+        if type(m) is not nn.BatchNorm2d:
+            return None
+        sync_bn = SyncBatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+                                  process_group=process_group)
+        return share_bn_state(sync_bn, m)
+
+    return replace_modules(module, sync)
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Shared pieces of the CUDA-extension tests: availability markers, op names, input builders."""
+"""Shared pieces of the CUDA-extension tests: availability markers, op names, a small model using every op."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from torch import nn
 import nvae_fast
 from nvae_fast import ops
 from nvae_fast.cuda import _library
+
+from .._tensors import randn
 
 #: Every custom op of the extension, e.g. ``bn_swish_stats``.
 ALL_OPS = [name for names in _library.OPS.values() for name in names]
@@ -28,31 +30,6 @@ _CUDA_BACKEND = nvae_fast.backend_info()["backends"]["cuda"]
 needs_kernels = pytest.mark.skipif(
     not _CUDA_BACKEND["available"], reason=f"the CUDA kernels cannot run here: {_CUDA_BACKEND['reason']}"
 )
-
-
-def randn(*shape, dtype=torch.float32, device="cpu", seed=0, scale=1.0, shift=0.0):
-    """Random normal values (never all zero) rounded to ``dtype``, reproducible from ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(device=device, dtype=dtype)
-
-
-def in_layout(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """``x`` (N, C, H, W) as ``contiguous``, ``channels_last``, ``strided`` (dense in no format) or
-    ``unaligned`` (NCHW-contiguous at an odd element offset: no 16-byte vector loads)."""
-    if kind == "contiguous":
-        return x.contiguous()
-    if kind == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if kind == "strided":
-        n, c, h, w = x.shape
-        big = torch.zeros(n, c, h, 2 * w, dtype=x.dtype, device=x.device)
-        big[..., ::2] = x
-        return big[..., ::2]
-    if kind == "unaligned":
-        flat = torch.zeros(x.numel() + 1, dtype=x.dtype, device=x.device)
-        flat[1:] = x.reshape(-1)
-        return flat[1:].view(x.shape)
-    raise ValueError(kind)
 
 
 class Tiny(nn.Module):

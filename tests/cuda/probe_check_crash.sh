@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine with the extension built: finds why a failed argument check of nvae_fast._C kills the
 # process when its message formats an integer or a shape (on an H200 with torch 2.11.0+cu130, triton
-# 3.6.0 and an nvcc 13.0 build, every such check of test_cuda_extension.py ended its pytest worker with
+# 3.6.0 and an nvcc 13.0 build, every such check of test_cuda_extension.py ends its pytest worker with
 # SIGSEGV), while a check whose message holds only names, dtypes and devices raises RuntimeError as it
 # should. The same calls raise RuntimeError on the CPU machine's build (torch 2.14.1, triton 3.8).
 #

@@ -17,22 +17,21 @@ import torch
 
 import nvae_fast
 
-from ._cases import KERNEL_DEVICE, Tiny, needs_kernels, randn, step
+from .._tensors import in_layout, randn
+from ._cases import KERNEL_DEVICE, Tiny, needs_kernels, step
 
 pytestmark = [needs_kernels]
 
 COMPILER = "inductor" if KERNEL_DEVICE.type == "cuda" else "aot_eager"
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_compiled_module_matches_eager(dtype, channels_last):
+def test_compiled_module_matches_eager(dtype, kind):
     torch._dynamo.reset()
     eager = Tiny().to(KERNEL_DEVICE)
     compiled_model = copy.deepcopy(eager)
-    x = randn(4, 16, 12, 12, seed=20, dtype=dtype).to(KERNEL_DEVICE)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = in_layout(randn(4, 16, 12, 12, seed=20, dtype=dtype).to(KERNEL_DEVICE), kind)
     with nvae_fast.use_backend("cuda"):
         y_eager, s_eager = step(eager, x)
         compiled = torch.compile(compiled_model, fullgraph=True, backend=COMPILER)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import nvae_fast
 import nvae_fast.cuda as nvcuda
 
-from ._cases import KERNEL_DEVICE, in_layout, needs_kernels, randn
+from .._tensors import in_layout, randn
+from ._cases import KERNEL_DEVICE, needs_kernels
 
 pytestmark = [needs_kernels]
 

@@ -14,7 +14,8 @@ import torch
 
 from nvae_fast.cuda import _library
 
-from ._cases import ALL_OPS, KERNEL_DEVICE, in_layout, needs_kernels, randn
+from .._tensors import in_layout, randn
+from ._cases import ALL_OPS, KERNEL_DEVICE, needs_kernels
 
 pytestmark = [needs_kernels]
 

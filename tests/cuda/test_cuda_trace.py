@@ -42,9 +42,9 @@ def _zero_filled(fake):
 def cpu_stand_ins(monkeypatch):
     kernel_sets = {op: getattr(nvcuda, op) for op in nvcuda.OPS}
 
-    def resolve(op, device, torch_kernels, *support_args):
-        assert kernel_sets[op].supports(*support_args) is None
-        return "cuda", kernel_sets[op]
+    def resolve(op, device, *support_args):
+        assert kernel_sets[op.name].supports(*support_args) is None
+        return "cuda", kernel_sets[op.name]
 
     monkeypatch.setattr(backend, "resolve", resolve)
     lib = torch.library.Library("nvae_fast", "IMPL")

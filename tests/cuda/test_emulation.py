@@ -18,6 +18,7 @@ import torch
 import nvae_fast
 import nvae_fast.cuda
 from nvae_fast.cuda import emulation
+from nvae_fast.ops.squeeze_excite import OP as SQUEEZE_EXCITE
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +123,13 @@ def test_emulated_backend_takes_cpu_tensors_only(monkeypatch):
     kernels = nvae_fast.backend._state.kernels[("squeeze_excite", "cuda")]
     with nvae_fast.use_backend("cuda"):
         with pytest.raises(RuntimeError, match="CPU tensors under NVAE_FAST_CUDA_EMULATE=1, and only those"):
-            nvae_fast.backend.resolve("squeeze_excite", torch.device("cuda"), None)
-        assert nvae_fast.backend.resolve("squeeze_excite", torch.device("cpu"), None, torch.empty(1, 1, 1, 1)) == (
+            nvae_fast.backend.resolve(SQUEEZE_EXCITE, torch.device("cuda"))
+        assert nvae_fast.backend.resolve(SQUEEZE_EXCITE, torch.device("cpu"), torch.empty(1, 1, 1, 1)) == (
             "cuda",
             kernels,
         )
     # auto never picks the emulation, for CUDA tensors neither
-    assert nvae_fast.backend._auto("squeeze_excite", torch.device("cuda"), torch.float32) != "cuda"
+    assert nvae_fast.backend._auto(SQUEEZE_EXCITE, torch.device("cuda"), torch.float32) != "cuda"
 
 
 def test_emulation_is_off_unless_requested(monkeypatch):

@@ -1,4 +1,4 @@
-"""Shared fixtures data of the kernel tests: tiling plans, layouts, inputs and tolerances.
+"""Shared data of the kernel tests: tiling plans and tolerances (inputs and layouts: ``tests/_tensors.py``).
 
 A *plan* overrides the tile size and the split heuristic of :mod:`nvae_fast.kernels._host` (and the
 widest tile of the module under test) so that small test shapes still exercise every path:
@@ -15,6 +15,8 @@ import torch
 
 from nvae_fast.kernels import _host
 
+from .._tensors import LAYOUTS
+
 # name: (elements per tile, WAVES * INTERPRETER_SMS = programs wanted, widest NCHW tile, widest NHWC tile)
 PLANS = {
     "one_tile": (4096, 1, 1024, 128),
@@ -22,7 +24,9 @@ PLANS = {
     "many_splits": (256, 16, 32, 16),
 }
 
-LAYOUTS = ("nchw", "channels_last", "strided")
+# (plan, layout of x) for the kernel sets' reductions: every layout with the shipped tiles; the two native
+# layouts with every plan (a strided x is copied to NCHW before any kernel runs).
+CONFIGS = [(plan, kind) for kind in LAYOUTS for plan in PLANS if kind != "strided" or plan == "one_tile"]
 
 # Triton kernel set vs the op's TorchKernels on identical inputs: (atol relative to max|expected|, rtol)
 # for outputs in x's dtype. Half types: one rounding step apart (the interpreter rounds float32 ->
@@ -44,23 +48,6 @@ def apply_plan(monkeypatch, module, name: str) -> None:
     monkeypatch.setattr(_host, "INTERPRETER_SMS", programs)
     monkeypatch.setattr(module, "MAX_COLS_NCHW", nchw)
     monkeypatch.setattr(module, "MAX_COLS_NHWC", nhwc)
-
-
-def to_layout(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The values of ``x`` (N, C, H, W) stored NCHW, channels_last, or as a non-dense strided view."""
-    if kind == "nchw":
-        return x.contiguous()
-    if kind == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    n, c, h, w = x.shape
-    big = torch.empty(n, c, h, 2 * w + 1, dtype=x.dtype, device=x.device)
-    big[..., 1::2] = x
-    return big[..., 1::2]
-
-
-def randn(shape, dtype, generator, scale=1.0, shift=0.0) -> torch.Tensor:
-    """Normal values with the given scale and shift, drawn in float64, rounded to ``dtype``."""
-    return (torch.randn(shape, generator=generator, dtype=torch.float64) * scale + shift).to(dtype)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:

@@ -11,6 +11,8 @@ import torch
 
 from nvae_fast.ops.depthwise_conv2d import TorchKernels
 
+from .._tensors import in_layout, randn
+
 dw = pytest.importorskip("nvae_fast.kernels.depthwise_conv2d")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -21,17 +23,17 @@ GRAD_W_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, to
 
 # (shape, kernel, stride, padding, dilation, layout, dtype)
 CASES = [
-    ((2, 3, 9, 7), 5, 1, 2, 1, "nchw", torch.float32),
+    ((2, 3, 9, 7), 5, 1, 2, 1, "contiguous", torch.float32),
     ((2, 3, 9, 7), 5, 1, 2, 1, "channels_last", torch.float16),
     ((1, 4, 8, 11), 3, 2, 1, 1, "channels_last", torch.bfloat16),
     ((3, 2, 13, 10), 5, 2, 2, 1, "strided", torch.float32),
-    ((2, 5, 8, 9), 7, 1, 0, 1, "nchw", torch.bfloat16),
+    ((2, 5, 8, 9), 7, 1, 0, 1, "contiguous", torch.bfloat16),
     ((1, 3, 12, 10), 9, 2, (4, 3), 1, "channels_last", torch.float32),
-    ((1, 2, 6, 5), 11, 1, 5, 1, "nchw", torch.float16),
+    ((1, 2, 6, 5), 11, 1, 5, 1, "contiguous", torch.float16),
     ((2, 3, 11, 9), 3, 1, 2, 2, "channels_last", torch.float32),
-    ((1, 3, 10, 9), (3, 5), (1, 2), (0, 3), 1, "nchw", torch.float32),
+    ((1, 3, 10, 9), (3, 5), (1, 2), (0, 3), 1, "contiguous", torch.float32),
     ((2, 70, 6, 5), 5, 2, 2, 1, "channels_last", torch.float32),
-    ((2, 3, 7, 6), 5, 2, 2, 1, "nchw", torch.float64),
+    ((2, 3, 7, 6), 5, 2, 2, 1, "contiguous", torch.float64),
     ((2, 6, 1, 1), 3, 1, 1, 1, "channels_last", torch.float32),
     ((1, 2, 9, 10), 3, 3, 1, 1, "strided", torch.float16),
 ]
@@ -44,20 +46,6 @@ def _pair(v):
 def _case_id(case):
     shape, k, s, p, d, kind, dtype = case
     return f"{'x'.join(map(str, shape))}-k{_pair(k)}-s{_pair(s)}-p{_pair(p)}-d{d}-{kind}-{str(dtype)[6:]}"
-
-
-def _layout(t, kind):
-    if kind == "nchw":
-        return t.contiguous()
-    if kind == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    wide = torch.empty(*t.shape[:3], 2 * t.shape[3], dtype=t.dtype, device=t.device)
-    wide[..., ::2] = t
-    return wide[..., ::2]  # every other column: dense in no layout
-
-
-def _randn(*shape, dtype, gen, scale=1.0):
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(DEVICE, dtype)
 
 
 def _assert_close(actual, expected, tol, what):
@@ -73,14 +61,14 @@ def _run_all(shape, k, stride, padding, dilation, kind, dtype, seed=0, with_bias
     gen = torch.Generator().manual_seed(seed)
     kh, kw = _pair(k)
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    x = _layout(_randn(*shape, dtype=dtype, gen=gen), kind)
-    weight = _randn(shape[1], 1, kh, kw, dtype=torch.float32, gen=gen, scale=0.3)
-    bias = _randn(shape[1], dtype=torch.float32, gen=gen) if with_bias else None
+    x = in_layout(randn(*shape, dtype=dtype, device=DEVICE, generator=gen), kind)
+    weight = randn(shape[1], 1, kh, kw, dtype=torch.float32, device=DEVICE, generator=gen, scale=0.3)
+    bias = randn(shape[1], dtype=torch.float32, device=DEVICE, generator=gen) if with_bias else None
     x64, w64 = x.double(), weight.double()
     b64 = None if bias is None else bias.double()
     y = dw.forward(x, weight, bias, stride, padding, dilation)
     y_ref = TorchKernels.forward(x64, w64, b64, stride, padding, dilation)
-    dy = _layout(_randn(*y_ref.shape, dtype=dtype, gen=gen), kind)
+    dy = in_layout(randn(*y_ref.shape, dtype=dtype, device=DEVICE, generator=gen), kind)
     dx = dw.backward_input(dy, weight, shape[2:], stride, padding, dilation)
     dx_ref = TorchKernels.backward_input(dy.double(), w64, shape[2:], stride, padding, dilation)
     dweight, dbias = dw.backward_weight(dy, x, (kh, kw), stride, padding, dilation, with_bias)
@@ -127,8 +115,8 @@ def test_without_bias():
 def test_expanded_gradient_is_read_in_place():
     """dy = ones expanded from one element (all strides 0), as autograd hands out for y.sum()."""
     gen = torch.Generator().manual_seed(3)
-    x = _randn(2, 3, 8, 7, dtype=torch.float32, gen=gen)
-    weight = _randn(3, 1, 5, 5, dtype=torch.float32, gen=gen)
+    x = randn(2, 3, 8, 7, dtype=torch.float32, device=DEVICE, generator=gen)
+    weight = randn(3, 1, 5, 5, dtype=torch.float32, device=DEVICE, generator=gen)
     dy = torch.ones(1, 1, 1, 1, device=DEVICE).expand(2, 3, 8, 7)
     dx = dw.backward_input(dy, weight, (8, 7), (1, 1), (2, 2), (1, 1))
     ref = TorchKernels.backward_input(dy.double(), weight.double(), (8, 7), (1, 1), (2, 2), (1, 1))
@@ -148,7 +136,7 @@ def gpu_tiles(monkeypatch):
 @pytest.mark.parametrize(
     "case",
     [
-        ((1, 2, 20, 70), 3, 1, 1, 1, "nchw", torch.float32),
+        ((1, 2, 20, 70), 3, 1, 1, 1, "contiguous", torch.float32),
         ((1, 70, 9, 19), 3, 2, 1, 1, "channels_last", torch.float16),
     ],
     ids=_case_id,
@@ -170,8 +158,8 @@ def test_gpu_tiling_plans_several_tiles_and_chunks(gpu_tiles):
 
 def test_weight_gradient_is_deterministic(gpu_tiles):
     gen = torch.Generator().manual_seed(11)
-    x = _randn(2, 3, 15, 14, dtype=torch.float32, gen=gen, scale=10.0)
-    dy = _randn(2, 3, 15, 14, dtype=torch.float32, gen=gen)
+    x = randn(2, 3, 15, 14, dtype=torch.float32, device=DEVICE, generator=gen, scale=10.0)
+    dy = randn(2, 3, 15, 14, dtype=torch.float32, device=DEVICE, generator=gen)
     assert dw._chunks(2, 3, x.device)[0] == 2  # two chunks of partial sums per channel
     runs = [dw.backward_weight(dy, x, (3, 3), (1, 1), (1, 1), (1, 1), True) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
@@ -191,4 +179,3 @@ def test_supports_names_the_reason():
     assert dw.supports(x, torch.randn(3, 1, 11, 11), (1, 1), (5, 5), (1, 1)) is None
     reason = dw.supports(x, torch.randn(3, 1, 13, 13), (1, 1), (6, 6), (1, 1))
     assert reason is not None and "13x13" in reason
-    assert "dtype" in dw.supports(x.int(), torch.randn(3, 1, 3, 3), (1, 1), (1, 1), (1, 1))

@@ -5,6 +5,8 @@ import torch
 
 from nvae_fast.model.flows import IAFCell, PairedFlow, autoregressive_mask
 
+from .._tensors import randomise_
+
 
 def _order(latent, h, w, mirror):
     """Position of each element (c, i, j) of a (latent, h, w) tensor in the flow's ordering."""
@@ -15,19 +17,12 @@ def _order(latent, h, w, mirror):
     return (pixel * latent + c).flatten()
 
 
-def _randomise(module, generator):
-    """Give every parameter random values so that no mask hole hides behind a zero weight."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.5)
-
-
 @pytest.mark.parametrize("mirror", [False, True])
 @pytest.mark.parametrize("latent,h,w", [(2, 3, 4), (3, 2, 3)])
 def test_iaf_cell_jacobian_is_unit_triangular(mirror, latent, h, w):
     g = torch.Generator().manual_seed(latent * 7 + h + int(mirror))
     cell = IAFCell(latent, mirror=mirror).double()
-    _randomise(cell, g)
+    randomise_(cell.parameters(), g, scale=0.5)  # no mask hole may hide behind a zero weight
     z = torch.randn(1, latent, h, w, generator=g, dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(lambda t: cell(t)[0], z).reshape(z.numel(), z.numel())
     order = _order(latent, h, w, mirror)
@@ -44,7 +39,7 @@ def test_iaf_cell_jacobian_is_unit_triangular(mirror, latent, h, w):
 def test_paired_flow_inverts(latent, h, w):
     g = torch.Generator().manual_seed(latent + h * w)
     flow = PairedFlow(latent).double()
-    _randomise(flow, g)
+    randomise_(flow.parameters(), g, scale=0.5)
     z = torch.randn(3, latent, h, w, generator=g, dtype=torch.float64)
     y, log_det = flow(z)
     assert log_det.shape == (3,) and torch.all(log_det == 0)
@@ -55,7 +50,7 @@ def test_paired_flow_inverts(latent, h, w):
 def test_paired_flow_log_det_matches_jacobian():
     g = torch.Generator().manual_seed(11)
     flow = PairedFlow(2).double()
-    _randomise(flow, g)
+    randomise_(flow.parameters(), g, scale=0.5)
     z = torch.randn(1, 2, 3, 3, generator=g, dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(lambda t: flow(t)[0], z).reshape(z.numel(), z.numel())
     torch.testing.assert_close(torch.linalg.slogdet(jac).logabsdet.view(1), flow(z)[1], atol=1e-10, rtol=0)

@@ -7,9 +7,12 @@ import torch
 
 from nvae_fast.model.latent import SIGMA_FLOOR, Normal, residual_posterior, soft_clamp
 
+from .._tensors import randn
+
 
 def _params(shape, generator, scale=2.0):
-    return torch.randn(shape, generator=generator, dtype=torch.float64) * scale
+    """Raw Normal parameters (mu and log sigma stacked on dim 1): N(0, scale^2) in float64."""
+    return randn(*shape, dtype=torch.float64, generator=generator, scale=scale)
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 5, 7), (2, 2, 1, 3)])

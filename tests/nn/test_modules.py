@@ -1,25 +1,24 @@
 """The drop-in modules: same keys, same numbers as the PyTorch modules they replace."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import nvae_fast
-from nvae_fast.nn import BNSwish, DepthwiseConv2d, SqueezeExcite, SyncBNSwish, convert_sync_bn_swish
+from nvae_fast.nn import BNSwish, BNSwishConv2d, DepthwiseConv2d, SqueezeExcite, SyncBNSwish, convert_sync_bn_swish
+from nvae_fast.nn.deferred_bn_swish import BNSwishInputConv2d, defer_into_conv
 
-
-def _randomise(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]:
-            t.copy_(torch.randn(t.shape, generator=g) * 0.5 + 1.0)
-    return module
+from .._tensors import randomise_
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_bn_swish_is_a_drop_in_for_batchnorm_then_silu(backend, momentum):
-    bn = _randomise(nn.BatchNorm2d(6, momentum=momentum))
+    bn = nn.BatchNorm2d(6, momentum=momentum)
+    floating = [t for t in (*bn.parameters(), *bn.buffers()) if t.is_floating_point()]
+    randomise_(floating, torch.Generator().manual_seed(0), scale=0.5, shift=1.0)
     ours = BNSwish(6, momentum=momentum)
     assert list(ours.state_dict()) == list(bn.state_dict())
     ours.load_state_dict(bn.state_dict())
@@ -40,6 +39,43 @@ def test_bn_swish_without_running_stats_uses_batch_stats_in_eval():
     x = torch.randn(2, 3, 4, 4)
     torch.testing.assert_close(ours(x), nn.functional.silu(bn(x)))
     assert list(ours.state_dict()) == list(bn.state_dict())
+
+
+def test_reading_functional_args_changes_no_state():
+    """The op's arguments can be read any number of times; the forward counts its batch once."""
+    bn = BNSwish(3, momentum=None)
+    before = {key: value.clone() for key, value in bn.state_dict().items()}
+    first, second = bn.functional_args(), bn.functional_args()
+    assert all(a is b for a, b in zip(first[:4], second[:4])) and first[4:] == second[4:]
+    assert first[5] == 1.0  # the cumulative average's factor for the first batch
+    for key, value in bn.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    bn(torch.randn(2, 3, 4, 4))
+    assert int(bn.num_batches_tracked) == 1 and bn.functional_args()[5] == 0.5
+
+
+@pytest.mark.parametrize("form", ["module", "fused", "deferred"])
+def test_every_bn_swish_forward_counts_batches_like_batchnorm(form):
+    """A training forward of BNSwish, of BNSwishConv2d and of the deferred pair counts one batch, and
+    momentum=None averages the batches cumulatively, as nn.BatchNorm2d does."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 5, 3, padding=1).double()
+    reference = nn.Sequential(nn.BatchNorm2d(4, momentum=None), nn.SiLU(), copy.deepcopy(conv)).double()
+    bn = BNSwish(4, momentum=None).double()
+    if form == "module":
+        model = nn.Sequential(bn, conv)
+    elif form == "fused":
+        model = BNSwishConv2d(bn, conv)
+    else:
+        deferred = defer_into_conv(bn)
+        model = nn.Sequential(deferred, BNSwishInputConv2d(conv, deferred))
+    with nvae_fast.use_backend("reference"):
+        for step in range(3):
+            x = torch.randn(2, 4, 5, 6, dtype=torch.float64) + step
+            torch.testing.assert_close(model(x), reference(x))
+    assert int(bn.num_batches_tracked) == int(reference[0].num_batches_tracked) == 3
+    torch.testing.assert_close(bn.running_mean, reference[0].running_mean)
+    torch.testing.assert_close(bn.running_var, reference[0].running_var)
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])

@@ -39,7 +39,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ._helpers import LAYOUTS
+from .._tensors import LAYOUTS
 
 ON_GPU = torch.cuda.is_available()
 

@@ -1,4 +1,5 @@
-"""Shared helpers of the op test suite: backends under test, layouts, dtypes and tolerances."""
+"""Shared helpers of the op test suite: backends under test, dtypes and tolerances (inputs and layouts:
+``tests/_tensors.py``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def dtype_id(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
-LAYOUTS = ("contiguous", "channels_last", "strided")
 
 
 def device_for(backend: str) -> torch.device:
@@ -36,25 +36,6 @@ def require(backend: str) -> torch.device:
     if not info["available"]:
         pytest.skip(f"backend {backend!r} unavailable: {info['reason']}")
     return device_for(backend)
-
-
-def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The same values as ``x`` (N, C, H, W) in the given memory layout."""
-    if kind == "contiguous":
-        return x.contiguous()
-    if kind == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if kind == "strided":  # every other element of a twice-as-wide buffer: not dense in any format
-        n, c, h, w = x.shape
-        big = torch.empty(n, c, h, 2 * w, dtype=x.dtype, device=x.device)
-        big[..., ::2] = x
-        return big[..., ::2]
-    raise ValueError(kind)
-
-
-def randn(*shape, dtype=torch.float32, device="cpu", generator=None, scale=1.0, shift=0.0):
-    """Random normal values (never zeros), rounded to ``dtype``."""
-    return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale + shift).to(device=device, dtype=dtype)
 
 
 def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str, factor: float = 1.0):

@@ -6,8 +6,9 @@ import torch
 import nvae_fast
 from nvae_fast.ops import bn_swish, bn_swish_reference
 
+from .._tensors import LAYOUTS, in_layout, memory_format, randn
 from ._gpu_shapes import BN_SHAPES, ON_GPU, backend_params, shape_id
-from ._helpers import DTYPES, dtype_id, LAYOUTS, LEAN_BACKENDS, assert_close_scaled, layout, randn, require
+from ._helpers import DTYPES, LEAN_BACKENDS, assert_close_scaled, dtype_id, require
 
 SHAPES = [(2, 3, 5, 7), (1, 5, 3, 4), (3, 6, 1, 1), (4, 7, 9, 11)]
 
@@ -15,8 +16,8 @@ SHAPES = [(2, 3, 5, 7), (1, 5, 3, 4), (3, 6, 1, 1), (4, 7, 9, 11)]
 def _inputs(shape, dtype, kind, device, seed=0, param_dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     c = shape[1]
-    x = layout(randn(*shape, dtype=dtype, generator=g, scale=2.0, shift=0.5), kind).to(device)
-    dy = layout(randn(*shape, dtype=dtype, generator=g), kind).to(device)
+    x = in_layout(randn(*shape, dtype=dtype, generator=g, scale=2.0, shift=0.5), kind).to(device)
+    dy = in_layout(randn(*shape, dtype=dtype, generator=g), kind).to(device)
     weight = randn(c, dtype=param_dtype, generator=g, scale=0.5, shift=1.0).to(device)
     bias = randn(c, dtype=param_dtype, generator=g, scale=0.5).to(device)
     running_mean = randn(c, generator=g, scale=0.3).to(device)
@@ -69,8 +70,7 @@ def _check_matches_reference(backend, training, dtype, kind, shape, seed=0):
     y_ref, (dx_ref, dw_ref, db_ref), rm_ref, rv_ref = _reference(x, dy, weight, bias, rm, rv, training)
     assert y.dtype == dtype and dx.dtype == dtype and dw.dtype == weight.dtype and db.dtype == bias.dtype
     if kind != "strided":
-        fmt = torch.channels_last if kind == "channels_last" else torch.contiguous_format
-        assert y.is_contiguous(memory_format=fmt), "output must keep the input's memory format"
+        assert y.is_contiguous(memory_format=memory_format(kind)), "output must keep the input's memory format"
     assert_close_scaled(y, y_ref, dtype, "y")
     assert_close_scaled(dx, dx_ref, dtype, "dx", factor=4)
     # dweight/dbias sum N*H*W terms whose inputs were rounded to dtype: allow for the summation.

@@ -9,7 +9,8 @@ from nvae_fast.memory import saved_tensor_bytes
 from nvae_fast.nn import BNSwish, BNSwishConv2d, DepthwiseConv2d
 from nvae_fast.ops import bn_swish_conv2d, bn_swish_conv2d_reference
 
-from ._helpers import assert_close_scaled, dtype_id, layout, randn, require
+from .._tensors import in_layout, randn
+from ._helpers import assert_close_scaled, dtype_id, require
 
 # (name, Cout (None: depthwise, = C), kernel, stride, groups)
 CONVS = [
@@ -30,7 +31,7 @@ def _inputs(shape, conv, dtype, kind, device, seed=0, bias=True):
     c = shape[1]
     cout = c if cout is None else cout
     groups = c if groups is None else groups
-    x = layout(randn(*shape, dtype=dtype, generator=g, scale=2.0, shift=0.5), kind).to(device)
+    x = in_layout(randn(*shape, dtype=dtype, generator=g, scale=2.0, shift=0.5), kind).to(device)
     bn_w = randn(c, generator=g, scale=0.5, shift=1.0).to(device)
     bn_b = randn(c, generator=g, scale=0.5).to(device)
     rm = randn(c, generator=g, scale=0.3).to(device)

@@ -28,6 +28,7 @@ import torch.multiprocessing as mp
 import nvae_fast
 from nvae_fast.ops import bn_swish
 
+from .._tensors import in_layout, memory_format, randn
 from ._helpers import assert_close_scaled, device_for, dtype_id, require
 
 # one worker under pytest-xdist --dist loadgroup, so each backend's ranks are spawned once
@@ -53,11 +54,11 @@ def _joint_inputs(dtype):
     n, c, h, w = SHAPE
     offset = torch.linspace(-3.0, 3.0, c, dtype=torch.float64).view(1, c, 1, 1)
     scale = torch.linspace(0.5, 2.0, c, dtype=torch.float64).view(1, c, 1, 1)
-    x = (offset + scale * torch.randn(SHAPE, generator=g, dtype=torch.float64)).to(dtype)
-    dy = torch.randn(SHAPE, generator=g, dtype=torch.float64).to(dtype)
+    x = randn(*SHAPE, dtype=dtype, generator=g, scale=scale, shift=offset)
+    dy = randn(*SHAPE, dtype=dtype, generator=g)
     param = torch.float64 if dtype == torch.float64 else torch.float32
-    weight = (torch.randn(c, generator=g, dtype=torch.float64) * 0.5 + 1).to(param)
-    bias = torch.randn(c, generator=g, dtype=torch.float64).to(param)
+    weight = randn(c, dtype=param, generator=g, scale=0.5, shift=1.0)
+    bias = randn(c, dtype=param, generator=g)
     return x, dy, weight, bias
 
 
@@ -96,9 +97,9 @@ def _worker(rank, backend, device, init_file, out_dir):
         calls = _count_calls(backend)
         results = {}
         for dtype, kind in CONFIGS:
-            fmt = torch.channels_last if kind == "channels_last" else torch.contiguous_format
+            fmt = memory_format(kind)
             x, dy, weight, bias = (t.to(device) for t in _joint_inputs(dtype))
-            x, dy = (t[ROWS[rank]].contiguous(memory_format=fmt) for t in (x, dy))
+            x, dy = (in_layout(t[ROWS[rank]], kind) for t in (x, dy))
             before = Counter(calls)
             with nvae_fast.use_backend(backend):
                 out = _step(x, dy, weight, bias, dist.group.WORLD)

@@ -15,6 +15,7 @@ import torch
 
 import nvae_fast
 
+from .._tensors import in_layout
 from ._gpu_shapes import BN_SHAPES, DW_CASES, PI_SHAPES, SE_CASES, shape_id
 
 # one worker under pytest-xdist --dist loadgroup: the launch recorder is built and loaded once
@@ -30,8 +31,8 @@ def cdiv(a: int, b: int) -> int:
 
 
 def _empty(shape, dtype, layout, device="meta"):
-    x = torch.empty(shape, dtype=dtype, device=device)
-    return x.contiguous(memory_format=torch.channels_last) if layout == "nhwc" else x
+    kind = "channels_last" if layout == "nhwc" else "contiguous"
+    return in_layout(torch.empty(shape, dtype=dtype, device=device), kind)
 
 
 def _dw_geometry(case):

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 import nvae_fast
 from nvae_fast.ops import power_iteration, power_iteration_reference
 
+from .._tensors import randn
 from ._gpu_shapes import PI_SHAPES, backend_params
-from ._helpers import LEAN_BACKENDS, assert_close_scaled, dtype_id, randn, require
+from ._helpers import LEAN_BACKENDS, assert_close_scaled, dtype_id, require
 
 SHAPES = [(4, 3, 3, 3), (6, 5), (4, 3, 3, 3), (7, 2, 1, 1), (3, 11), (16, 4, 5, 5), (6, 5)]
 

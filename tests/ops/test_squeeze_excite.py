@@ -7,8 +7,9 @@ import torch
 import nvae_fast
 from nvae_fast.ops import squeeze_excite, squeeze_excite_reference
 
+from .._tensors import LAYOUTS, in_layout, randn
 from ._gpu_shapes import SE_CASES, backend_params, shape_id
-from ._helpers import DTYPES, LAYOUTS, LEAN_BACKENDS, assert_close_scaled, dtype_id, layout, randn, require
+from ._helpers import DTYPES, LEAN_BACKENDS, assert_close_scaled, dtype_id, require
 
 ACTIVATIONS = ["relu", "silu"]
 
@@ -19,8 +20,8 @@ CASES = [((2, 6, 5, 7), 4), ((1, 9, 3, 3), 4), ((3, 5, 1, 1), 2), ((2, 17, 11, 1
 def _inputs(shape, hidden, dtype, kind, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     c = shape[1]
-    x = layout(randn(*shape, dtype=dtype, generator=g, shift=0.3), kind).to(device)
-    dy = layout(randn(*shape, dtype=dtype, generator=g), kind).to(device)
+    x = in_layout(randn(*shape, dtype=dtype, generator=g, shift=0.3), kind).to(device)
+    dy = in_layout(randn(*shape, dtype=dtype, generator=g), kind).to(device)
     params = [
         randn(hidden, c, generator=g, scale=0.7).to(device),
         randn(hidden, generator=g, scale=0.5).to(device),

@@ -14,6 +14,8 @@ from torch import nn
 
 from nvae_fast.train.distributed import SyncBatchNorm2d, convert_sync_batchnorm
 
+from .._tensors import randn
+
 WORLD, C = 2, 5
 ROWS = (slice(0, 2), slice(2, 7))  # uneven split of the joint batch of 7 images
 
@@ -23,10 +25,10 @@ def _joint_inputs():
     offset = torch.tensor([400.0, -250.0, 30.0, 0.0, 1000.0], dtype=torch.float64).view(1, C, 1, 1)
     scale = torch.tensor([1.0, 2.5, 0.5, 1.0, 2.0], dtype=torch.float64).view(1, C, 1, 1)
     # float32 values held in float64: the ranks and the reference see the same numbers
-    x = (offset + scale * torch.randn(7, C, 6, 5, generator=g, dtype=torch.float64)).float().double()
-    dy = torch.randn(7, C, 6, 5, generator=g, dtype=torch.float64).float().double()
-    weight = torch.randn(C, generator=g, dtype=torch.float64) * 0.5 + 1
-    bias = torch.randn(C, generator=g, dtype=torch.float64)
+    x = randn(7, C, 6, 5, generator=g, scale=scale, shift=offset).double()
+    dy = randn(7, C, 6, 5, generator=g).double()
+    weight = randn(C, dtype=torch.float64, generator=g, scale=0.5, shift=1.0)
+    bias = randn(C, dtype=torch.float64, generator=g)
     return x, dy, weight, bias
 
 
