@@ -36,11 +36,12 @@ import triton
 import triton.language as tl
 
 from nvae_fast._accumulation import acc_dtype, shared_acc_dtype
+from nvae_fast._power_iteration import forward_via, outer_grads
 
 from ._aot import aot_spec, ptr
 from ._host import TL_DTYPES, interpreting, num_warps
 
-__all__ = ["supports", "update", "sigmas", "aot_specs"]
+__all__ = ["supports", "update", "sigmas", "forward", "backward", "aot_specs"]
 
 EPS = 1e-12  # as nvae_fast.ops.power_iteration.EPS
 GPU_BLOCKS = (32, 128)  # (BLOCK_R, BLOCK_K): a 4096-element tile, rows of 128 contiguous columns
@@ -504,6 +505,16 @@ def sigmas(mats, us, vs):
         )
         _sigma_sum_kernel[(g.n_weights,)](g.meta, part, out, BLOCK=SUM_BLOCK, num_warps=1)
     return out
+
+
+def forward(weights, us, vs, n_iter):
+    """:func:`update` then :func:`sigmas` on the weights' (out, rest) matrices: (sigma, saved final u, v)."""
+    return forward_via(update, sigmas, weights, us, vs, n_iter)
+
+
+def backward(saved, grad, weights):
+    """dW_i = grad_i u_i v_i^T for every weight, in its shape and dtype (batched by shape)."""
+    return outer_grads(saved, grad, weights)
 
 
 # --------------------------------------------------------------------------------- ahead-of-time specs

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .. import backend, selfcheck
 from .._accumulation import shared_acc_dtype
+from .._power_iteration import forward_via, matrices, outer_grads
 from ._checks import check_tensor
 
 __all__ = [
@@ -39,7 +40,7 @@ EPS = 1e-12
 
 
 def _matrices(weights):
-    return [w.reshape(w.shape[0], -1) for w in weights]
+    return matrices(weights)
 
 
 def power_iteration_reference(weights, us, vs, n_iter):
@@ -87,6 +88,14 @@ class PowerIterationKernels(Protocol):
     def sigmas(self, mats, us, vs) -> torch.Tensor:
         """sigma_i = u_i^T W_i v_i: (len(mats),) in the accumulation dtype."""
 
+    def forward(self, weights, us, vs, n_iter: int) -> tuple[torch.Tensor, object]:
+        """The op's forward on the weights as given (any rank >= 2, each read as (out_i, rest_i)):
+        ``update`` then ``sigmas``; returns (sigma (len(weights),) in the accumulation dtype, saved), saved
+        whatever :meth:`backward` needs (the final u_i, v_i)."""
+
+    def backward(self, saved, grad, weights) -> list:
+        """dW_i = grad_i u_i v_i^T for every weight, in the weight's shape and dtype; ``grad`` (len(weights),)."""
+
 
 class TorchKernels:
     """ATen kernel set: stack the weights of each shape and run batched mat-vecs (``torch.bmm``)."""
@@ -110,6 +119,14 @@ class TorchKernels:
                 vs[i].copy_(v[k])
 
     @staticmethod
+    def forward(weights, us, vs, n_iter):
+        return forward_via(TorchKernels.update, TorchKernels.sigmas, weights, us, vs, n_iter)
+
+    @staticmethod
+    def backward(saved, grad, weights):
+        return outer_grads(saved, grad, weights)
+
+    @staticmethod
     def sigmas(mats, us, vs):
         acc = shared_acc_dtype(mats)
         out = torch.empty(len(mats), dtype=acc, device=mats[0].device)
@@ -122,32 +139,20 @@ class TorchKernels:
 
 
 class PowerIterationFunction(torch.autograd.Function):
-    """sigma_i = u_i^T W_i v_i for every weight; backward gives dW_i = g_i u_i v_i^T, batched by shape."""
+    """sigma_i = u_i^T W_i v_i for every weight; backward gives dW_i = g_i u_i v_i^T (the kernel set's
+    ``forward``/``backward``: for cuda one custom-op call each, nothing per weight in Python)."""
 
     @staticmethod
     def forward(ctx, kernels, us, vs, n_iter, *weights):
-        mats = _matrices(weights)
         with torch.no_grad():
-            kernels.update(mats, us, vs, n_iter)
-            sig = kernels.sigmas(mats, us, vs)
-        ctx.save_for_backward(*[u.clone() for u in us], *[v.clone() for v in vs])
-        ctx.shapes = [w.shape for w in weights]
-        ctx.keys = _keys(mats)
+            sig, saved = kernels.forward(list(weights), us, vs, n_iter)
+        ctx.kernels, ctx.saved = kernels, saved
+        ctx.save_for_backward(*weights)
         return sig
 
     @staticmethod
     def backward(ctx, grad):
-        n = len(ctx.shapes)
-        saved = ctx.saved_tensors
-        us, vs = saved[:n], saved[n:]
-        grads = [None] * n
-        for idx in _groups(ctx.keys):
-            u = torch.stack([us[i] for i in idx]).to(grad.dtype)
-            v = torch.stack([vs[i] for i in idx]).to(grad.dtype)
-            outer = grad[idx].view(-1, 1, 1) * u.unsqueeze(2) * v.unsqueeze(1)
-            for k, i in enumerate(idx):
-                if ctx.needs_input_grad[4 + i]:
-                    grads[i] = outer[k].reshape(ctx.shapes[i]).to(ctx.keys[i][1])
+        grads = ctx.kernels.backward(ctx.saved, grad.contiguous(), list(ctx.saved_tensors))
         return (None, None, None, None, *grads)
 
 
