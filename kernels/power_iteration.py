@@ -380,8 +380,8 @@ def _blocks() -> tuple[int, int]:
     return INTERPRETER_BLOCKS if interpreting() else GPU_BLOCKS
 
 
-def supports(mats):
-    """``None``: the kernels run every set of matrices that :func:`nvae_fast.ops.power_iteration` accepts."""
+def supports(weights):
+    """``None``: the kernels run every set of weights that :func:`nvae_fast.ops.power_iteration` accepts."""
     return None
 
 

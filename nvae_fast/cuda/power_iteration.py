@@ -25,7 +25,7 @@ import torch
 from .._accumulation import acc_dtype
 from . import _library
 
-__all__ = ["supports", "update", "sigmas", "forward", "backward", "plan", "GRAM_TILE", "PLAN_FIELDS"]
+__all__ = ["VALIDATES", "supports", "update", "sigmas", "forward", "backward", "plan", "GRAM_TILE", "PLAN_FIELDS"]
 
 GRAM_TILE = 128  # csrc kGram
 PASS_TILE = (64, 256)  # csrc (kRows, kCols)
@@ -34,12 +34,16 @@ PLAN_FIELDS = ("w", "rows", "cols", "u", "v", "gram_rest", "gram_dim", "g_off", 
                "row_tiles", "col_tiles", "vec_ok", "save_off", "grad_off")
 
 
-def supports(mats):
-    """``None`` when the kernels can run these (R_i, K_i) matrices, else the reason."""
-    for i, m in enumerate(mats):
-        if m.numel() == 0:
-            return f"matrix {i} has no elements (shape {tuple(m.shape)})"
-    return None
+#: The C++ ops check every weight and vector (the op skips its per-weight checks in Python).
+VALIDATES = True
+
+
+def supports(weights):
+    """``None`` when the kernels can run these weights (any rank), else the reason (an empty weight)."""
+    if min(map(torch.Tensor.numel, weights)) > 0:  # one C-level pass; the loop below only on a miss
+        return None
+    i = next(i for i, w in enumerate(weights) if w.numel() == 0)
+    return f"weight {i} has no elements (shape {tuple(weights[i].shape)})"
 
 
 def _uniform(mats):
@@ -107,7 +111,14 @@ def _forward_fake(weights, us, vs, n_iter):
 
 
 def _backward_fake(grad, saved, weights):
-    return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+    dtype = _shared_dtype(weights)
+    flat = weights[0].new_empty(sum(w.numel() for w in weights), dtype=dtype)
+    grads, offset = [], 0
+    for w in weights:  # views of one buffer, as the kernel returns them
+        view = flat.narrow(0, offset, w.numel()).view(w.shape)
+        grads.append(view if w.dtype == dtype else view.to(w.dtype))
+        offset += w.numel()
+    return grads
 
 
 def _plan_fake(weights, us, vs):

@@ -79,8 +79,8 @@ class PowerIterationKernels(Protocol):
     ``us[i]`` (out_i,), ``vs[i]`` (rest_i,).
     """
 
-    def supports(self, mats) -> str | None:
-        """Why the kernels cannot run these matrices (beyond the op's own checks), or ``None``."""
+    def supports(self, weights) -> str | None:
+        """Why the kernels cannot run these weights (as given, any rank; beyond the op's own checks), or ``None``."""
 
     def update(self, mats, us, vs, n_iter: int) -> None:
         """``n_iter`` steps of v <- normalize(W^T u), u <- normalize(W v) per matrix; us, vs in place."""
@@ -101,7 +101,7 @@ class TorchKernels:
     """ATen kernel set: stack the weights of each shape and run batched mat-vecs (``torch.bmm``)."""
 
     @staticmethod
-    def supports(mats):
+    def supports(weights):
         return None
 
     @staticmethod
@@ -156,7 +156,8 @@ class PowerIterationFunction(torch.autograd.Function):
         return (None, None, None, None, *grads)
 
 
-def _check(weights, us, vs, n_iter):
+def _check_call(weights, us, vs, n_iter):
+    """The checks of one call that do not look at each weight."""
     if isinstance(weights, torch.Tensor) or not len(weights):
         raise TypeError("power_iteration: weights must be a non-empty list of tensors")
     if len(us) != len(weights) or len(vs) != len(weights):
@@ -165,7 +166,12 @@ def _check(weights, us, vs, n_iter):
         )
     if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 0:
         raise ValueError(f"power_iteration: n_iter must be a non-negative int, got {n_iter!r}")
-    device = weights[0].device if isinstance(weights[0], torch.Tensor) else None
+    check_tensor("power_iteration", "weights[0]", weights[0])
+
+
+def _check_each(weights, us, vs):
+    """Every weight and vector: float tensors of matching sizes on weights[0]'s device."""
+    device = weights[0].device
     for i, (w, u, v) in enumerate(zip(weights, us, vs)):
         check_tensor("power_iteration", f"weights[{i}]", w)
         check_tensor("power_iteration", f"us[{i}]", u, ndim=1)
@@ -189,12 +195,17 @@ def power_iteration(weights, us, vs, n_iter):
     ``weights``: list of tensors of any shapes (each viewed as (out, -1)); ``us[i]``: (out_i,);
     ``vs[i]``: (rest_i,). Returns a 1-D float32 (float64 for all-float64 weights) tensor, differentiable
     w.r.t. the weights.
+
+    A kernel set with ``VALIDATES = True`` (cuda) checks every weight and vector itself, in one compiled
+    loop, with errors that name the argument; the per-weight checks here run for the others.
     """
-    _check(weights, us, vs, n_iter)
-    name, kernels = backend.resolve(OP, weights[0].device, _matrices(weights))
+    _check_call(weights, us, vs, n_iter)
+    name, kernels = backend.resolve(OP, weights[0].device, weights)
+    if not getattr(kernels, "VALIDATES", False):
+        _check_each(weights, us, vs)
     if name == "reference":
         return power_iteration_reference(weights, us, vs, n_iter)
-    return PowerIterationFunction.apply(kernels, list(us), list(vs), n_iter, *weights)
+    return PowerIterationFunction.apply(kernels, us, vs, n_iter, *weights)
 
 
 OP = backend.Op(_OP, TorchKernels, lambda name, device, dtype: selfcheck.run(_OP, power_iteration, name, device, dtype))
