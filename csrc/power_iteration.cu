@@ -228,8 +228,10 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     pi_gram_kernel(const int64_t* __restrict__ table, const int64_t* __restrict__ tiles, AccT<T>* __restrict__ work) {
   using acc_t = AccT<T>;
-  __shared__ acc_t sa[kChunk][kGram];
-  __shared__ acc_t sb[kChunk][kGram];
+  // One padding column: the gram_out loads write 16 consecutive l of one p per half-warp, which without
+  // it would all hit one bank.
+  __shared__ acc_t sa[kChunk][kGram + 1];
+  __shared__ acc_t sb[kChunk][kGram + 1];
   const int64_t* tile = tiles + static_cast<int64_t>(blockIdx.x) * 3;
   const int64_t* e = table + tile[0] * pFields;
   const T* W = reinterpret_cast<const T*>(e[pW]);
@@ -258,7 +260,7 @@ __global__ void __launch_bounds__(kThreads)
       if (!diag) sb[l][p] = (in_len && b0 + p < d) ? static_cast<acc_t>(W[(b0 + p) * s_idx + ll * s_len]) : acc_t(0);
     }
     __syncthreads();
-    const acc_t(*B)[kGram] = diag ? sa : sb;
+    const acc_t(*B)[kGram + 1] = diag ? sa : sb;
     if (want_t && threadIdx.x < kGram) {
       for (int l = 0; l < kChunk && l0 + l < len; ++l) t += sa[l][threadIdx.x] * u0[l0 + l];
     }

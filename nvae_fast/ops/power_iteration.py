@@ -39,13 +39,9 @@ _OP = "power_iteration"
 EPS = 1e-12
 
 
-def _matrices(weights):
-    return matrices(weights)
-
-
 def power_iteration_reference(weights, us, vs, n_iter):
     """One weight at a time, plain PyTorch: the definition of the op."""
-    mats = _matrices(weights)
+    mats = matrices(weights)
     acc = shared_acc_dtype(mats)
     sig = []
     for w, u_buf, v_buf in zip(mats, us, vs):

@@ -143,6 +143,20 @@ def test_table_cached_and_rebuilt():
     assert kernels.plan(weights, [us[0].clone(), us[1], us[2]], vs, 4)["table"].data_ptr() != first.data_ptr()
 
 
+def test_bad_inputs_name_the_argument():
+    """The cuda path checks each weight and vector in C++: one-line errors naming the argument."""
+    require("cuda")
+    weights, us, vs = _inputs([(4, 3, 3, 3), (6, 5)], torch.float32, seed=4)
+    with pytest.raises(RuntimeError, match=r"us\[1\] must be 1-D with 6 elements"):
+        _cuda(weights, [us[0], torch.randn(5)], vs, 1)
+    with pytest.raises(RuntimeError, match=r"weights\[1\] must have at least 2 dims"):
+        _cuda([weights[0], torch.randn(5)], us, [vs[0], torch.randn(1)], 1)
+    with pytest.raises(RuntimeError, match=r"vs\[0\] must be 1-D with 27 elements"):
+        _cuda(weights, us, [torch.randn(26), vs[1]], 4)
+    with pytest.raises(ValueError, match="n_iter must be a non-negative int"):
+        _cuda(weights, us, vs, -1)
+
+
 class _CountOps(TorchDispatchMode):
     def __init__(self):
         super().__init__()
