@@ -1,5 +1,8 @@
-// Batched power iteration over many matrices of different shapes
-// (torch.ops.nvae_fast.power_iteration_update / power_iteration_sigmas).
+// Batched power iteration over many matrices of different shapes. Two families of ops:
+// - power_iteration_update / power_iteration_sigmas (torch.ops.nvae_fast.*): the unplanned kernels on
+//   (R, K) matrices, one launch per half-step, described here;
+// - power_iteration_forward / power_iteration_backward / power_iteration_plan: the op's path, on the
+//   weights as given, with cached launch tables and the Gram iteration (section "Planned forward" below).
 //
 // mats[i]: (R_i, K_i), contiguous, one float dtype for all; us[i]: (R_i,), vs[i]: (K_i,), any float dtype.
 // Accumulation dtype: float64 for float64 mats, float32 otherwise. update runs n_iter steps of
