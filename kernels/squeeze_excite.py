@@ -1,17 +1,19 @@
 """Triton kernel set of :mod:`nvae_fast.ops.squeeze_excite` (contract: ``SqueezeExciteKernels`` there).
 
-Shapes: ``x``, ``dy`` (N, C, H, W); ``gate``, ``dmean`` and every result but ``scale``/``backward_dx``
-(N, C) in the accumulation dtype acc (float64 for float64 x, float32 otherwise)::
+Shapes: ``x``, ``dy`` (N, C, H, W); w1 (Ch, C), b1 (Ch,) or None, w2 (C, Ch), b2 (C,) or None; ``mean``,
+``gate`` (N, C) in the accumulation dtype acc (float64 for float64 x, float32 otherwise)::
 
-    pool(x)                          m[n, c]  = sum_{h,w} x[n, c, h, w] / (H W)        one read of x
-    scale(x, gate)                   y        = x gate[n, c]                            one read, one write
-    backward_reduce(dy, x)           dg[n, c] = sum_{h,w} dy x                          one read of each
-    backward_dx(dy, gate, dmean, hw) dx       = dy gate[n, c] + dmean[n, c] / hw        one read, one write
+    forward:  m[n, c]  = sum_{h,w} x / (H W)          reduction kernel, one read of x
+              gate     = sigmoid(w2 act(w1 m + b1) + b2)   ATen, (N, C) work
+              y        = x gate[n, c]                 element-wise kernel, one read, one write
+    backward: dg[n, c] = sum_{h,w} dy x               reduction kernel, one read of each
+              dp, dq, dm and the weight gradients     ATen, (N, C) work
+              dx       = dy gate[n, c] + dm[n, c] / (H W)   element-wise kernel, one read, one write
 
 The two reductions share one kernel per layout (``PRODUCT`` multiplies in ``dy``, ``MEAN`` divides by
-H*W) and the two element-wise passes share another (``HAS_SHIFT`` adds ``dmean / hw``). Layouts:
+H*W) and the two element-wise passes share another (``HAS_SHIFT`` adds ``dm / (H W)``). Layouts:
 NCHW-contiguous and channels_last tensors are read in place (see :mod:`._host`); any other strides
-are copied to NCHW first, and ``dy`` is copied to ``x``'s layout in ``backward_reduce`` when it differs.
+are copied to NCHW first, and ``dy`` is copied to ``x``'s layout in ``backward`` when it differs.
 Outputs have the (dense) layout of their tensor input. When there are too few (n, c) outputs to fill the
 GPU, the H*W axis is split too: each program writes a partial result and ``torch.sum`` adds the
 partials in a fixed order, so results are bit-identical from run to run.
@@ -28,7 +30,7 @@ from nvae_fast._accumulation import acc_dtype
 from . import _host
 from ._aot import aot_spec, ones, ptr
 
-__all__ = ["supports", "pool", "scale", "backward_reduce", "backward_dx", "aot_specs"]
+__all__ = ["supports", "plan", "forward", "backward", "aot_specs"]
 
 MAX_COLS_NCHW = 1024  # widest tile along H*W
 MAX_COLS_NHWC = 128  # widest tile along C
@@ -206,29 +208,49 @@ def _apply(x, gate, shift, hw):
     return out
 
 
-def pool(x):
-    """Spatial mean of x (N, C, H, W) as (N, C) in the acc dtype."""
+def _mlp(m, w1, b1, w2, b2, activation):
+    """The gate MLP of one (N, C) mean ``m`` in its dtype: ``(q, a, gate)``."""
+    acc = m.dtype
+    q = torch.nn.functional.linear(m, w1.to(acc), None if b1 is None else b1.to(acc))
+    a = torch.relu(q) if activation == "relu" else torch.nn.functional.silu(q)
+    return q, a, torch.sigmoid(torch.nn.functional.linear(a, w2.to(acc), None if b2 is None else b2.to(acc)))
+
+
+def plan(x):
+    """The reduction plan for ``x``: tile, grid and split of the pooling and dy x sums."""
     x, layout = _host.dense(x)
-    return _reduce(x, None, layout, mean=True)
+    block_a, block_b, programs, split = _reduce_plan(x, layout)
+    return {"layout": "nchw" if layout == _host.NCHW else "nhwc", "tile": (block_a, block_b), "programs": programs,
+            "split": split}
 
 
-def scale(x, gate):
-    """``x * gate[:, :, None, None]`` like x; ``gate`` (N, C) in the acc dtype."""
-    return _apply(x, gate, None, x.shape[2] * x.shape[3])
+def forward(x, w1, b1, w2, b2, activation):
+    """``(y, mean, gate)``: y like x; mean, gate (N, C) in the acc dtype. The (N, C) gate MLP runs in ATen."""
+    xd, layout = _host.dense(x)
+    m = _reduce(xd, None, layout, mean=True)
+    _, _, g = _mlp(m, w1, b1, w2, b2, activation)
+    return _apply(x, g, None, x.shape[2] * x.shape[3]), m, g
 
 
-def backward_reduce(dy, x):
-    """``sum_{h,w} dy x`` as (N, C) in the acc dtype; deterministic."""
-    x, layout = _host.dense(x)
-    dy, _ = _host.dense(dy, layout)
-    return _reduce(x, dy, layout, mean=False)
-
-
-def backward_dx(dy, gate, dmean, hw):
-    """``dy * gate + dmean / hw`` (broadcast over H, W) like dy; ``gate``, ``dmean`` (N, C) acc dtype."""
-    if dy.shape[2] * dy.shape[3] != hw:
-        raise ValueError(f"squeeze_excite.backward_dx: hw={hw} but dy has shape {tuple(dy.shape)}")
-    return _apply(dy, gate, dmean, hw)
+def backward(dy, x, mean, gate, w1, b1, w2, b2, activation):
+    """``(dx, dw1, db1, dw2, db2)`` (db None where the bias is None); the MLP backward runs in ATen."""
+    xd, layout = _host.dense(x)
+    dyd, _ = _host.dense(dy, layout)
+    dg = _reduce(xd, dyd, layout, mean=False)
+    q, a, _ = _mlp(mean, w1, b1, w2, b2, activation)
+    dp = dg * gate * (1 - gate)
+    da = dp @ w2.to(dp.dtype)
+    if activation == "relu":
+        dq = da * (q > 0).to(q.dtype)
+    else:
+        s = torch.sigmoid(q)
+        dq = da * s * (1 + q * (1 - s))
+    dm = dq @ w1.to(dq.dtype)
+    dx = _apply(dy, gate, dm, x.shape[2] * x.shape[3])
+    return (
+        dx, (dq.t() @ mean).to(w1.dtype), None if b1 is None else dq.sum(0).to(b1.dtype),
+        (dp.t() @ a).to(w2.dtype), None if b2 is None else dp.sum(0).to(b2.dtype),
+    )
 
 
 # ------------------------------------------------------------------------ ahead-of-time compile specs
