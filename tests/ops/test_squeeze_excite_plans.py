@@ -5,7 +5,8 @@ CUDA (``csrc/squeeze_excite.cu``): each sample's H*W pixels are split into ``par
 is at most 128 pixels in NCHW, at most 32 in NHWC, for few (n, c) planes); the forward is two launches
 (pooling with the gate MLP, then the scale), the backward two (the dy x reduction with the MLP
 backward and the weight gradients, then dx), and the op dispatches nothing but its one custom op per
-direction. Triton runs its reduction and element-wise kernels with the gate MLP in ATen.
+direction. Triton: the same two launches per direction (the last program of the reduction grid runs the
+MLP), around allocations only.
 """
 
 import pytest
@@ -95,6 +96,27 @@ def test_cuda_dispatches_one_custom_op_per_direction(kind, bias):
             torch.autograd.grad(y, present, dy)
     assert [op.split(".", 1)[1] for op in forward.ops] == ["se_forward.default"], forward.ops
     assert [op.split(".", 1)[1] for op in backward.ops] == ["se_backward.default"], backward.ops
+
+
+# What the Triton kernel set may dispatch around its launches: allocations (the ticket is a zeroed
+# int32), and, in the CPU interpreter only, its copies of the launch arguments.
+TRITON_ALLOCATIONS = {"empty.memory_format", "empty_like.default", "zeros.default", "zero_.default", "fill_.Scalar",
+                      "new_empty.default", "new_zeros.default"}
+INTERPRETER_COPIES = {"copy_.default", "set_.source_Storage", "set_.source_Storage_storage_offset"}
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_triton_dispatches_only_allocations(kind, bias):
+    device = require("triton")
+    leaves, dy = _leaves((2, 6, 5, 7), 3, torch.float32, kind, device, bias, seed=7)
+    allowed = TRITON_ALLOCATIONS | (INTERPRETER_COPIES if device.type == "cpu" else set())
+    with nvae_fast.use_backend("triton"):
+        with _Dispatched() as dispatched:
+            y = squeeze_excite(*leaves, activation="silu")
+            torch.autograd.grad(y, [t for t in leaves if t is not None], dy)
+    names = {op.split(".", 1)[1] for op in dispatched.ops}
+    assert names <= allowed, sorted(names - allowed)
 
 
 @pytest.fixture
