@@ -6,7 +6,7 @@
 //
 // Forward (se_forward):
 //   1. se_reduce_kernel<forward>: grid (B, N). The blocks of sample n sum x over P pixel parts of the
-//      plane into part[n, p, c]; the last block of sample n to finish (an atomic ticket per sample) adds
+//      plane (NHWC: and over groups of 32-channel columns) into part[n, p, c]; the last block of sample n to finish (an atomic ticket per sample) adds
 //      the P parts in order, m = sum / (H W), and runs the gate MLP of that sample:
 //      q = w1 m + b1, a = act(q), gate = sigmoid(w2 a + b2).
 //   2. channel_map_kernel: y = x gate[n, c].
@@ -54,9 +54,10 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
   return v;
 }
 
-// The split of every sample's H * W pixels: P parts of `chunk` pixels, B blocks per sample.
+// The split of every sample's H * W pixels: P parts of `chunk` pixels, B blocks per sample; NHWC also
+// splits the channels into `channel_blocks` groups of 32-channel columns (B = parts * channel_blocks).
 struct Plan {
-  int64_t parts, chunk, blocks;
+  int64_t parts, chunk, blocks, channel_blocks;
 };
 
 Plan make_plan(Layout layout, int64_t N, int64_t C, int64_t HW) {
@@ -68,12 +69,14 @@ Plan make_plan(Layout layout, int64_t N, int64_t C, int64_t HW) {
     p.chunk = ceil_div(HW, p.parts);
     p.parts = ceil_div(HW, p.chunk);
     p.blocks = clamp64(ceil_div(C * p.parts, kWarps), 1, ceil_div(target_blocks(), N));
+    p.channel_blocks = 1;
   } else {
-    // One part per block, parts of >= 4 rows of kRows pixels.
+    // Parts of >= 4 rows of kRows pixels, then as many channel groups as the device still needs.
     p.parts = clamp64(ceil_div(target_blocks(), N), 1, ceil_div(HW, kRows * 4));
     p.chunk = ceil_div(HW, p.parts);
     p.parts = ceil_div(HW, p.chunk);
-    p.blocks = p.parts;
+    p.channel_blocks = clamp64(ceil_div(target_blocks(), N * p.parts), 1, ceil_div(C, 32));
+    p.blocks = p.parts * p.channel_blocks;
   }
   return p;
 }
@@ -124,9 +127,11 @@ __device__ __forceinline__ void partial_sums(const SEArgs<T, W>& a, int64_t n) {
     }
   } else {
     __shared__ acc_t rows[kRows][32];
-    const int64_t p = blockIdx.x;
+    // Block x = g * P + p: part p, 32-channel columns g, g + groups, ...
+    const int64_t groups = gridDim.x / P;
+    const int64_t g = blockIdx.x / P, p = blockIdx.x - g * P;
     const int64_t end = min(HW, (p + 1) * a.chunk);
-    for (int64_t c0 = 0; c0 < C; c0 += 32) {
+    for (int64_t c0 = g * 32; c0 < C; c0 += groups * 32) {
       const int64_t c = c0 + lane;
       acc_t s = acc_t(0);
       if (c < C) {
@@ -390,7 +395,7 @@ void check_sizes(const char* op, const ActShape& s) {
 std::vector<int64_t> se_plan(const at::Tensor& x) {
   const ActShape s = check_activation("nvae_fast::se_plan", "x", x);
   const Plan p = make_plan(s.layout, std::max<int64_t>(s.N, 1), std::max<int64_t>(s.C, 1), std::max<int64_t>(s.HW, 1));
-  return {p.parts, p.chunk, p.blocks};
+  return {p.parts, p.chunk, p.blocks, p.channel_blocks};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> se_forward(const at::Tensor& x, const at::Tensor& w1,

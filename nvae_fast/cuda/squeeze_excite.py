@@ -31,10 +31,11 @@ def supports(x):
 
 
 def plan(x):
-    """The split the kernels pick for ``x``: ``{"parts", "chunk", "blocks_per_sample"}``: every sample's
-    H * W pixels in ``parts`` parts of ``chunk`` pixels, reduced by ``blocks_per_sample`` blocks."""
-    parts, chunk, blocks = _library.ops().se_plan(dense(x))
-    return {"parts": parts, "chunk": chunk, "blocks_per_sample": blocks}
+    """The split the kernels pick for ``x``: ``{"parts", "chunk", "blocks_per_sample", "channel_blocks"}``:
+    every sample's H * W pixels in ``parts`` parts of ``chunk`` pixels, reduced by ``blocks_per_sample``
+    blocks (channels_last: ``parts`` times ``channel_blocks`` groups of 32-channel columns)."""
+    parts, chunk, blocks, channel_blocks = _library.ops().se_plan(dense(x))
+    return {"parts": parts, "chunk": chunk, "blocks_per_sample": blocks, "channel_blocks": channel_blocks}
 
 
 def _weights(x, w1, b1, w2, b2):

@@ -62,8 +62,8 @@ BN_SHAPES = [(17, 65, 25, 41)]
 #   cuda NCHW: se_reduce_kernel grid (212, 5): 17 parts of 242 pixels per plane, 1785 (channel, part)
 #     warps' work on 1696 warps per sample (some take two); channel_map (scale, dx) grid (212, 5):
 #     430185 values per sample, 8 grid-stride steps.
-#   cuda NHWC: se_reduce_kernel grid (129, 5): 129 parts of 32 pixels, 4 steps of 8 rows for each of
-#     4 32-channel columns; channel_map as NCHW.
+#   cuda NHWC: se_reduce_kernel grid (258, 5): 129 parts of 32 pixels times 2 channel groups, each
+#     block 2 32-channel columns of 4 steps of 8 rows; channel_map as NCHW.
 SE_CASES = [((5, 105, 17, 241), 7)]
 
 # depthwise_conv2d (x shape, kernel, stride, padding) as in test_depthwise_conv2d.CASES.

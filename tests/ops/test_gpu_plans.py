@@ -199,7 +199,7 @@ def test_cuda_squeeze_excite(record, dtype, layout, case):
     x = _empty(case[0], dtype, layout, "cpu")
     hidden = case[1]
     w1, w2, stats = torch.empty(hidden, c, dtype=dtype), torch.empty(c, hidden, dtype=dtype), torch.empty(n, c)
-    parts, chunk, blocks = torch.ops.nvae_fast_plan.se_plan(x)  # the recorder's 132 SMs
+    parts, chunk, blocks, channel_blocks = torch.ops.nvae_fast_plan.se_plan(x)  # the recorder's 132 SMs
     for launches in (record("se_forward", x, w1, None, w2, None, 0),
                      record("se_backward", x, x, stats, stats, w1, None, w2, None, 1)):
         assert [launch.name for launch in launches[:1]] == ["se_reduce_kernel"], launches
@@ -210,7 +210,8 @@ def test_cuda_squeeze_excite(record, dtype, layout, case):
         if layout == "nchw":
             assert cdiv(c * parts, blocks * 8) >= 2, (reduce, parts)
         else:
-            assert blocks == parts and cdiv(chunk, 8) >= 2, (reduce, chunk)
+            assert blocks == parts * channel_blocks and cdiv(chunk, 8) >= 2, (reduce, chunk)
+            assert channel_blocks >= 2 and cdiv(cdiv(c, 32), channel_blocks) >= 2, (reduce, channel_blocks)
         _assert_grid_stride(launches[1:], n, c, h * w)
 
 

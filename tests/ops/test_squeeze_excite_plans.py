@@ -2,7 +2,8 @@
 ATen ops around them.
 
 CUDA (``csrc/squeeze_excite.cu``): each sample's H*W pixels are split into ``parts`` (one part when H*W
-is at most 128 pixels in NCHW, at most 32 in NHWC, for few (n, c) planes); the forward is two launches
+is at most 128 pixels in NCHW, at most 32 in NHWC, for few (n, c) planes), channels_last channels into
+groups of 32-channel columns; the forward is two launches
 (pooling with the gate MLP, then the scale), the backward two (the dy x reduction with the MLP
 backward and the weight gradients, then dx), and the op dispatches nothing but its one custom op per
 direction. Triton: the same two launches per direction (the last program of the reduction grid runs the
@@ -19,12 +20,15 @@ from nvae_fast.ops import squeeze_excite, squeeze_excite_reference
 from .._tensors import in_layout, randn
 from ._helpers import assert_close_scaled, dtype_id, require
 
-# (layout, x shape, parts the CUDA plan takes): the largest H*W of one part and the smallest of two.
+# (layout, x shape, parts, channel groups the CUDA plan takes): the largest H*W of one part and the
+# smallest of two; in channels_last also the widest C of one 32-channel group and the narrowest of two.
 CUDA_BOUNDARIES = [
-    ("contiguous", (2, 3, 8, 16), 1),
-    ("contiguous", (2, 3, 1, 129), 2),
-    ("channels_last", (2, 3, 4, 8), 1),
-    ("channels_last", (2, 3, 3, 11), 2),
+    ("contiguous", (2, 3, 8, 16), 1, 1),
+    ("contiguous", (2, 3, 1, 129), 2, 1),
+    ("channels_last", (2, 3, 4, 8), 1, 1),
+    ("channels_last", (2, 3, 3, 11), 2, 1),
+    ("channels_last", (2, 32, 3, 11), 2, 1),
+    ("channels_last", (2, 33, 3, 11), 2, 2),
 ]
 
 
@@ -61,13 +65,16 @@ def _check(backend, leaves, dy, activation, dtype):
 @pytest.mark.parametrize("case", CUDA_BOUNDARIES, ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}")
 def test_cuda_plan_boundaries_match_reference(case, dtype, activation, bias):
     device = require("cuda")
-    kind, shape, parts = case
+    kind, shape, parts, channel_blocks = case
     leaves, dy = _leaves(shape, 4, dtype, kind, device, bias, seed=sum(shape))
     _check("cuda", leaves, dy, activation, dtype)
     from nvae_fast.cuda import squeeze_excite as kernels
 
     plan = kernels.plan(leaves[0])
-    assert plan["parts"] == parts and plan["chunk"] * parts >= shape[2] * shape[3], plan
+    assert (plan["parts"], plan["channel_blocks"]) == (parts, channel_blocks), plan
+    assert plan["chunk"] * parts >= shape[2] * shape[3], plan
+    if kind == "channels_last":
+        assert plan["blocks_per_sample"] == parts * channel_blocks, plan
 
 
 class _Dispatched(TorchDispatchMode):
@@ -138,7 +145,8 @@ def test_cuda_launches_two_kernels_per_direction(record, kind, hw):
     w1, w2, stats = torch.empty(hidden, c), torch.empty(c, hidden), torch.empty(n, c)
     forward = record("se_forward", x, w1, None, w2, None, 0)
     backward = record("se_backward", x, x, stats, stats, w1, torch.empty(hidden), w2, torch.empty(c), 1)
-    parts, chunk, blocks = torch.ops.nvae_fast_plan.se_plan(x)
+    parts, chunk, blocks, channel_blocks = torch.ops.nvae_fast_plan.se_plan(x)
+    assert blocks == parts * channel_blocks if kind == "channels_last" else channel_blocks == 1
     for launches in (forward, backward):
         assert [launch.name for launch in launches] == ["se_reduce_kernel", "channel_map_kernel"], launches
         assert launches[0].grid[:2] == (blocks, n) and launches[0].smem == hidden * 4, launches[0]
