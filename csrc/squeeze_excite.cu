@@ -6,9 +6,9 @@
 //
 // Forward (se_forward):
 //   1. se_reduce_kernel<forward>: grid (B, N). The blocks of sample n sum x over P pixel parts of the
-//      plane (NHWC: and over groups of 32-channel columns) into part[n, p, c]; the last block of sample n to finish (an atomic ticket per sample) adds
-//      the P parts in order, m = sum / (H W), and runs the gate MLP of that sample:
-//      q = w1 m + b1, a = act(q), gate = sigmoid(w2 a + b2).
+//      plane (NHWC: in groups of 32-channel columns) into part[n, p, c]; the last block of sample n to
+//      finish (an atomic ticket per sample) adds the P parts in order, m = sum / (H W), and runs the
+//      gate MLP of that sample: q = w1 m + b1, a = act(q), gate = sigmoid(w2 a + b2).
 //   2. channel_map_kernel: y = x gate[n, c].
 // Backward (se_backward):
 //   1. se_reduce_kernel<backward>: the same grid sums dy x into part[n, p, c]; the last block of sample n
