@@ -9,21 +9,20 @@
 //      plane (NHWC: in groups of 32-channel columns) into part[n, p, c]; the last block of sample n to
 //      finish (an atomic ticket per sample) adds the P parts in order, m = sum / (H W), and runs the
 //      gate MLP of that sample: q = w1 m + b1, a = act(q), gate = sigmoid(w2 a + b2).
-//   2. channel_map_kernel: y = x gate[n, c].
+//   2. se_map_kernel: y = x gate[n, c].
 // Backward (se_backward):
 //   1. se_reduce_kernel<backward>: the same grid sums dy x into part[n, p, c]; the last block of sample n
 //      forms dg = sum_p part, dp = dg g (1 - g), q and a again from the saved mean, da = dp w2,
 //      dq = da act'(q), dm = dq w1, and stores dp, dq, a, dm of the sample; the last of those blocks over
 //      all samples (a second ticket) reduces dw1 = dq^T m, db1 = sum_n dq, dw2 = dp^T a, db2 = sum_n dp
 //      in sample order.
-//   2. channel_map_kernel: dx = dy gate[n, c] + dm[n, c] / (H W).
+//   2. se_map_kernel: dx = dy gate[n, c] + dm[n, c] / (H W).
 // Every sum runs in a fixed order (no floating-point atomics): results are bitwise reproducible for a
 // given shape and device. The tickets (N + 1 counters) are zeroed by a memset before the first kernel.
 
 #include <vector>
 
 #include "checks.h"
-#include "elementwise.cuh"
 #include "ops.h"
 #include "reduce.cuh"
 
@@ -286,27 +285,100 @@ __global__ void __launch_bounds__(kThreads) se_reduce_kernel(SEArgs<T, W> a) {
   }
 }
 
-// y = a gate[n, c] + shift[n, c] * inv_hw (shift == nullptr: no shift term).
-template <typename T>
-struct GateMap {
-  using scalar_t = T;
+constexpr int64_t kMapChannels = 1024;  // most (n, c) constants one block item holds in shared memory
+
+// y = a gate[n, c] + shift[n, c] / (H W) (shift == nullptr: no shift term), grid (B, N). Sample n is cut
+// into items of `cpi` channels times a `chunk`-pixel part of H * W (`parts` parts); a block stages the
+// item's constants in shared memory (one global read each), then its threads stride over the item's
+// vectors of V elements (NCHW: along the pixels of a plane; NHWC: along the channels of a pixel).
+template <typename T, Layout L, int V>
+__global__ void __launch_bounds__(kThreads)
+    se_map_kernel(const T* __restrict__ a, T* __restrict__ y, const AccT<T>* __restrict__ gate,
+                  const AccT<T>* __restrict__ shift, AccT<T> inv_hw, int64_t C, int64_t HW, int64_t cpi,
+                  int64_t parts, int64_t chunk) {
   using acc_t = AccT<T>;
-  static constexpr int kInputs = 1;
-  struct Chan {
-    acc_t gate, shift;
-  };
-
-  const acc_t* gate;
-  const acc_t* shift;
-  acc_t inv_hw;
-  int64_t C;
-
-  __device__ __forceinline__ Chan load(int64_t n, int64_t c) const {
-    const int64_t i = n * C + c;
-    return Chan{gate[i], shift != nullptr ? shift[i] * inv_hw : acc_t(0)};
+  __shared__ acc_t sg[kMapChannels], ss[kMapChannels];
+  const int64_t n = blockIdx.y;
+  const int64_t items = ceil_div(C, cpi) * parts;
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const int64_t cg = item / parts, p = item - cg * parts;
+    const int64_t c0 = cg * cpi, nch = min(cpi, C - c0);
+    const int64_t r0 = p * chunk, rows = min(HW, r0 + chunk) - r0;
+    for (int64_t i = threadIdx.x; i < nch; i += blockDim.x) {
+      sg[i] = gate[n * C + c0 + i];
+      ss[i] = shift != nullptr ? shift[n * C + c0 + i] * inv_hw : acc_t(0);
+    }
+    __syncthreads();
+    if constexpr (L == Layout::NCHW) {
+      const int64_t per = rows / V;  // vectors per channel of the item
+      for (int64_t v = threadIdx.x; v < nch * per; v += blockDim.x) {
+        const int64_t ci = v / per;
+        const int64_t off = (n * C + c0 + ci) * HW + r0 + (v - ci * per) * V;
+        acc_t va[V];
+        load_vec<V>(a + off, va);
+#pragma unroll
+        for (int k = 0; k < V; ++k) va[k] = va[k] * sg[ci] + ss[ci];
+        store_vec<V>(y + off, va);
+      }
+    } else {
+      const int64_t per = nch / V;  // vectors per pixel of the item
+      for (int64_t v = threadIdx.x; v < rows * per; v += blockDim.x) {
+        const int64_t r = v / per, cv = (v - r * per) * V;
+        const int64_t off = (n * HW + r0 + r) * C + c0 + cv;
+        acc_t va[V];
+        load_vec<V>(a + off, va);
+#pragma unroll
+        for (int k = 0; k < V; ++k) va[k] = va[k] * sg[cv + k] + ss[cv + k];
+        store_vec<V>(y + off, va);
+      }
+    }
+    __syncthreads();
   }
-  __device__ __forceinline__ acc_t apply(const Chan& ch, acc_t a, acc_t) const { return a * ch.gate + ch.shift; }
-};
+}
+
+// Launches se_map_kernel: y = a gate + shift / HW for a, y (N, C, H, W) in `layout`.
+template <typename T>
+void launch_se_map(Layout layout, const at::Tensor& a, const at::Tensor& y, const AccT<T>* gate,
+                   const AccT<T>* shift, int64_t N, int64_t C, int64_t HW) {
+  using acc_t = AccT<T>;
+  constexpr int VV = kVec<T>;
+  const T* pa = a.data_ptr<T>();
+  T* py = y.data_ptr<T>();
+  const bool vec = aligned16(pa) && aligned16(py) && (layout == Layout::NCHW ? HW % VV == 0 : C % VV == 0);
+  const int V = vec ? VV : 1;
+  const int64_t per_item = static_cast<int64_t>(kThreads) * V * 4;  // elements: 4 vectors per thread
+  const int64_t per_sample_blocks = ceil_div(target_blocks(), N);
+  int64_t cpi, parts;
+  if (layout == Layout::NCHW) {
+    // Whole planes, several per item when they are small; else parts of one plane.
+    cpi = clamp64(std::min(per_item / HW, ceil_div(N * C, target_blocks())), 1, std::min(C, kMapChannels));
+    parts = cpi > 1 ? 1 : clamp64(ceil_div(per_sample_blocks, C), 1, ceil_div(HW, per_item));
+  } else {
+    // 32 vectors of channels, parts of the pixels.
+    cpi = std::min<int64_t>(C, 32 * V);
+    parts = clamp64(ceil_div(per_sample_blocks, ceil_div(C, cpi)), 1, ceil_div(HW * cpi, per_item));
+  }
+  int64_t chunk = ceil_div(HW, parts);
+  if (layout == Layout::NCHW) chunk = ceil_div(chunk, V) * V;
+  parts = ceil_div(HW, chunk);
+  const int64_t items = ceil_div(C, cpi) * parts;
+  const dim3 grid(static_cast<unsigned>(std::min(items, per_sample_blocks)), static_cast<unsigned>(N));
+  const acc_t inv_hw = static_cast<acc_t>(1.0 / static_cast<double>(HW));
+  const cudaStream_t stream = current_stream();
+  if (layout == Layout::NCHW) {
+    if (vec) {
+      launch<se_map_kernel<T, Layout::NCHW, VV>>(grid, kThreads, 0, stream, pa, py, gate, shift, inv_hw, C, HW, cpi, parts, chunk);
+    } else {
+      launch<se_map_kernel<T, Layout::NCHW, 1>>(grid, kThreads, 0, stream, pa, py, gate, shift, inv_hw, C, HW, cpi, parts, chunk);
+    }
+  } else {
+    if (vec) {
+      launch<se_map_kernel<T, Layout::NHWC, VV>>(grid, kThreads, 0, stream, pa, py, gate, shift, inv_hw, C, HW, cpi, parts, chunk);
+    } else {
+      launch<se_map_kernel<T, Layout::NHWC, 1>>(grid, kThreads, 0, stream, pa, py, gate, shift, inv_hw, C, HW, cpi, parts, chunk);
+    }
+  }
+}
 
 // (N, C), contiguous, accumulation dtype of x.
 void check_per_sample(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x, const char* x_name) {
@@ -436,8 +508,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> se_forward(const at::Tensor& x, c
     a.N = s.N, a.C = s.C, a.Ch = w.Ch, a.HW = s.HW, a.parts = plan.parts, a.chunk = plan.chunk;
     a.activation = activation;
     launch_reduce<T, W, false>(a, s.layout, plan, tickets);
-    const GateMap<T> p{a.gate, nullptr, acc_t(0), s.C};
-    launch_channel_map(p, s.layout, x, x, y, s.N, s.C, s.HW);
+    launch_se_map<T>(s.layout, x, y, a.gate, nullptr, s.N, s.C, s.HW);
   });
   return {y, mean, gate};
 }
@@ -503,8 +574,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
     a.N = s.N, a.C = s.C, a.Ch = w.Ch, a.HW = s.HW, a.parts = plan.parts, a.chunk = plan.chunk;
     a.activation = activation;
     launch_reduce<T, W, true>(a, s.layout, plan, tickets);
-    const GateMap<T> p{a.gate, a.dm, static_cast<acc_t>(1.0 / static_cast<double>(s.HW)), s.C};
-    launch_channel_map(p, s.layout, dy, dy, dx, s.N, s.C, s.HW);
+    launch_se_map<T>(s.layout, dy, dx, a.gate, a.dm, s.N, s.C, s.HW);
   });
   return {dx, dw1, db1, dw2, db2};
 }

@@ -77,6 +77,24 @@ def test_cuda_plan_boundaries_match_reference(case, dtype, activation, bias):
         assert plan["blocks_per_sample"] == parts * channel_blocks, plan
 
 
+# On one emulated SM (8 target blocks): a scale / dx pass whose blocks take several items (NCHW planes
+# wider than one item, NHWC 32-channel columns) and one whose items hold several small planes.
+MAP_CASES = [("contiguous", (2, 10, 64, 80)), ("channels_last", (2, 70, 9, 9)), ("contiguous", (2, 100, 3, 5))]
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("case", MAP_CASES, ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}")
+def test_cuda_scale_items_match_reference(monkeypatch, case, dtype, activation):
+    device = require("cuda")
+    if device.type == "cuda":
+        pytest.skip("the item split depends on the emulated SM count")
+    monkeypatch.setenv("NVAE_FAST_EMULATE_SMS", "1")
+    kind, shape = case
+    leaves, dy = _leaves(shape, 4, dtype, kind, device, activation == "relu", seed=sum(shape) + 1)
+    _check("cuda", leaves, dy, activation, dtype)
+
+
 class _Dispatched(TorchDispatchMode):
     """The dispatcher ops that run inside the mode, by name."""
 
@@ -148,7 +166,7 @@ def test_cuda_launches_two_kernels_per_direction(record, kind, hw):
     parts, chunk, blocks, channel_blocks = torch.ops.nvae_fast_plan.se_plan(x)
     assert blocks == parts * channel_blocks if kind == "channels_last" else channel_blocks == 1
     for launches in (forward, backward):
-        assert [launch.name for launch in launches] == ["se_reduce_kernel", "channel_map_kernel"], launches
+        assert [launch.name for launch in launches] == ["se_reduce_kernel", "se_map_kernel"], launches
         assert launches[0].grid[:2] == (blocks, n) and launches[0].smem == hidden * 4, launches[0]
 
 
