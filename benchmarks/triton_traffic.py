@@ -13,8 +13,10 @@ their sources; the wrappers pass every argument through, whatever the version's 
     array's element size, at the addresses in ``ptrs``.
 
 Per launch, ``read``/``written`` count each byte once (distinct addresses) and ``*_requested`` every
-access. Block pointers, tensor descriptors and atomics use other builder methods: they are wrapped too,
-only to mark the launch uncounted (bytes ``None``), since their accesses are not sized here.
+access. ``create_atomic_rmw(op, ptrs, value, mask, ...)`` (``tl.atomic_add`` and the like) reads and
+writes each active element once. Block pointers, tensor descriptors and compare-and-swap use other
+builder methods: they are wrapped too, only to mark the launch uncounted (bytes ``None``), since their
+accesses are not sized here.
 :func:`in_launch` tells whether a launch is running, so that the ATen ops the interpreter itself runs
 (copying arguments to and from its host view) can be told apart from the host code's.
 """
@@ -32,8 +34,7 @@ from .kernel_launch import Launch
 # Builder methods that access memory in ways the counter does not size.
 UNSIZED = (
     "create_tensor_pointer_load", "create_tensor_pointer_store", "create_descriptor_load",
-    "create_descriptor_store", "create_descriptor_gather", "create_descriptor_scatter", "create_atomic_rmw",
-    "create_atomic_cas",
+    "create_descriptor_store", "create_descriptor_gather", "create_descriptor_scatter", "create_atomic_cas",
 )
 _DEDUP_AT = 1 << 22  # addresses kept per direction before they are reduced to distinct ones
 
@@ -110,7 +111,8 @@ def counting(plan_only: bool = False):
     builder, function = interpreter.InterpreterBuilder, interpreter.InterpretedFunction
     saved = {(cls, name): cls.__dict__[name] for cls, names in (
         (function, ("run",)),
-        (builder, ("create_masked_load", "create_masked_store") + tuple(n for n in UNSIZED if n in builder.__dict__)),
+        (builder, ("create_masked_load", "create_masked_store", "create_atomic_rmw")
+         + tuple(n for n in UNSIZED if n in builder.__dict__)),
     ) for name in names}
 
     def run(self, *args, grid, warmup, **kwargs):
@@ -134,6 +136,14 @@ def counting(plan_only: bool = False):
             _current[-1].written.add(ptrs.data, None if mask is None else mask.data, value.data.dtype.itemsize)
         return saved[(builder, "create_masked_store")](self, ptrs, value, mask, *rest, **kwargs)
 
+    def atomic_rmw(self, rmw_op, ptrs, value, mask, *rest, **kwargs):
+        out = saved[(builder, "create_atomic_rmw")](self, rmw_op, ptrs, value, mask, *rest, **kwargs)
+        if _current:
+            size = out.data.dtype.itemsize
+            _current[-1].read.add(ptrs.data, None if mask is None else mask.data, size)
+            _current[-1].written.add(ptrs.data, None if mask is None else mask.data, size)
+        return out
+
     def unsized(name):
         def method(self, *args, **kwargs):
             if _current:
@@ -142,7 +152,7 @@ def counting(plan_only: bool = False):
 
         return method
 
-    wrappers = {"run": run, "create_masked_load": load, "create_masked_store": store}
+    wrappers = {"run": run, "create_masked_load": load, "create_masked_store": store, "create_atomic_rmw": atomic_rmw}
     for cls, name in saved:
         setattr(cls, name, wrappers.get(name) or unsized(name))
     try:

@@ -29,10 +29,9 @@ void register_kernels(torch::Library& m) {
   m.impl("dwconv2d_forward", &nvae_fast::dwconv2d_forward);
   m.impl("dwconv2d_backward_input", &nvae_fast::dwconv2d_backward_input);
   m.impl("dwconv2d_backward_weight", &nvae_fast::dwconv2d_backward_weight);
-  m.impl("se_pool", &nvae_fast::se_pool);
-  m.impl("se_scale", &nvae_fast::se_scale);
-  m.impl("se_backward_reduce", &nvae_fast::se_backward_reduce);
-  m.impl("se_backward_dx", &nvae_fast::se_backward_dx);
+  m.impl("se_plan", &nvae_fast::se_plan);
+  m.impl("se_forward", &nvae_fast::se_forward);
+  m.impl("se_backward", &nvae_fast::se_backward);
   m.impl("power_iteration_update", &nvae_fast::power_iteration_update);
   m.impl("power_iteration_sigmas", &nvae_fast::power_iteration_sigmas);
   m.impl("power_iteration_forward", &nvae_fast::power_iteration_forward);
@@ -67,10 +66,11 @@ TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {
 
 TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {
   m.set_python_module("nvae_fast.cuda._library");
-  m.def("se_pool(Tensor x) -> Tensor");
-  m.def("se_scale(Tensor x, Tensor gate) -> Tensor");
-  m.def("se_backward_reduce(Tensor dy, Tensor x) -> Tensor");
-  m.def("se_backward_dx(Tensor dy, Tensor gate, Tensor dmean) -> Tensor");
+  m.def("se_plan(Tensor x) -> int[]");
+  m.def("se_forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, int activation) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "se_backward(Tensor dy, Tensor x, Tensor mean, Tensor gate, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "int activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {

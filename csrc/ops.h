@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace nvae_fast {
 
@@ -32,10 +33,14 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight(const at::Tensor& dy
                                                             at::IntArrayRef padding);
 
 // squeeze_excite.cu
-at::Tensor se_pool(const at::Tensor& x);
-at::Tensor se_scale(const at::Tensor& x, const at::Tensor& gate);
-at::Tensor se_backward_reduce(const at::Tensor& dy, const at::Tensor& x);
-at::Tensor se_backward_dx(const at::Tensor& dy, const at::Tensor& gate, const at::Tensor& dmean);
+std::vector<int64_t> se_plan(const at::Tensor& x);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> se_forward(const at::Tensor& x, const at::Tensor& w1,
+                                                          const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                                          const std::optional<at::Tensor>& b2, int64_t activation);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& gate, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+    int64_t activation);
 
 // power_iteration.cu
 void power_iteration_update(at::TensorList mats, at::TensorList us, at::TensorList vs, int64_t n_iter);

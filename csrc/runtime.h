@@ -6,7 +6,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <utility>
 
@@ -59,6 +61,16 @@ void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... a
 #else
   kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
+
+// Sets `bytes` bytes at p to zero, in stream order (a memset, not a kernel launch).
+inline void zero_async(void* p, size_t bytes, cudaStream_t stream) {
+#ifdef NVAE_FAST_EMULATE
+  (void)stream;
+  std::memset(p, 0, bytes);
+#else
+  C10_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
 #endif
 }
 

@@ -124,7 +124,7 @@ def test_a_kernel_that_raises_fails_its_selfcheck_with_the_error(auto_on_cpu, mo
         raise RuntimeError("an illegal memory access was encountered")
 
     kernels = types.SimpleNamespace(**{n: getattr(backend._state.kernels[("squeeze_excite", "cuda")], n)
-                                       for n in ("supports", "pool", "scale", "backward_reduce")}, backward_dx=broken)
+                                       for n in ("supports", "plan", "forward")}, backward=broken)
     monkeypatch.setitem(backend._state.kernels, ("squeeze_excite", "cuda"), kernels)
     result = SQUEEZE_EXCITE.selfcheck("cuda", CPU, torch.float32)
     assert not result.passed and result.why == "RuntimeError: an illegal memory access was encountered"

@@ -23,7 +23,7 @@ EXTENSION = "nvae_fast"
 OPS: dict[str, tuple[str, ...]] = {
     "bn_swish": ("bn_swish_stats", "bn_swish_normalize", "bn_swish_backward_reduce", "bn_swish_backward_dx"),
     "depthwise_conv2d": ("dwconv2d_forward", "dwconv2d_backward_input", "dwconv2d_backward_weight"),
-    "squeeze_excite": ("se_pool", "se_scale", "se_backward_reduce", "se_backward_dx"),
+    "squeeze_excite": ("se_plan", "se_forward", "se_backward"),
     "power_iteration": (
         "power_iteration_update", "power_iteration_sigmas", "power_iteration_forward", "power_iteration_backward",
         "power_iteration_plan",

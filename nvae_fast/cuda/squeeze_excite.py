@@ -1,11 +1,14 @@
 """CUDA kernel set of :mod:`nvae_fast.ops.squeeze_excite` (contract: :class:`nvae_fast.ops.squeeze_excite.SqueezeExciteKernels`).
 
-x / dy: (N, C, H, W), NCHW or channels_last (other layouts are copied to NCHW first); gate and dmean
-(N, C) are passed in the accumulation dtype (float32, float64 for float64 inputs).
+x / dy: (N, C, H, W), NCHW or channels_last (other layouts are copied to NCHW first); w1 (Ch, C), b1 (Ch,)
+or None, w2 (C, Ch), b2 (C,) or None; mean and gate (N, C) in the accumulation dtype (float32, float64 for
+float64 inputs). The weights are passed as they are when they share one dtype, x's or the accumulation
+dtype, and copied to the accumulation dtype otherwise.
 
-Custom ops (``torch.ops.nvae_fast``): ``se_pool``, ``se_scale``, ``se_backward_reduce``,
-``se_backward_dx``; their fake implementations are registered here. The (N, C) MLP of the gate is not a
-kernel: the op's ``autograd.Function`` runs it with ATen.
+Custom ops (``torch.ops.nvae_fast``, see ``csrc/squeeze_excite.cu``): ``se_forward`` (2 launches: pooling
+and the gate MLP in one kernel, the gate-and-scale pass) and ``se_backward`` (2 launches: the dy x
+reduction and the whole MLP backward in one kernel, then dx), each after a memset of its ticket
+counters; ``se_plan`` returns the split they pick. Their fake implementations are registered here.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import torch
 
 from .._accumulation import acc_dtype
 from . import _library
-from ._library import dense, like, per_channel
+from ._library import dense, like
 
-__all__ = ["supports", "pool", "scale", "backward_reduce", "backward_dx"]
+__all__ = ["supports", "plan", "forward", "backward"]
+
+#: The activation codes of the kernels.
+ACTIVATIONS = {"relu": 0, "silu": 1}
 
 
 def supports(x):
@@ -24,57 +30,54 @@ def supports(x):
     return None
 
 
-def pool(x):
-    """m = mean over H, W of x: (N, C) in the accumulation dtype."""
-    return _library.ops().se_pool(dense(x))
+def plan(x):
+    """The split the kernels pick for ``x``: ``{"parts", "chunk", "blocks_per_sample", "channel_blocks"}``:
+    every sample's H * W pixels in ``parts`` parts of ``chunk`` pixels, reduced by ``blocks_per_sample``
+    blocks (channels_last: ``parts`` times ``channel_blocks`` groups of 32-channel columns)."""
+    parts, chunk, blocks, channel_blocks = _library.ops().se_plan(dense(x))
+    return {"parts": parts, "chunk": chunk, "blocks_per_sample": blocks, "channel_blocks": channel_blocks}
 
 
-def scale(x, gate):
-    """y = x * gate[:, :, None, None]; like x."""
+def _weights(x, w1, b1, w2, b2):
+    """The weights in one dtype the kernels take: theirs when they share x's or the accumulation dtype."""
+    ws = [w for w in (w1, b1, w2, b2) if w is not None]
+    dtype = w1.dtype
+    if dtype not in (x.dtype, acc_dtype(x.dtype)) or any(w.dtype != dtype for w in ws):
+        dtype = acc_dtype(x.dtype)
+    return [None if w is None else w.to(dtype).contiguous() for w in (w1, b1, w2, b2)]
+
+
+def forward(x, w1, b1, w2, b2, activation):
+    """``(y, mean, gate)``: y like x, mean and gate (N, C) in the accumulation dtype."""
     x = dense(x)
-    return _library.ops().se_scale(x, per_channel(gate, acc_dtype(x.dtype)))
+    return _library.ops().se_forward(x, *_weights(x, w1, b1, w2, b2), ACTIVATIONS[activation])
 
 
-def backward_reduce(dy, x):
-    """dg = sum over H, W of dy * x: (N, C) in the accumulation dtype."""
+def backward(dy, x, mean, gate, w1, b1, w2, b2, activation):
+    """``(dx, dw1, db1, dw2, db2)``; dx like x, the weight gradients in the weights' dtypes (db None
+    where the bias is None)."""
     x = dense(x)
-    return _library.ops().se_backward_reduce(like(dy, x), x)
+    acc = acc_dtype(x.dtype)
+    weights = _weights(x, w1, b1, w2, b2)
+    dx, dw1, db1, dw2, db2 = _library.ops().se_backward(
+        like(dy, x), x, mean.to(acc).contiguous(), gate.to(acc).contiguous(), *weights, ACTIVATIONS[activation]
+    )
+    grads = [dw1, db1, dw2, db2]
+    for i, w in enumerate((w1, b1, w2, b2)):
+        grads[i] = None if w is None else grads[i].to(w.dtype)
+    return (dx, *grads)
 
 
-def backward_dx(dy, gate, dmean, hw):
-    """dx = dy * gate + dmean / hw (per (n, c)), like dy; ``hw`` must be H * W of dy."""
-    dy = dense(dy)
-    if hw != dy.shape[2] * dy.shape[3]:
-        raise ValueError(f"nvae_fast.cuda.squeeze_excite.backward_dx: hw={hw} is not H * W of dy {tuple(dy.shape)}")
-    acc = acc_dtype(dy.dtype)
-    return _library.ops().se_backward_dx(dy, per_channel(gate, acc), per_channel(dmean, acc))
+def _forward_fake(x, w1, b1, w2, b2, activation):
+    stats = x.new_empty((x.shape[0], x.shape[1]), dtype=acc_dtype(x.dtype))
+    return torch.empty_like(x), stats, torch.empty_like(stats)
 
 
-def _per_sample_fake(x):
-    return x.new_empty((x.shape[0], x.shape[1]), dtype=acc_dtype(x.dtype))
+def _backward_fake(dy, x, mean, gate, w1, b1, w2, b2, activation):
+    return (
+        torch.empty_like(x), torch.empty_like(w1), w1.new_empty((w1.shape[0],)), torch.empty_like(w2),
+        w2.new_empty((w2.shape[0],)),
+    )
 
 
-def _pool_fake(x):
-    return _per_sample_fake(x)
-
-
-def _scale_fake(x, gate):
-    return torch.empty_like(x)
-
-
-def _backward_reduce_fake(dy, x):
-    return _per_sample_fake(x)
-
-
-def _backward_dx_fake(dy, gate, dmean):
-    return torch.empty_like(dy)
-
-
-_library.register_fakes(
-    {
-        "se_pool": _pool_fake,
-        "se_scale": _scale_fake,
-        "se_backward_reduce": _backward_reduce_fake,
-        "se_backward_dx": _backward_dx_fake,
-    }
-)
+_library.register_fakes({"se_forward": _forward_fake, "se_backward": _backward_fake})

@@ -12,8 +12,9 @@ Shapes: ``x`` (N, C, H, W) (NCHW or channels_last), ``w1`` (Ch, C), ``b1`` (Ch,)
 Backward: dg = sum_{h,w} dy x; dp = dg g (1 - g); dw2 = dp^T a; db2 = sum_n dp; da = dp w2;
 dq = da act'(q) (relu: [q > 0]; silu: s (1 + q (1 - s)), s = sigmoid(q)); dw1 = dq^T m; db1 = sum_n dq;
 dm = dq w1; dx = dy g + dm / (H W).
-The lean backends save x, the gate g and the pooled mean m (both N*C, tiny) and fuse dx into one pass;
-the gate MLP (N*C work) runs as ATen ops here for every backend, so the kernel sets never see ``act``.
+The lean backends save x, the gate g and the pooled mean m (both N*C, tiny); each kernel set runs the
+whole forward (pooling, the gate MLP, the scale) and the whole backward (the dy x reduction, the MLP
+backward, dx) itself.
 
 Their kernels implement :class:`SqueezeExciteKernels` (``torch``: :class:`TorchKernels`; ``triton``:
 ``nvae_fast.kernels.squeeze_excite``; ``cuda``: ``nvae_fast.cuda.squeeze_excite``).
@@ -54,24 +55,22 @@ def squeeze_excite_reference(x, w1, b1, w2, b2, activation="relu"):
 class SqueezeExciteKernels(Protocol):
     """The kernels of one lean backend for :func:`squeeze_excite`; every backend implements all of them.
 
-    ``x``, ``dy``: (N, C, H, W), already checked by :func:`squeeze_excite`; (N, C) tensors are in the
-    accumulation dtype. Outputs like ``x`` have x's dtype and (dense) memory format.
+    ``x``, ``dy``: (N, C, H, W) and the weights, already checked by :func:`squeeze_excite`; ``mean`` and
+    ``gate`` (N, C) are in the accumulation dtype. Outputs like ``x`` have x's dtype and (dense) memory
+    format; weight gradients have their weight's dtype (None for a bias that is None).
     """
 
     def supports(self, x) -> str | None:
         """Why the kernels cannot run ``x`` (beyond the op's own checks), or ``None``."""
 
-    def pool(self, x) -> torch.Tensor:
-        """m = mean_{h,w} x: (N, C)."""
+    def plan(self, x) -> dict:
+        """The launch plan the kernels pick for ``x`` (names and integers, for reports)."""
 
-    def scale(self, x, gate) -> torch.Tensor:
-        """y = x gate[:, :, None, None], like x; ``gate`` (N, C)."""
+    def forward(self, x, w1, b1, w2, b2, activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(y, mean, gate)``: m = mean_{h,w} x, gate = sigmoid(w2 act(w1 m + b1) + b2), y = x gate."""
 
-    def backward_reduce(self, dy, x) -> torch.Tensor:
-        """dg = sum_{h,w} dy x: (N, C)."""
-
-    def backward_dx(self, dy, gate, dmean, hw: int) -> torch.Tensor:
-        """dx = dy gate + dmean / hw, like dy; ``dmean`` (N, C)."""
+    def backward(self, dy, x, mean, gate, w1, b1, w2, b2, activation: str) -> tuple:
+        """``(dx, dw1, db1, dw2, db2)`` of the module docstring, from the saved ``mean`` and ``gate``."""
 
 
 class TorchKernels:
@@ -82,21 +81,28 @@ class TorchKernels:
         return None
 
     @staticmethod
-    def pool(x):
-        return x.to(acc_dtype(x.dtype)).mean(dim=(2, 3))
+    def plan(x):
+        return {"kernels": "aten"}
 
     @staticmethod
-    def scale(x, gate):
-        return (x * gate[:, :, None, None]).to(x.dtype)
+    def forward(x, w1, b1, w2, b2, activation):
+        m = x.to(acc_dtype(x.dtype)).mean(dim=(2, 3))
+        _, _, g = _mlp(m, w1, b1, w2, b2, activation)
+        return (x * g[:, :, None, None]).to(x.dtype), m, g
 
     @staticmethod
-    def backward_reduce(dy, x):
-        acc = acc_dtype(x.dtype)
-        return (dy.to(acc) * x.to(acc)).sum(dim=(2, 3))
-
-    @staticmethod
-    def backward_dx(dy, gate, dmean, hw):
-        return (dy * gate[:, :, None, None] + (dmean / hw)[:, :, None, None]).to(dy.dtype)
+    def backward(dy, x, mean, gate, w1, b1, w2, b2, activation):
+        acc = mean.dtype
+        q, a, _ = _mlp(mean, w1, b1, w2, b2, activation)
+        dg = (dy.to(acc) * x.to(acc)).sum(dim=(2, 3))
+        dp = dg * gate * (1 - gate)
+        dq = (dp @ w2.to(acc)) * ACTIVATIONS[activation][1](q)
+        dm = dq @ w1.to(acc)
+        dx = (dy * gate[:, :, None, None] + (dm / (x.shape[2] * x.shape[3]))[:, :, None, None]).to(dy.dtype)
+        return (
+            dx, (dq.t() @ mean).to(w1.dtype), None if b1 is None else dq.sum(0).to(b1.dtype),
+            (dp.t() @ a).to(w2.dtype), None if b2 is None else dp.sum(0).to(b2.dtype),
+        )
 
 
 def _mlp(m, w1, b1, w2, b2, activation):
@@ -109,38 +115,21 @@ def _mlp(m, w1, b1, w2, b2, activation):
 
 
 class SqueezeExciteFunction(torch.autograd.Function):
-    """One autograd node for SE; saves x, the gate and the pooled mean."""
+    """One autograd node for SE; saves x, the pooled mean and the gate."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, activation, kernels):
-        m = kernels.pool(x)
-        _, _, g = _mlp(m, w1, b1, w2, b2, activation)
+        y, m, g = kernels.forward(x, w1, b1, w2, b2, activation)
         ctx.save_for_backward(x, m, g, w1, b1, w2, b2)
         ctx.kernels, ctx.activation = kernels, activation
-        return kernels.scale(x, g)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
         x, m, g, w1, b1, w2, b2 = ctx.saved_tensors
-        kernels = ctx.kernels
-        q, a, _ = _mlp(m, w1, b1, w2, b2, ctx.activation)
-        dg = kernels.backward_reduce(dy, x)
-        dp = dg * g * (1 - g)
-        da = dp @ w2.to(dp.dtype)
-        dq = da * ACTIVATIONS[ctx.activation][1](q)
-        grads = [None] * 7
-        if ctx.needs_input_grad[0]:
-            dm = dq @ w1.to(dq.dtype)
-            grads[0] = kernels.backward_dx(dy, g, dm, x.shape[2] * x.shape[3])
-        if ctx.needs_input_grad[1]:
-            grads[1] = (dq.t() @ m).to(w1.dtype)
-        if b1 is not None and ctx.needs_input_grad[2]:
-            grads[2] = dq.sum(0).to(b1.dtype)
-        if ctx.needs_input_grad[3]:
-            grads[3] = (dp.t() @ a).to(w2.dtype)
-        if b2 is not None and ctx.needs_input_grad[4]:
-            grads[4] = dp.sum(0).to(b2.dtype)
-        return tuple(grads)
+        dx, dw1, db1, dw2, db2 = ctx.kernels.backward(dy, x, m, g, w1, b1, w2, b2, ctx.activation)
+        grads = (dx, dw1, db1, dw2, db2)
+        return tuple(gr if need else None for gr, need in zip(grads, ctx.needs_input_grad[:5])) + (None, None)
 
 
 def _check(x, w1, b1, w2, b2, activation):

@@ -29,7 +29,7 @@ OPS = torch.ops.nvae_fast
 CONTRACT = {
     "bn_swish": ("supports", "batch_stats", "normalize", "backward_reduce", "backward_dx"),
     "depthwise_conv2d": ("supports", "forward", "backward_input", "backward_weight"),
-    "squeeze_excite": ("supports", "pool", "scale", "backward_reduce", "backward_dx"),
+    "squeeze_excite": ("supports", "plan", "forward", "backward"),
     "power_iteration": ("supports", "update", "sigmas"),
 }
 
@@ -90,7 +90,7 @@ def test_glue_without_extension_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="nvae_fast._C is not built"):
         nvcuda.bn_swish.batch_stats(x)
     with pytest.raises(RuntimeError, match="nvae_fast._C is not built"):
-        nvcuda.squeeze_excite.pool(x)
+        nvcuda.squeeze_excite.forward(x, randn(2, 3), None, randn(3, 2), None, "relu")
 
 
 # --- fake implementations: meta tensors (shapes, dtypes, memory formats) and symbolic tracing ---------
@@ -114,10 +114,13 @@ def test_fake_bn_swish_and_se(dtype, kind):
     sums = OPS.bn_swish_backward_reduce(x, x, vec, vec, vec, vec)
     assert [s.shape for s in sums] == [(6,), (6,)]
     gate = torch.empty(2, 6, dtype=acc, device="meta")
-    for m in (OPS.se_pool(x), OPS.se_backward_reduce(x, x)):
-        assert m.shape == (2, 6) and m.dtype == acc
-    for y in (OPS.se_scale(x, gate), OPS.se_backward_dx(x, gate, gate)):
-        assert y.shape == x.shape and y.dtype == dtype and y.stride() == x.stride()
+    w1, w2 = torch.empty(4, 6, dtype=dtype, device="meta"), torch.empty(6, 4, dtype=dtype, device="meta")
+    y, m, g = OPS.se_forward(x, w1, None, w2, None, 0)
+    assert m.shape == g.shape == (2, 6) and m.dtype == g.dtype == acc
+    dx, dw1, db1, dw2, db2 = OPS.se_backward(x, x, gate, gate, w1, None, w2, None, 1)
+    for out in (y, dx):
+        assert out.shape == x.shape and out.dtype == dtype and out.stride() == x.stride()
+    assert (dw1.shape, db1.shape, dw2.shape, db2.shape) == ((4, 6), (4,), (6, 4), (6,)) and dw1.dtype == dtype
 
 
 @needs_extension
@@ -161,8 +164,8 @@ def test_symbolic_trace_of_every_kernel_set():
         z = nvcuda.depthwise_conv2d.forward(dx, dw_w, bn_w, (2, 2), (1, 1), (1, 1))
         dz = nvcuda.depthwise_conv2d.backward_input(z, dw_w, x.shape[2:], (2, 2), (1, 1), (1, 1))
         gw, gb = nvcuda.depthwise_conv2d.backward_weight(z, x, dw_w.shape[2:], (2, 2), (1, 1), (1, 1), True)
-        m = nvcuda.squeeze_excite.pool(dz) + nvcuda.squeeze_excite.backward_reduce(dz, x)
-        out = nvcuda.squeeze_excite.scale(dz, gate) + nvcuda.squeeze_excite.backward_dx(dz, gate, m, x.shape[2] * x.shape[3])
+        se, m, g = nvcuda.squeeze_excite.forward(dz, gate, None, gate.t(), None, "silu")
+        out = se + nvcuda.squeeze_excite.backward(dz, x, m, g, gate, None, gate.t(), None, "relu")[0]
         nvcuda.power_iteration.update([w_mat], [u], [v], 1)
         return out, gw, gb, nvcuda.power_iteration.sigmas([w_mat], [u], [v])
 
@@ -235,12 +238,17 @@ ERROR_CASES = {
         lambda: OPS.dwconv2d_backward_weight(randn(1, 3, 4, 4), randn(1, 3, 8, 8), [3, 3], [1, 1], [1, 1]),
         "is not the output of x",
     ),
-    "se_gate_shape": (lambda: OPS.se_scale(randn(2, 3, 4, 4), randn(3, 2)), r"gate must have shape \(N, C\)"),
-    "se_dmean_dtype": (
-        lambda: OPS.se_backward_dx(randn(2, 3, 4, 4), randn(2, 3), randn(2, 3, dtype=torch.float64)),
-        "dmean must be Float",
+    "se_gate_shape": (
+        lambda: OPS.se_backward(*[randn(2, 3, 4, 4)] * 2, randn(2, 3), randn(3, 2), randn(2, 3), None, randn(3, 2), None, 0),
+        r"gate must have shape \(N, C\)",
     ),
-    "se_cpu": (lambda: OPS.se_pool(randn(2, 3, 4, 4)), "x must be a CUDA tensor"),
+    "se_w2_shape": (
+        lambda: OPS.se_forward(randn(2, 3, 4, 4), randn(2, 3), None, randn(2, 3), None, 0), r"w2 must have shape \(C, Ch\)"
+    ),
+    "se_activation": (
+        lambda: OPS.se_forward(randn(2, 3, 4, 4), randn(2, 3), None, randn(3, 2), None, 2), "activation must be 0"
+    ),
+    "se_cpu": (lambda: OPS.se_forward(randn(2, 3, 4, 4), randn(2, 3), None, randn(3, 2), None, 0), "x must be a CUDA tensor"),
     "pi_u_len": (
         lambda: OPS.power_iteration_update([randn(3, 4), randn(5, 6)], [randn(3), randn(4)], [randn(4), randn(6)], 1),
         r"us\[1\] must be 1-D with 5 elements",

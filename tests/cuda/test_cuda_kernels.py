@@ -221,30 +221,60 @@ def test_depthwise_weight_grad_deterministic():
 
 # --- squeeze-excitation --------------------------------------------------------------------------------
 
-SE_SHAPES = [(2, 3, 5, 7), (4, 16, 8, 8), (2, 64, 64, 64), (5, 24, 1, 1), (3, 40, 9, 3), (2, 5, 16, 16)]
+# (shape, hidden): odd sizes (scalar paths); one part per sample; many parts and blocks (split pooling);
+# H = W = 1; C not a multiple of the 32-channel NHWC column block; hidden 1.
+SE_SHAPES = [((2, 3, 5, 7), 4), ((4, 16, 8, 8), 4), ((2, 64, 64, 64), 4), ((5, 24, 1, 1), 6), ((3, 40, 9, 3), 5),
+             ((2, 5, 16, 16), 1)]
 
 
-@pytest.mark.parametrize("shape", SE_SHAPES, ids=str)
+def _se_oracle(x, dy, w1, b1, w2, b2, activation):
+    """(y, mean, dx, dw1, db1, dw2, db2) in float64 by autograd of the reference (None for absent biases)."""
+    from nvae_fast.ops.squeeze_excite import squeeze_excite_reference
+
+    leaves = [None if t is None else t.detach().double().requires_grad_() for t in (x, w1, b1, w2, b2)]
+    y = squeeze_excite_reference(*leaves, activation)
+    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], dy.double())
+    it = iter(grads)
+    grads = [None if t is None else next(it) for t in leaves]
+    return (y.detach(), leaves[0].detach().mean((2, 3)), *grads)
+
+
+@pytest.mark.parametrize("case", SE_SHAPES, ids=lambda case: str(case[0]))
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_squeeze_excite(dtype, kind, shape):
+def test_squeeze_excite(dtype, kind, case):
+    """forward and backward of the kernel set against float64 autograd: relu with biases in x's dtype, silu
+    without biases in the accumulation dtype."""
+    shape, hidden = case
     acc = acc_of(dtype)
     n, c, h, w = shape
     x = kernel_input(shape, dtype, kind, 20, shift=0.3)
     dy = kernel_input(shape, dtype, kind, 21)
-    gate = torch.sigmoid(randn(n, c, dtype=acc, seed=22)).to(KERNEL_DEVICE)
-    dmean = randn(n, c, dtype=acc, seed=23).to(KERNEL_DEVICE)
     k = nvcuda.squeeze_excite
-
-    m = k.pool(x)
-    assert m.dtype == acc and m.shape == (n, c)
-    close(m, x.double().mean((2, 3)), acc, acc=True)
-    y = k.scale(x, gate)
-    assert y.dtype == dtype and y.is_contiguous(memory_format=_fmt(x))
-    close(y, x.double() * gate.double()[:, :, None, None], dtype)
-    close(k.backward_reduce(dy, x), (dy.double() * x.double()).sum((2, 3)), acc, acc=True)
-    dx = k.backward_dx(dy, gate, dmean, h * w)
-    close(dx, dy.double() * gate.double()[:, :, None, None] + (dmean.double() / (h * w))[:, :, None, None], dtype)
+    for activation, wdtype, bias in (("relu", dtype, True), ("silu", acc, False)):
+        w1 = randn(hidden, c, dtype=wdtype, seed=22, scale=c**-0.5).to(KERNEL_DEVICE)
+        w2 = randn(c, hidden, dtype=wdtype, seed=23, scale=hidden**-0.5).to(KERNEL_DEVICE)
+        b1 = randn(hidden, dtype=wdtype, seed=24).to(KERNEL_DEVICE) if bias else None
+        b2 = randn(c, dtype=wdtype, seed=25).to(KERNEL_DEVICE) if bias else None
+        y_ref, m_ref, dx_ref, dw1_ref, db1_ref, dw2_ref, db2_ref = _se_oracle(x, dy, w1, b1, w2, b2, activation)
+        y, m, g = k.forward(x, w1, b1, w2, b2, activation)
+        assert m.dtype == g.dtype == acc and m.shape == g.shape == (n, c)
+        assert y.dtype == dtype and y.is_contiguous(memory_format=_fmt(x))
+        close(m, m_ref, acc, acc=True)
+        # The gate from the kernels' own mean (the oracle's gate is ill-conditioned where x sums to ~0).
+        q = F.linear(m.double(), w1.double(), None if b1 is None else b1.double())
+        a = F.relu(q) if activation == "relu" else F.silu(q)
+        close(g, torch.sigmoid(F.linear(a, w2.double(), None if b2 is None else b2.double())), acc, acc=True)
+        close(y, y_ref, dtype)
+        dx, dw1, db1, dw2, db2 = k.backward(dy, x, m, g, w1, b1, w2, b2, activation)
+        assert dx.dtype == dtype and dx.is_contiguous(memory_format=_fmt(x))
+        close(dx, dx_ref, dtype)
+        for got, ref, weight in ((dw1, dw1_ref, w1), (db1, db1_ref, b1), (dw2, dw2_ref, w2), (db2, db2_ref, b2)):
+            if weight is None:
+                assert got is None
+                continue
+            assert got.dtype == weight.dtype and got.shape == weight.shape
+            close(got, ref, weight.dtype, acc=weight.dtype == acc)
 
 
 # --- power iteration -----------------------------------------------------------------------------------

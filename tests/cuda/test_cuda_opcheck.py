@@ -40,6 +40,8 @@ def _samples(dtype, kind):
     dw = randn(8, 1, 3, 3, dtype=acc, seed=8).to(KERNEL_DEVICE)
     y2 = _act((2, 8, 3, 3), dtype, kind, 9)  # output of a 3x3 stride-2 padding-1 conv of x
     gate = torch.sigmoid(randn(2, 8, dtype=acc, seed=10)).to(KERNEL_DEVICE)
+    se_w1, se_b1 = randn(3, 8, dtype=dtype, seed=17).to(KERNEL_DEVICE), randn(3, dtype=dtype, seed=18).to(KERNEL_DEVICE)
+    se_w2, se_b2 = randn(8, 3, dtype=dtype, seed=19).to(KERNEL_DEVICE), randn(8, dtype=dtype, seed=20).to(KERNEL_DEVICE)
     mats = [randn(5, 27, dtype=dtype, seed=11).to(KERNEL_DEVICE), randn(16, 8, dtype=dtype, seed=12).to(KERNEL_DEVICE)]
     us = [randn(5, seed=13).to(KERNEL_DEVICE), randn(16, seed=14).to(KERNEL_DEVICE)]
     vs = [randn(27, seed=15).to(KERNEL_DEVICE), randn(8, seed=16).to(KERNEL_DEVICE)]
@@ -55,10 +57,10 @@ def _samples(dtype, kind):
         "dwconv2d_forward": [(x, dw, b, [2, 2], [1, 1]), (x, dw, None, [1, 1], [1, 1])],
         "dwconv2d_backward_input": [(y2, dw, [6, 5], [2, 2], [1, 1])],
         "dwconv2d_backward_weight": [(y2, x, [3, 3], [2, 2], [1, 1])],
-        "se_pool": [(x,)],
-        "se_scale": [(x, gate)],
-        "se_backward_reduce": [(dy, x)],
-        "se_backward_dx": [(dy, gate, gate * 0.5)],
+        "se_plan": [],  # host integers for reports, never called by the op (nothing to trace)
+        "se_forward": [(x, se_w1, se_b1, se_w2, se_b2, 0), (x, se_w1, None, se_w2, None, 1)],
+        "se_backward": [(dy, x, gate * 0.5, gate, se_w1, se_b1, se_w2, se_b2, 1),
+                        (dy, x, gate * 0.5, gate, se_w1, None, se_w2, None, 0)],
         "power_iteration_update": [(mats, us, vs, 2)],
         "power_iteration_sigmas": [(mats, us, vs)],
         "power_iteration_forward": [(weights, us, vs, 3), (weights, us, vs, 1), (weights, us, vs, 0)],

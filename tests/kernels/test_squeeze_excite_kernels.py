@@ -1,7 +1,8 @@
 """Kernel-level tests of ``nvae_fast.kernels.squeeze_excite`` against the op's ATen kernel set.
 
-Every kernel-set function runs on identical inputs through Triton (the interpreter on a CPU machine)
-and through :class:`nvae_fast.ops.squeeze_excite.TorchKernels`; tolerances are in
+The kernel set's forward and backward (both activations, with and without biases) run on identical
+inputs through Triton (the interpreter on a CPU machine) and through
+:class:`nvae_fast.ops.squeeze_excite.TorchKernels`; tolerances are in
 ``_plans.TOLERANCES``. Plans (``_plans.PLANS``) force multi-tile and split reductions on small shapes.
 """
 
@@ -20,38 +21,36 @@ from ._plans import CONFIGS, PLANS, apply_plan, assert_close, assert_same_layout
 SHAPES = [(2, 5, 19, 23), (7, 6, 1, 1)]
 
 
-def _inputs(shape, dtype, kind, seed=0):
-    """x (mean 0.3) in layout ``kind``, dy in another layout, a gate in (0, 1) and dmean, (N, C)."""
+def _inputs(shape, dtype, kind, seed=0, hidden=3):
+    """x (mean 0.3) in layout ``kind``, dy in another layout (dx comes back in x's), and the weights w1, b1, w2, b2 (float32)."""
     g = torch.Generator().manual_seed(seed)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    c = shape[1]
     x = in_layout(randn(shape, dtype=dtype, generator=g, shift=0.3), kind)
     dy = in_layout(randn(shape, dtype=dtype, generator=g), OTHER_LAYOUT[kind])
-    gate = torch.sigmoid(randn(shape[:2], dtype=acc, generator=g))
-    dmean = randn(shape[:2], dtype=acc, generator=g)
-    return x, dy, gate, dmean
+    weights = [randn(hidden, c, generator=g), randn(hidden, generator=g), randn(c, hidden, generator=g),
+               randn(c, generator=g)]
+    return x, dy, weights
 
 
-def _check_all(x, dy, gate, dmean, dtype):
-    acc_dtype = gate.dtype
-    hw = x.shape[2] * x.shape[3]
-
-    m = K.pool(x)
-    assert m.dtype == acc_dtype
-    assert_close(m, T.pool(x), acc_dtype, "pool")
-
-    y = K.scale(x, gate)
-    assert y.dtype == x.dtype
-    assert_same_layout(y, x, "scale")
-    assert_close(y, T.scale(x, gate), dtype, "scale")
-
-    dg = K.backward_reduce(dy, x)
-    assert dg.dtype == acc_dtype
-    assert_close(dg, T.backward_reduce(dy, x), acc_dtype, "backward_reduce")
-
-    dx = K.backward_dx(dy, gate, dmean, hw)
-    assert dx.dtype == dy.dtype
-    assert_same_layout(dx, dy, "backward_dx")
-    assert_close(dx, T.backward_dx(dy, gate, dmean, hw), dtype, "backward_dx")
+def _check_all(x, dy, weights, dtype):
+    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    for activation, (w1, b1, w2, b2) in (("relu", weights), ("silu", (weights[0], None, weights[2], None))):
+        y, m, g = K.forward(x, w1, b1, w2, b2, activation)
+        y_t, m_t, g_t = T.forward(x, w1, b1, w2, b2, activation)
+        assert y.dtype == x.dtype and m.dtype == g.dtype == acc_dtype
+        assert_same_layout(y, x, "forward")
+        assert_close(m, m_t, acc_dtype, "mean")
+        assert_close(g, g_t, acc_dtype, "gate")
+        assert_close(y, y_t, dtype, "y")
+        got = K.backward(dy, x, m, g, w1, b1, w2, b2, activation)
+        want = T.backward(dy, x, m, g, w1, b1, w2, b2, activation)
+        assert got[0].dtype == dy.dtype
+        assert_same_layout(got[0], x, "dx")
+        assert_close(got[0], want[0], dtype, "dx")
+        for name, a, b in zip(("dw1", "db1", "dw2", "db2"), got[1:], want[1:]):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                assert_close(a, b, acc_dtype, name)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -72,10 +71,11 @@ def test_lower_precision_matches_torch_kernels(monkeypatch, dtype, plan, kind):
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
 def test_repeated_runs_are_bit_identical(monkeypatch, kind):
     apply_plan(monkeypatch, K, "many_splits")
-    x, dy, gate, dmean = _inputs((3, 4, 21, 17), torch.float32, kind, seed=2)
+    x, dy, (w1, b1, w2, b2) = _inputs((3, 4, 21, 17), torch.float32, kind, seed=2)
 
     def run():
-        return K.pool(x), K.backward_reduce(dy, x), K.backward_dx(dy, gate, dmean, 21 * 17)
+        y, m, g = K.forward(x, w1, b1, w2, b2, "silu")
+        return (y, m, g, *K.backward(dy, x, m, g, w1, b1, w2, b2, "silu"))
 
     for a, b in zip(run(), run()):
         assert torch.equal(a, b)
@@ -98,10 +98,12 @@ def test_plans_reach_multi_tile_and_multi_split_reductions(monkeypatch, kind):
     assert seen["many_splits"][1] > 1 and seen["many_splits"][0] > seen["many_splits"][1]
 
 
-def test_backward_dx_rejects_a_wrong_hw():
-    x, dy, gate, dmean = _inputs((2, 3, 4, 5), torch.float32, "contiguous")
-    with pytest.raises(ValueError, match="hw"):
-        K.backward_dx(dy, gate, dmean, 21)
+def test_plan_reports_the_reduction_split(monkeypatch):
+    apply_plan(monkeypatch, K, "many_splits")
+    x = torch.randn(2, 5, 19, 23)
+    block_a, block_b, programs, split = K._reduce_plan(x, _host.NCHW)
+    assert K.plan(x) == {"layout": "nchw", "tile": (block_a, block_b), "programs": programs, "split": split}
+    assert K.plan(x.to(memory_format=torch.channels_last))["layout"] == "nhwc"
 
 
 def test_supports():

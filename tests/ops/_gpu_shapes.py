@@ -59,10 +59,12 @@ BN_SHAPES = [(17, 65, 25, 41)]
 #     split = cdiv(528, 132) = 4: program 0 of each row block folds tiles 0 and 4.
 #   triton NHWC: 32 x 128 tiles of each sample's (H*W) x C matrix: 5 programs, 129 row tiles,
 #     split = cdiv(528, 5) = 106: programs 0-22 fold two tiles.
-#   cuda NCHW: reduce_inner<TPR 32> grid (66, 16): 16 parts of 257 values, 9 steps of 32 lanes,
-#     + finalize; channel_map (scale, dx) grid (212, 5): 430185 values per sample, 8 grid-stride steps.
-#   cuda NHWC: reduce_columns grid (4, 5, 53), block (32, 8): 53 parts of 78 rows, 10 steps,
-#     + finalize; channel_map as NCHW.
+#   cuda NCHW: se_reduce_kernel grid (212, 5): 17 parts of 242 pixels per plane, 1785 (channel, part)
+#     warps' work on 1696 warps per sample (some take two); se_map (scale, dx) grid (212, 5): 315 items
+#     per sample (a plane's 1366-pixel thirds), some blocks take two.
+#   cuda NHWC: se_reduce_kernel grid (258, 5): 129 parts of 32 pixels times 2 channel groups, each
+#     block 2 32-channel columns of 4 steps of 8 rows; se_map grid (212, 5): 212 items per sample
+#     (32 channels times 78-pixel parts).
 SE_CASES = [((5, 105, 17, 241), 7)]
 
 # depthwise_conv2d (x shape, kernel, stride, padding) as in test_depthwise_conv2d.CASES.

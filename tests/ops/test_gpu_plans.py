@@ -197,11 +197,24 @@ def test_cuda_bn_swish(record, dtype, layout, shape):
 def test_cuda_squeeze_excite(record, dtype, layout, case):
     n, c, h, w = case[0]
     x = _empty(case[0], dtype, layout, "cpu")
-    gate = torch.empty(n, c)
-    _assert_split_reduction(record("se_pool", x), n, h * w, per_sample=True)
-    _assert_split_reduction(record("se_backward_reduce", x, x), n, h * w, per_sample=True)
-    _assert_grid_stride(record("se_scale", x, gate), n, c, h * w)
-    _assert_grid_stride(record("se_backward_dx", x, gate, gate), n, c, h * w)
+    hidden = case[1]
+    w1, w2, stats = torch.empty(hidden, c, dtype=dtype), torch.empty(c, hidden, dtype=dtype), torch.empty(n, c)
+    parts, chunk, blocks, channel_blocks = torch.ops.nvae_fast_plan.se_plan(x)  # the recorder's 132 SMs
+    for launches in (record("se_forward", x, w1, None, w2, None, 0),
+                     record("se_backward", x, x, stats, stats, w1, None, w2, None, 1)):
+        assert [launch.name for launch in launches[:1]] == ["se_reduce_kernel"], launches
+        reduce = launches[0]
+        # Every sample's pixels split into parts over several blocks, each block's warps (NCHW) or
+        # 8-row steps (NHWC) looping more than once.
+        assert reduce.grid[:2] == (blocks, n) and parts >= 2 and blocks >= 2, (reduce, parts, blocks)
+        if layout == "nchw":
+            assert cdiv(c * parts, blocks * 8) >= 2, (reduce, parts)
+        else:
+            assert blocks == parts * channel_blocks and cdiv(chunk, 8) >= 2, (reduce, chunk)
+            assert channel_blocks >= 2 and cdiv(cdiv(c, 32), channel_blocks) >= 2, (reduce, channel_blocks)
+        (scale,) = launches[1:]
+        # The scale / dx pass: sample n's items (channels times pixel parts) over several blocks.
+        assert scale.name == "se_map_kernel" and scale.grid[:2][1] == n and scale.grid[0] >= 2, scale
 
 
 @pytest.mark.parametrize("case", DW_CASES, ids=lambda case: shape_id(case[0]) + f"-k{case[1]}-s{case[2]}")
