@@ -619,6 +619,7 @@ size_t wgrad_smem(const WgradCfg& c, const ConvGeom& g, size_t elem) {
 // allow (at least V for NHWC vectors), then smaller tiles; the parts split the (sample, tile) items so
 // that the grid fills the device.
 constexpr int kWgradTile = 64;
+constexpr int kPartShare = 8;
 
 template <typename T>
 WgradPlan plan_wgrad(const char* op, Layout layout, const ConvGeom& g, bool nhwc_aligned) {
@@ -659,7 +660,13 @@ WgradPlan plan_wgrad(const char* op, Layout layout, const ConvGeom& g, bool nhwc
   t.items = g.N * t.tiles;
   const int64_t blocks_x = ceil_div(g.C, t.cb);
   TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max(), op, ": the tensor is too large for the CUDA kernels");
-  t.parts = static_cast<int>(clamp64(ceil_div(target_blocks(), blocks_x), 1, std::min<int64_t>(t.items, kMaxGridYZ)));
+  // Each part writes (and the finalize kernel reads) taps sums per channel: at most 1 / kPartShare of
+  // the x and dy bytes its items read, so that small images do not pay for the split in traffic.
+  const int64_t item_bytes = static_cast<int64_t>(t.tile_h * t.tile_w + t.th * t.tw) * sizeof(T);
+  const int64_t part_bytes = static_cast<int64_t>(kPartShare) * 2 * taps * sizeof(acc_t);
+  const int64_t max_parts = std::max<int64_t>(1, t.items * item_bytes / part_bytes);
+  t.parts = static_cast<int>(
+      clamp64(std::min(ceil_div(target_blocks(), blocks_x), max_parts), 1, std::min<int64_t>(t.items, kMaxGridYZ)));
   if (layout == Layout::NCHW) {
     t.x_a = FastDivmod(row_chunks(t.tile_w, vec));
     t.x_b = FastDivmod(t.tile_h);
