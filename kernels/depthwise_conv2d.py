@@ -80,39 +80,80 @@ def _tile(t, TILES_H, TILES_W, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLO
 
 
 @triton.jit
+def _source_tile(
+    src_ptr, t, c, cmask, N, H, W, TILES_H, TILES_W, PAD_H, PAD_W, ssn, ssc, ssh, ssw,
+    SH: tl.constexpr, SW: tl.constexpr, XH: tl.constexpr, XW: tl.constexpr, X_PIX: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """The source pixels every tap of tile ``t`` reads, loaded once: XH x XW per image (the tile's rows and
+    columns times the stride plus the halo of the taps), flattened to X_PIX >= BLOCK_N XH XW rows by the
+    channels; zero outside the source and past BLOCK_N XH XW."""
+    tw = t % TILES_W
+    rest = t // TILES_W
+    th = rest % TILES_H
+    tn = rest // TILES_H
+    s = tl.arange(0, X_PIX)
+    n = tn * BLOCK_N + s // (XH * XW)
+    ih = th * BLOCK_H * SH - PAD_H + (s // XW) % XH
+    iw = tw * BLOCK_W * SW - PAD_W + s % XW
+    ok = (s < BLOCK_N * XH * XW) & (n < N) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    off = n.to(tl.int64)[:, None] * ssn + c[None, :] * ssc + (ih * ssh + iw * ssw)[:, None]
+    return tl.load(src_ptr + off, mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
+
+
+@triton.jit
+def _tap(tile, base, p, q, DH: tl.constexpr, DW: tl.constexpr, XW: tl.constexpr):
+    """The source values of tap (p, q) for the tile's output pixels by channel: rows ``base + p DH XW +
+    q DW`` of the loaded source tile (``base``: each output pixel's tap (0, 0), broadcast over the
+    channels), gathered from registers."""
+    return tl.gather(tile, base + (p * DH * XW + q * DW), 0)
+
+
+@triton.jit
+def _tap_base(
+    SH: tl.constexpr, SW: tl.constexpr, XH: tl.constexpr, XW: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Row of the source tile that tap (0, 0) of each output pixel of a tile reads, by channel."""
+    p = tl.arange(0, BLOCK_N * BLOCK_H * BLOCK_W)
+    row = (p // (BLOCK_H * BLOCK_W)) * (XH * XW) + ((p // BLOCK_W) % BLOCK_H) * SH * XW + (p % BLOCK_W) * SW
+    return tl.broadcast_to(row[:, None], (BLOCK_N * BLOCK_H * BLOCK_W, BLOCK_C))
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     N, C, H, W, HO, WO, TILES_H, TILES_W, C_BLOCKS, PAD_H, PAD_W,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
-    DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    DW: tl.constexpr, HAS_BIAS: tl.constexpr, FLIP: tl.constexpr, ACC: tl.constexpr, X_PIX: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """One y tile: BLOCK_N x BLOCK_H x BLOCK_W output pixels by BLOCK_C channels; grid: tiles x C_BLOCKS.
 
-    The rows of taps are a loop, each row is unrolled; every tap adds w[c, p, q] times a gathered x tile.
+    The tile's source pixels (with the halo) are loaded once; every tap adds w[c, p, q] times its
+    gathered values. FLIP takes the taps flipped in both axes (the input gradient at stride 1). The rows
+    of taps are a loop, each row is unrolled.
     """
+    XH: tl.constexpr = (BLOCK_H - 1) * SH + (KH - 1) * DH + 1
+    XW: tl.constexpr = (BLOCK_W - 1) * SW + (KW - 1) * DW + 1
     pid = tl.program_id(0)
     cb = pid % C_BLOCKS
-    n, oh, ow = _tile(pid // C_BLOCKS, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
+    t = pid // C_BLOCKS
+    n, oh, ow = _tile(t, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     pmask = (n < N) & (oh < HO) & (ow < WO)
-    x_img = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :] * sxc
+    xt = _source_tile(x_ptr, t, c, cmask, N, H, W, TILES_H, TILES_W, PAD_H, PAD_W, sxn, sxc, sxh, sxw,
+                      SH, SW, XH, XW, X_PIX, ACC, BLOCK_N, BLOCK_H, BLOCK_W)
+    base = _tap_base(SH, SW, XH, XW, BLOCK_N, BLOCK_H, BLOCK_W, BLOCK_C)
     w_c = w_ptr + c * (KH * KW)
-    ih0 = oh * SH - PAD_H
-    iw0 = ow * SW - PAD_W
     acc = tl.zeros([BLOCK_N * BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
     for p in range(KH):  # rows of taps: a loop (code size), columns: unrolled
-        ih = ih0 + p * DH
-        row_ok = pmask & (ih >= 0) & (ih < H)
-        x_row = x_img + (ih * sxh)[:, None]
         for q in tl.static_range(KW):
-            iw = iw0 + q * DW
-            ok = row_ok & (iw >= 0) & (iw < W)
-            xv = tl.load(x_row + (iw * sxw)[:, None], mask=ok[:, None] & cmask[None, :], other=0.0)
-            wv = tl.load(w_c + (p * KW + q), mask=cmask, other=0.0)
-            acc += xv.to(ACC) * wv.to(ACC)[None, :]
+            k = (KH - 1 - p) * KW + (KW - 1 - q) if FLIP else p * KW + q
+            wv = tl.load(w_c + k, mask=cmask, other=0.0)
+            acc += _tap(xt, base, p, q, DH, DW, XW) * wv.to(ACC)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(ACC)[None, :]
     y_off = n.to(tl.int64)[:, None] * syn + c[None, :] * syc + (oh * syh + ow * syw)[:, None]
@@ -174,15 +215,19 @@ def _backward_weight_kernel(
     N, C, H, W, HO, WO, TILES_H, TILES_W, C_BLOCKS, NUM_TILES, TILES_PER_CHUNK, PAD_H, PAD_W,
     sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
-    DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, X_PIX: tl.constexpr, TAPS_P: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Partial sums over one chunk of dy tiles for one channel block; grid: chunks x C_BLOCKS.
 
     part[chunk, k, c] = sum over the chunk's pixels of dy * x(tap k) for taps k = p KW + q < KH KW (dweight)
-    and of dy alone for k = KH KW (dbias, when HAS_BIAS); each is accumulated in a register tile over the
-    whole chunk and reduced once.
+    and of dy alone for k = KH KW (dbias, when HAS_BIAS). Each dy tile and its x tile (with the halo)
+    are loaded once; every tap gathers its x values from registers, and the tile's sums go to row k of
+    a (TAPS_P, BLOCK_C) accumulator, written once.
     """
+    XH: tl.constexpr = (BLOCK_H - 1) * SH + (KH - 1) * DH + 1
+    XW: tl.constexpr = (BLOCK_W - 1) * SW + (KW - 1) * DW + 1
+    TAPS: tl.constexpr = KH * KW + (1 if HAS_BIAS else 0)
     pid = tl.program_id(0)
     cb = pid % C_BLOCKS
     chunk = pid // C_BLOCKS
@@ -190,29 +235,23 @@ def _backward_weight_kernel(
     cmask = c < C
     first = chunk * TILES_PER_CHUNK
     last = tl.minimum(first + TILES_PER_CHUNK, NUM_TILES)
-    TAPS: tl.constexpr = KH * KW + (1 if HAS_BIAS else 0)
-    part = part_ptr + chunk.to(tl.int64) * (TAPS * C) + c
-    dy_c = dy_ptr + c[None, :] * sdc
-    x_c = x_ptr + c[None, :] * sxc
-    for k in range(TAPS):  # a loop, not unrolled: one body of code for all taps
-        is_tap = k < KH * KW
-        dh = (k // KW) * DH - PAD_H
-        dw = (k % KW) * DW - PAD_W
-        acc = tl.zeros([BLOCK_N * BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
-        for t in range(first, last):
-            n, oh, ow = _tile(t, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
-            ok = (n < N) & (oh < HO) & (ow < WO)
-            n = n.to(tl.int64)
-            g = tl.load(dy_c + (n * sdn + oh * sdh + ow * sdw)[:, None], mask=ok[:, None] & cmask[None, :], other=0.0)
-            g = g.to(ACC)
-            if is_tap:  # dweight tap k = p KW + q; the last k (bias) sums dy alone
-                ih = oh * SH + dh
-                iw = ow * SW + dw
-                ok = ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                x_at = x_c + (n * sxn + ih * sxh + iw * sxw)[:, None]
-                g = g * tl.load(x_at, mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
-            acc += g
-        tl.store(part + k * C, tl.sum(acc, axis=0), mask=cmask)
+    rows = tl.arange(0, TAPS_P)
+    base = _tap_base(SH, SW, XH, XW, BLOCK_N, BLOCK_H, BLOCK_W, BLOCK_C)
+    acc = tl.zeros([TAPS_P, BLOCK_C], dtype=ACC)
+    for t in range(first, last):
+        n, oh, ow = _tile(t, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
+        ok = (n < N) & (oh < HO) & (ow < WO)
+        dy_off = n.to(tl.int64)[:, None] * sdn + c[None, :] * sdc + (oh * sdh + ow * sdw)[:, None]
+        g = tl.load(dy_ptr + dy_off, mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
+        xt = _source_tile(x_ptr, t, c, cmask, N, H, W, TILES_H, TILES_W, PAD_H, PAD_W, sxn, sxc, sxh, sxw,
+                          SH, SW, XH, XW, X_PIX, ACC, BLOCK_N, BLOCK_H, BLOCK_W)
+        for k in range(KH * KW):  # a loop, not unrolled: one body of code for all taps
+            s = tl.sum(g * _tap(xt, base, k // KW, k % KW, DH, DW, XW), axis=0)
+            acc += tl.where(rows[:, None] == k, s[None, :], 0.0)
+        if HAS_BIAS:
+            acc += tl.where(rows[:, None] == KH * KW, tl.sum(g, axis=0)[None, :], 0.0)
+    part = part_ptr + chunk.to(tl.int64) * (TAPS * C) + rows[:, None] * C + c[None, :]
+    tl.store(part, acc, mask=(rows[:, None] < TAPS) & cmask[None, :])
 
 
 @triton.jit
@@ -332,6 +371,30 @@ def _geometry(kernel_hw, stride, padding, dilation) -> tuple[dict, tuple[int, in
     return dict(KH=int(kh), KW=int(kw), SH=int(sh), SW=int(sw), DH=int(dh), DW=int(dw)), (int(ph), int(pw))
 
 
+def _source_pixels(meta: dict, consts: dict) -> int:
+    """X_PIX: the rows of a tile's loaded source (BLOCK_N images of XH x XW pixels, see _source_tile), a
+    power of two."""
+    xh = (meta["BLOCK_H"] - 1) * consts["SH"] + (consts["KH"] - 1) * consts["DH"] + 1
+    xw = (meta["BLOCK_W"] - 1) * consts["SW"] + (consts["KW"] - 1) * consts["DW"] + 1
+    return pow2(meta["BLOCK_N"] * xh * xw)
+
+
+def _correlate(src, taps, bias, out, pad, consts, flip):
+    """out = the correlation of src with the taps (flipped in both axes when ``flip``) plus bias, as the
+    forward pass computes it; out's spatial size, the padding pair ``pad`` and consts give the geometry."""
+    n, c, h, w = src.shape
+    ho, wo = out.shape[2:]
+    plan = _plan(n, ho, wo, c, _channels_last(out))
+    tiles_n, tiles_h, tiles_w = plan["tiles"]
+    _forward_kernel[(tiles_n * tiles_h * tiles_w * plan["c_blocks"],)](
+        src, taps, taps if bias is None else bias, out,
+        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], pad[0], pad[1],
+        *src.stride(), *out.stride(),
+        **consts, HAS_BIAS=bias is not None, FLIP=flip, ACC=tl_acc(src.dtype),
+        X_PIX=_source_pixels(plan["meta"], consts), **plan["meta"],
+    )
+
+
 def forward(x, weight, bias, stride, padding, dilation):
     """y = depthwise conv of x (N, C, H, W) with weight (C, 1, KH, KW) (+ bias); y in x's dtype and layout."""
     x = _indexable(x)
@@ -339,19 +402,10 @@ def forward(x, weight, bias, stride, padding, dilation):
     consts, (ph, pw) = _geometry(weight.shape[2:], stride, padding, dilation)
     ho = _out_size(h, consts["KH"], consts["SH"], ph, consts["DH"])
     wo = _out_size(w, consts["KW"], consts["SW"], pw, consts["DW"])
-    channels_last = _channels_last(x)
-    y = _empty((n, c, ho, wo), x, channels_last)
+    y = _empty((n, c, ho, wo), x, _channels_last(x))
     if y.numel() == 0:
         return y
-    taps = _weight_taps(weight)
-    plan = _plan(n, ho, wo, c, channels_last)
-    tiles_n, tiles_h, tiles_w = plan["tiles"]
-    _forward_kernel[(tiles_n * tiles_h * tiles_w * plan["c_blocks"],)](
-        x, taps, taps if bias is None else bias, y,
-        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], ph, pw,
-        *x.stride(), *y.stride(),
-        **consts, HAS_BIAS=bias is not None, ACC=tl_acc(x.dtype), **plan["meta"],
-    )
+    _correlate(x, _weight_taps(weight), bias, y, (ph, pw), consts, flip=False)
     return y
 
 
@@ -366,6 +420,10 @@ def backward_input(dy, weight, input_hw, stride, padding, dilation):
     if dx.numel() == 0:
         return dx
     sh, sw = consts["SH"], consts["SW"]
+    if (sh, sw) == (1, 1):  # dx = dy correlated with the flipped taps, padding (K - 1) D - P
+        pad = ((consts["KH"] - 1) * consts["DH"] - ph, (consts["KW"] - 1) * consts["DW"] - pw)
+        _correlate(dy, _weight_taps(weight), None, dx, pad, consts, flip=True)
+        return dx
     # one residue class (h % SH, w % SW) has at most ceil(H / SH) x ceil(W / SW) pixels
     plan = _plan(n, triton.cdiv(h, sh), triton.cdiv(w, sw), c, channels_last)
     tiles_n, tiles_h, tiles_w = plan["tiles"]
@@ -410,7 +468,8 @@ def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
         dy, x, part,
         n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], num_tiles, per_chunk, ph, pw,
         *dy.stride(), *x.stride(),
-        **consts, HAS_BIAS=with_bias, ACC=TL_DTYPES[acc], **plan["meta"],
+        **consts, HAS_BIAS=with_bias, ACC=TL_DTYPES[acc], X_PIX=_source_pixels(plan["meta"], consts),
+        TAPS_P=pow2(taps), **plan["meta"],
     )
     _reduce_partials_kernel[(triton.cdiv(taps * c, REDUCE_BLOCK),)](
         part, dweight, dweight if dbias is None else dbias, chunks, c,
