@@ -40,6 +40,7 @@ bit-identical from run to run. Kernels up to 11 x 11 run here; larger ones fall 
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 import triton
@@ -50,7 +51,7 @@ from nvae_fast._accumulation import acc_dtype
 from ._aot import aot_spec, ptr
 from ._host import TL_DTYPES, interpreting, num_warps, pow2, sm_count, tl_acc
 
-__all__ = ["supports", "forward", "backward_input", "backward_weight", "aot_specs"]
+__all__ = ["supports", "forward", "backward_input", "backward_weight", "plan", "aot_specs"]
 
 MAX_KERNEL = 11  # largest unrolled kernel side
 MAX_INDEX = 2**31 - 1  # offsets inside one image are int32
@@ -379,20 +380,54 @@ def _source_pixels(meta: dict, consts: dict) -> int:
     return pow2(meta["BLOCK_N"] * xh * xw)
 
 
+def _forward_plan(n: int, c: int, ho: int, wo: int, channels_last: bool, consts: dict) -> dict:
+    """The launch of _forward_kernel over an (n, c, ho, wo) output (forward, or the input gradient at
+    stride 1): :func:`_plan`'s tiles, X_PIX in its meta, and the grid."""
+    plan = _plan(n, ho, wo, c, channels_last)
+    plan["meta"]["X_PIX"] = _source_pixels(plan["meta"], consts)
+    plan.update(kernel="_forward_kernel", grid=(math.prod(plan["tiles"]) * plan["c_blocks"],))
+    return plan
+
+
+def _residue_plan(n: int, c: int, h: int, w: int, channels_last: bool, consts: dict) -> dict:
+    """The launch of _backward_input_kernel (stride > 1): tiles of one residue class (h % SH, w % SW),
+    which has at most ceil(H / SH) x ceil(W / SW) pixels, for every class."""
+    sh, sw = consts["SH"], consts["SW"]
+    plan = _plan(n, triton.cdiv(h, sh), triton.cdiv(w, sw), c, channels_last)
+    plan.update(kernel="_backward_input_kernel", grid=(math.prod(plan["tiles"]) * sh * sw * plan["c_blocks"],))
+    return plan
+
+
+def _weight_plan(n: int, c: int, ho: int, wo: int, channels_last: bool, consts: dict, taps: int, device) -> dict:
+    """The launches of the weight gradient: _backward_weight_kernel over chunks of dy tiles (X_PIX and
+    TAPS_P in its meta) and _reduce_partials_kernel over the taps x c partial sums."""
+    plan = _plan(n, ho, wo, c, channels_last)
+    plan["meta"].update(X_PIX=_source_pixels(plan["meta"], consts), TAPS_P=pow2(taps))
+    num_tiles = math.prod(plan["tiles"])
+    chunks, per_chunk = _chunks(num_tiles, plan["c_blocks"], device)
+    plan.update(kernel="_backward_weight_kernel", num_tiles=num_tiles, chunks=chunks, tiles_per_chunk=per_chunk,
+                grid=(chunks * plan["c_blocks"],), reduce_grid=(triton.cdiv(taps * c, REDUCE_BLOCK),))
+    return plan
+
+
 def _correlate(src, taps, bias, out, pad, consts, flip):
     """out = the correlation of src with the taps (flipped in both axes when ``flip``) plus bias, as the
     forward pass computes it; out's spatial size, the padding pair ``pad`` and consts give the geometry."""
     n, c, h, w = src.shape
     ho, wo = out.shape[2:]
-    plan = _plan(n, ho, wo, c, _channels_last(out))
-    tiles_n, tiles_h, tiles_w = plan["tiles"]
-    _forward_kernel[(tiles_n * tiles_h * tiles_w * plan["c_blocks"],)](
+    plan = _forward_plan(n, c, ho, wo, _channels_last(out), consts)
+    _, tiles_h, tiles_w = plan["tiles"]
+    _forward_kernel[plan["grid"]](
         src, taps, taps if bias is None else bias, out,
         n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], pad[0], pad[1],
         *src.stride(), *out.stride(),
-        **consts, HAS_BIAS=bias is not None, FLIP=flip, ACC=tl_acc(src.dtype),
-        X_PIX=_source_pixels(plan["meta"], consts), **plan["meta"],
+        **consts, HAS_BIAS=bias is not None, FLIP=flip, ACC=tl_acc(src.dtype), **plan["meta"],
     )
+
+
+def _flipped_padding(consts: dict, ph: int, pw: int) -> tuple[int, int]:
+    """The padding of the input gradient at stride 1 as a correlation of dy: (K - 1) D - P per axis."""
+    return (consts["KH"] - 1) * consts["DH"] - ph, (consts["KW"] - 1) * consts["DW"] - pw
 
 
 def forward(x, weight, bias, stride, padding, dilation):
@@ -410,7 +445,10 @@ def forward(x, weight, bias, stride, padding, dilation):
 
 
 def backward_input(dy, weight, input_hw, stride, padding, dilation):
-    """dx (N, C, H, W), input_hw = (H, W): the transposed convolution of dy; dx in dy's dtype and layout."""
+    """dx (N, C, H, W), input_hw = (H, W): the transposed convolution of dy; dx in dy's dtype and layout.
+
+    Stride 1: the correlation of dy with the flipped taps (the forward kernel); larger strides: one
+    program per tile of a residue class of dx pixels."""
     dy = _indexable(dy)
     n, c, ho, wo = dy.shape
     h, w = (int(s) for s in input_hw)
@@ -419,15 +457,12 @@ def backward_input(dy, weight, input_hw, stride, padding, dilation):
     dx = _empty((n, c, h, w), dy, channels_last)
     if dx.numel() == 0:
         return dx
-    sh, sw = consts["SH"], consts["SW"]
-    if (sh, sw) == (1, 1):  # dx = dy correlated with the flipped taps, padding (K - 1) D - P
-        pad = ((consts["KH"] - 1) * consts["DH"] - ph, (consts["KW"] - 1) * consts["DW"] - pw)
-        _correlate(dy, _weight_taps(weight), None, dx, pad, consts, flip=True)
+    if (consts["SH"], consts["SW"]) == (1, 1):
+        _correlate(dy, _weight_taps(weight), None, dx, _flipped_padding(consts, ph, pw), consts, flip=True)
         return dx
-    # one residue class (h % SH, w % SW) has at most ceil(H / SH) x ceil(W / SW) pixels
-    plan = _plan(n, triton.cdiv(h, sh), triton.cdiv(w, sw), c, channels_last)
-    tiles_n, tiles_h, tiles_w = plan["tiles"]
-    _backward_input_kernel[(tiles_n * sh * sw * tiles_h * tiles_w * plan["c_blocks"],)](
+    plan = _residue_plan(n, c, h, w, channels_last, consts)
+    _, tiles_h, tiles_w = plan["tiles"]
+    _backward_input_kernel[plan["grid"]](
         dy, _weight_taps(weight), dx,
         n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], ph, pw,
         *dy.stride(), *dx.stride(),
@@ -459,23 +494,44 @@ def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
     dbias = torch.zeros(c, dtype=acc, device=x.device) if with_bias else None
     if dy.numel() == 0:
         return dweight, dbias
-    plan = _plan(n, ho, wo, c, _channels_last(x))
-    tiles_n, tiles_h, tiles_w = plan["tiles"]
-    num_tiles = tiles_n * tiles_h * tiles_w
-    chunks, per_chunk = _chunks(num_tiles, plan["c_blocks"], x.device)
-    part = torch.empty((chunks, taps, c), dtype=acc, device=x.device)
-    _backward_weight_kernel[(chunks * plan["c_blocks"],)](
+    plan = _weight_plan(n, c, ho, wo, _channels_last(x), consts, taps, x.device)
+    _, tiles_h, tiles_w = plan["tiles"]
+    part = torch.empty((plan["chunks"], taps, c), dtype=acc, device=x.device)
+    _backward_weight_kernel[plan["grid"]](
         dy, x, part,
-        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], num_tiles, per_chunk, ph, pw,
+        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], plan["num_tiles"], plan["tiles_per_chunk"], ph, pw,
         *dy.stride(), *x.stride(),
-        **consts, HAS_BIAS=with_bias, ACC=TL_DTYPES[acc], X_PIX=_source_pixels(plan["meta"], consts),
-        TAPS_P=pow2(taps), **plan["meta"],
+        **consts, HAS_BIAS=with_bias, ACC=TL_DTYPES[acc], **plan["meta"],
     )
-    _reduce_partials_kernel[(triton.cdiv(taps * c, REDUCE_BLOCK),)](
-        part, dweight, dweight if dbias is None else dbias, chunks, c,
+    _reduce_partials_kernel[plan["reduce_grid"]](
+        part, dweight, dweight if dbias is None else dbias, plan["chunks"], c,
         TAPS_W=taps_w, HAS_BIAS=with_bias, BLOCK=REDUCE_BLOCK, num_warps=4,
     )
     return dweight, dbias
+
+
+def plan(x, weight, stride, padding, dilation):
+    """The launches of the Triton kernels for this convolution (the arguments of :func:`forward`; dy is
+    taken to have x's layout; the weight gradient with a bias gradient):
+    ``{"forward": ..., "backward_input": ..., "backward_weight": ...}``, each a dict with the kernel's
+    name, its ``tiles`` (image blocks, rows, columns), ``c_blocks``, ``meta`` (block sizes, X_PIX: the
+    rows of a tile's loaded source, num_warps) and ``grid``; the weight gradient adds its ``chunks`` of
+    ``tiles_per_chunk`` tiles and the partial-sum reduction's ``reduce_grid``."""
+    n, c, h, w = x.shape
+    consts, (ph, pw) = _geometry(weight.shape[2:], stride, padding, dilation)
+    ho = _out_size(h, consts["KH"], consts["SH"], ph, consts["DH"])
+    wo = _out_size(w, consts["KW"], consts["SW"], pw, consts["DW"])
+    channels_last = _channels_last(x)
+    if (consts["SH"], consts["SW"]) == (1, 1):
+        backward_input = _forward_plan(n, c, h, w, channels_last, consts)
+    else:
+        backward_input = _residue_plan(n, c, h, w, channels_last, consts)
+    taps = consts["KH"] * consts["KW"] + 1
+    return {
+        "forward": _forward_plan(n, c, ho, wo, channels_last, consts),
+        "backward_input": backward_input,
+        "backward_weight": _weight_plan(n, c, ho, wo, channels_last, consts, taps, x.device),
+    }
 
 
 # --------------------------------------------------------------------------------- ahead-of-time specs
@@ -483,8 +539,10 @@ def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
 
 def aot_specs() -> list:
     """Every kernel for each x dtype (weights float32, float64 with float64 x) at 5x5, stride 1, with the
-    channels_last tile of NVAE's 32x32x768 decoder maps; the NCHW tile at 3x3, stride 2, without bias;
-    11x11 (the largest unrolled row of taps) once; the partial-sum reduction per accumulation dtype."""
+    channels_last tile of NVAE's 32x32x768 decoder maps (the input gradient: the forward kernel with
+    flipped taps); the NCHW tile at 3x3, stride 2, without bias (the residue-class input gradient) and
+    at 5x5, stride 1 in bfloat16; 11x11 (the largest unrolled row of taps) once; the partial-sum
+    reduction per accumulation dtype."""
     ints = ("N", "C", "H", "W", "HO", "WO", "TILES_H", "TILES_W", "C_BLOCKS", "NUM_TILES", "TILES_PER_CHUNK",
             "PAD_H", "PAD_W", "sxn", "sxc", "sxh", "sxw", "syn", "syc", "syh", "syw", "sdn", "sdc", "sdh", "sdw")
 
@@ -492,24 +550,31 @@ def aot_specs() -> list:
         names = inspect.signature(fn.fn).parameters
         args = {name: "i32" for name in ints if name in names}
         blocks = dict(zip(("BLOCK_N", "BLOCK_H", "BLOCK_W", "BLOCK_C"), consts.pop("blocks")))
+        if "X_PIX" in names:
+            consts["X_PIX"] = _source_pixels(blocks, consts)
         warps = num_warps(blocks["BLOCK_N"] * blocks["BLOCK_H"] * blocks["BLOCK_W"] * blocks["BLOCK_C"])
         return aot_spec(fn, {**args, **pointers, **consts, **blocks}, warps)
 
     nhwc, nchw = _gpu_blocks(32, 32, 768, True), _gpu_blocks(32, 32, 768, False)
     variants = [(dt, 5, 1, True, nhwc) for dt in TL_DTYPES] + [(torch.float32, 3, 2, False, nchw),
+                                                              (torch.bfloat16, 5, 1, False, nchw),
                                                               (torch.float16, 11, 1, True, nhwc)]
     specs = []
     for dtype, k, stride, bias, blocks in variants:
         acc = acc_dtype(dtype)
         x, w, a = ptr(dtype), ptr(acc), ptr(acc)
         geo = dict(KH=k, KW=k, SH=stride, SW=stride, DH=1, DW=1, ACC=TL_DTYPES[acc])
+        taps_p = pow2(k * k + (1 if bias else 0))
+        forward = {"x_ptr": x, "w_ptr": w, "b_ptr": w, "y_ptr": x}
         specs += [
-            spec(_forward_kernel, {"x_ptr": x, "w_ptr": w, "b_ptr": w, "y_ptr": x},
-                 dict(geo, HAS_BIAS=bias, blocks=blocks)),
-            spec(_backward_input_kernel, {"dy_ptr": x, "w_ptr": w, "dx_ptr": x}, dict(geo, blocks=blocks)),
+            spec(_forward_kernel, forward, dict(geo, HAS_BIAS=bias, FLIP=False, blocks=blocks)),
             spec(_backward_weight_kernel, {"dy_ptr": x, "x_ptr": x, "part_ptr": a},
-                 dict(geo, HAS_BIAS=bias, blocks=blocks)),
+                 dict(geo, HAS_BIAS=bias, TAPS_P=taps_p, blocks=blocks)),
         ]
+        if stride == 1:  # the input gradient: the forward kernel with the flipped taps
+            specs.append(spec(_forward_kernel, forward, dict(geo, HAS_BIAS=False, FLIP=True, blocks=blocks)))
+        else:
+            specs.append(spec(_backward_input_kernel, {"dy_ptr": x, "w_ptr": w, "dx_ptr": x}, dict(geo, blocks=blocks)))
     for acc in (torch.float32, torch.float64):
         for bias in (True, False):
             specs.append(aot_spec(_reduce_partials_kernel, {
