@@ -11,18 +11,24 @@
 //                     db[c] = sum_{n,i,j} dy[n,c,i,j]
 // (x and dy read as zero outside their extent). Accumulation in the accumulation dtype.
 //
-// Each block owns `cb` channels of one sample and one spatial tile of the tensor it writes. It copies
-// the source tile it needs (with the zero halo) and the channels' taps into shared memory, converted
-// to the accumulation dtype, then every thread computes `rpt` outputs of one column from shared memory.
-// Tile copies are coalesced along W (NCHW) or along the channels (NHWC, 16-byte vectors when C and the
-// pointer allow). Square 3x3 and 5x5 kernels at stride 1 (NVAE's decoder: 5x5) take a register-window
-// kernel instead: each thread keeps the K*K taps in registers and computes `rpt` consecutive rows of one
-// column, reading each of the rpt + K - 1 source rows it touches once (K loads) for every output row it
-// feeds: at rpt = 4 a 5x5 output costs (4 + 4) * 5 / 4 = 10 row loads and 25 / 4 tap loads from shared
-// memory, about 16 instead of the general kernel's 50 (two per multiply-add).
+// Each block owns `cb` channels and one spatial tile of the tensor it writes, in `spb` consecutive
+// samples (more than one for small images, so that the channels' taps, read once per block, stay a
+// small share of its traffic). Per sample it copies the source tile it needs (with the zero halo) into
+// shared memory, converted to the accumulation dtype, then every thread computes `rpt` outputs of one
+// column from shared memory. Tile copies are coalesced along W (NCHW: each row split at the 16-byte
+// boundaries of its addresses into aligned 16-byte vectors and scalar heads and tails) or along the
+// channels (NHWC, 16-byte vectors when C and the pointer allow). Square 3x3 and 5x5 kernels at stride 1
+// (NVAE's decoder: 5x5) take a register-window kernel instead: each thread keeps the K*K taps in
+// registers and computes `rpt` consecutive rows of one column, reading each of the rpt + K - 1 source
+// rows it touches once (K loads) for every output row it feeds: at rpt = 4 a 5x5 output costs
+// (4 + 4) * 5 / 4 = 10 row loads and 25 / 4 tap loads from shared memory, about 16 instead of the
+// general kernel's 50 (two per multiply-add).
 // backward_input at stride 1 is the same correlation of dy with the flipped taps and padding K - 1 - p.
-// backward_weight is deterministic: every block writes its partial sums for its
-// (sample, tile subset) to a workspace, and a second kernel adds them in a fixed order.
+// backward_weight reads x and dy once per tile for all taps: a block owns `cb` channels and takes the
+// (sample, tile) items s, s + parts, ... of its part s, copies each item's x tile (with the halo) and
+// dy tile into shared memory and adds every (channel, tap) product sum into per-thread registers; it
+// writes one partial sum per (part, channel, tap) to a workspace, and a second kernel adds the parts
+// in a fixed order (deterministic).
 
 #include <algorithm>
 #include <limits>

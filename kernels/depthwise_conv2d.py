@@ -25,16 +25,20 @@ pays per operation, not per element.) Outputs (y, dx) are allocated dense in the
 follow (x, respectively dy): channels_last when that tensor is channels_last (or, for a non-dense view,
 when its channel stride is smaller than its width stride), NCHW otherwise.
 
-Kernel size, stride and dilation are compile-time constants. The forward pass loops over the rows of
-taps and unrolls each row (unrolling all KH x KW taps makes 11 x 11 kernels take minutes to compile),
-gathering each tap's input tile straight from global memory (the tap tiles of one program overlap and are
-served from L1) into a register accumulator. The input gradient is a convolution of dy with the flipped
-taps; for stride > 1 each program handles one residue class (h % SH, w % SW) of dx pixels, for which a
-tap either always or never touches dy, so skipped taps cost nothing. The weight gradient gives each
-program a fixed chunk of spatial tiles for one channel block; tap by tap, it accumulates dy * x over the
-chunk in a register tile, reduces it once and writes one partial sum per (chunk, tap, channel); a second
-kernel adds the partials chunk by chunk in a fixed order. There are no atomics: dweight and dbias are
-bit-identical from run to run. Kernels up to 11 x 11 run here; larger ones fall back (``supports``).
+Kernel size, stride and dilation are compile-time constants. A program loads the source pixels its tile
+needs once -- the tile's rows and columns times the stride plus the halo of the taps, ``X_PIX`` rows
+(a power of two) by the channels -- and gathers every tap's values from those registers (``tl.gather``),
+so global memory sees each source tile once instead of once per tap. The forward pass loops over the
+rows of taps and unrolls each row (unrolling all KH x KW taps makes 11 x 11 kernels take minutes to
+compile) into a register accumulator. The input gradient at stride 1 is the correlation of dy with the
+flipped taps and padding (K - 1) D - P: the forward kernel. For stride > 1 each program handles one
+residue class (h % SH, w % SW) of dx pixels, for which a tap either always or never touches dy, so
+skipped taps cost nothing; it reads dy tap by tap. The weight gradient gives each program a fixed chunk
+of spatial tiles for one channel block; per tile it loads dy and the x tile (with the halo) once, sums
+dy * x over the tile for every tap (and dy alone for the bias) into one row each of a (taps, channels)
+accumulator, and writes one partial sum per (chunk, tap, channel); a second kernel adds the partials
+chunk by chunk in a fixed order. There are no atomics: dweight and dbias are bit-identical from run to
+run. :func:`plan` reports the launches for a convolution. Kernels up to 11 x 11 run here; larger ones fall back (``supports``).
 """
 
 from __future__ import annotations
