@@ -54,10 +54,11 @@ struct ConvGeom {
 };
 
 // Tiling of a forward or backward_input launch: cb channels, a block of (bx, by) threads per channel,
-// each thread computing rpt outputs of one column (rows ty, ty + by, ...). Output tile: (by rpt) x bx.
-// A block takes that tile in spb consecutive samples (it stages its channels' taps once for all).
+// each thread computing rpt outputs of one column (rows ty, ty + by, ...), or in the register-window
+// kernel rg groups of rpt consecutive rows. Output tile: (by rpt rg) x bx. A block takes that tile in
+// spb consecutive samples (it stages its channels' taps once for all).
 struct TileCfg {
-  int cb, bx, by, rpt, spb;
+  int cb, bx, by, rpt, rg, spb;
   int tiles_x;         // output tiles along W
   int tile_h, tile_w;  // source tile in shared memory
   int plane;           // shared-memory elements per channel of the source tile (>= tile_h * tile_w)
@@ -176,7 +177,7 @@ __device__ __forceinline__ TileBlock tile_block(const ConvGeom& g, const TileCfg
   const int64_t sg = blockIdx.x / groups;
   const int64_t n = sg * t.spb;
   const int tile_row = blockIdx.y / t.tiles_x;
-  return TileBlock{n, n + t.spb < g.N ? n + t.spb : g.N, (blockIdx.x - sg * groups) * t.cb, tile_row * t.by * t.rpt,
+  return TileBlock{n, n + t.spb < g.N ? n + t.spb : g.N, (blockIdx.x - sg * groups) * t.cb, tile_row * t.by * t.rpt * t.rg,
                    static_cast<int>(blockIdx.y - tile_row * t.tiles_x) * t.bx};
 }
 
@@ -236,7 +237,8 @@ __global__ void __launch_bounds__(kThreads)
 // Stride-1 correlation with a square K x K kernel: y = bias + sum_{p,q} w'[c,p,q] src[n,c, i - ph + p, j - pw + q]
 // with w' = w (forward) or w' = w flipped in both axes (flip: backward_input, where src = dy and the
 // padding is K - 1 - p). Thread (z, tx, ty) computes rows ty*rpt ... ty*rpt + rpt - 1 of column tx of the
-// block's output tile; forward sums run over (p, q) in the order of dw_forward_kernel.
+// block's output tile (and the same rows of each further group of by * rpt rows); forward sums run over
+// (p, q) in the order of dw_forward_kernel.
 template <typename T, Layout L, int V, int K>
 __global__ void __launch_bounds__(kThreads)
     dw_window_kernel(const T* __restrict__ src, const AccT<T>* __restrict__ w, const AccT<T>* __restrict__ bias,
@@ -253,8 +255,6 @@ __global__ void __launch_bounds__(kThreads)
   const int ox = ox0 + tx;
   const bool active = c < g.C && ox < g.dst_w;
   const acc_t b = active && bias != nullptr ? bias[c] : acc_t(0);
-  const int row0 = ty * t.rpt;  // first output row of this thread in the tile
-  const acc_t* col = tile + z * t.plane + row0 * t.tile_w + tx;
   acc_t wr[kk];
   for (int64_t n = blk.n; n < blk.n_end; ++n) {
     stage_sample<T, L, V>(src, w, tile, g, t, blk, n, oy0 - g.ph, ox0 - g.pw, kk);
@@ -263,28 +263,33 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < kk; ++i) wr[i] = wsh[z * kk + (flip ? kk - 1 - i : i)];
     }
-    acc_t acc[kRowsPerThread];
+    for (int group = 0; group < t.rg; ++group) {
+      const int row0 = (group * t.by + ty) * t.rpt;  // first output row of this thread's group in the tile
+      if (oy0 + row0 >= g.dst_h) break;
+      const acc_t* col = tile + z * t.plane + row0 * t.tile_w + tx;
+      acc_t acc[kRowsPerThread];
 #pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) acc[r] = b;
+      for (int r = 0; r < kRowsPerThread; ++r) acc[r] = b;
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread + K - 1; ++i) {  // source row i feeds output rows r = i - p, 0 <= p < K
-      if (i < t.rpt + K - 1) {
-        acc_t xr[K];
+      for (int i = 0; i < kRowsPerThread + K - 1; ++i) {  // source row i feeds output rows r = i - p, 0 <= p < K
+        if (i < t.rpt + K - 1) {
+          acc_t xr[K];
 #pragma unroll
-        for (int q = 0; q < K; ++q) xr[q] = col[i * t.tile_w + q];
+          for (int q = 0; q < K; ++q) xr[q] = col[i * t.tile_w + q];
 #pragma unroll
-        for (int r = 0; r < kRowsPerThread; ++r) {
-          if (i - r >= 0 && i - r < K) {
+          for (int r = 0; r < kRowsPerThread; ++r) {
+            if (i - r >= 0 && i - r < K) {
 #pragma unroll
-            for (int q = 0; q < K; ++q) acc[r] += wr[(i - r) * K + q] * xr[q];
+              for (int q = 0; q < K; ++q) acc[r] += wr[(i - r) * K + q] * xr[q];
+            }
           }
         }
       }
-    }
 #pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      const int oy = oy0 + row0 + r;
-      if (r < t.rpt && oy < g.dst_h) dst[offset4(L, n, c, oy, ox, g.C, g.dst_h, g.dst_w)] = static_cast<T>(acc[r]);
+      for (int r = 0; r < kRowsPerThread; ++r) {
+        const int oy = oy0 + row0 + r;
+        if (r < t.rpt && oy < g.dst_h) dst[offset4(L, n, c, oy, ox, g.C, g.dst_h, g.dst_w)] = static_cast<T>(acc[r]);
+      }
     }
   }
 }
@@ -431,7 +436,7 @@ size_t tile_smem(const TileCfg& t, int kk, size_t elem) {
 }
 
 void set_tile_dims(TileCfg& t, Layout layout, const ConvGeom& g, bool transposed) {
-  const int th = t.by * t.rpt, tw = t.bx;
+  const int th = t.by * t.rpt * t.rg, tw = t.bx;
   if (transposed) {
     t.tile_h = (th + g.kh - 2) / g.sh + 2;
     t.tile_w = (tw + g.kw - 2) / g.sw + 2;
@@ -456,6 +461,10 @@ bool windowed(const ConvGeom& g) {
 // below 1 / kTapShare of the bytes of its source tiles (small images), as long as every SM keeps a block.
 constexpr int kTapShare = 8;
 
+// Channels per block of the NHWC register-window kernel: 8 channels of a 36 x 36 float tile (5x5 at
+// 32 x 32 outputs) fill 42 KB of shared memory.
+constexpr int kWindowChannels = 8;
+
 // The plan of a forward or backward_input launch: kernel, tiling, vector width of the tile copy.
 struct TilePlan {
   const char* kernel;  // dw_window_kernel, dw_forward_kernel or dw_backward_input_kernel
@@ -475,11 +484,20 @@ TilePlan plan_tiles(const char* op, Layout layout, const ConvGeom& g, bool trans
   TileCfg t{};
   const int64_t C = g.C;
   const int kvec = static_cast<int>(16 / src_elem);
+  t.rg = 1;
   if (layout == Layout::NCHW && window) {
     t.bx = std::min(32, pow2_ceil(g.dst_w));
     t.by = std::min(pow2_ceil(ceil_div(g.dst_h, kRowsPerThread)), kThreads / t.bx);
     t.cb = static_cast<int>(std::min<int64_t>(C, kThreads / (t.bx * t.by)));
     t.rpt = static_cast<int>(std::min<int64_t>(kRowsPerThread, ceil_div(g.dst_h, t.by)));
+  } else if (window) {  // NHWC: kWindowChannels channels by up to 32 x 32 outputs, the halo a small share
+    t.cb = static_cast<int>(std::min<int64_t>(C, kWindowChannels));
+    if (nhwc_vec > 1 && t.cb >= nhwc_vec) t.cb -= t.cb % nhwc_vec;
+    t.bx = std::min(32, pow2_ceil(g.dst_w));
+    t.by = std::max(1, std::min(pow2_ceil(ceil_div(g.dst_h, kRowsPerThread)), kThreads / (t.cb * t.bx)));
+    t.rpt = static_cast<int>(std::min<int64_t>(kRowsPerThread, ceil_div(g.dst_h, t.by)));
+    t.rg = static_cast<int>(std::min<int64_t>(32 / (t.by * t.rpt) > 0 ? 32 / (t.by * t.rpt) : 1,
+                                              ceil_div(g.dst_h, t.by * t.rpt)));
   } else if (layout == Layout::NCHW) {
     t.bx = std::min(32, pow2_ceil(g.dst_w));
     t.by = std::min(pow2_ceil(g.dst_h), kThreads / t.bx);
@@ -495,7 +513,9 @@ TilePlan plan_tiles(const char* op, Layout layout, const ConvGeom& g, bool trans
   const int kk = g.kh * g.kw;
   set_tile_dims(t, layout, g, transposed);
   while (tile_smem(t, kk, elem) > kSmemBudget) {
-    if (t.rpt > 1) {
+    if (t.rg > 1) {
+      --t.rg;
+    } else if (t.rpt > 1) {
       --t.rpt;
     } else if (t.cb > 1) {
       t.cb = (t.cb + 1) / 2;
@@ -519,7 +539,7 @@ TilePlan plan_tiles(const char* op, Layout layout, const ConvGeom& g, bool trans
     t.fill_b = FastDivmod(t.tile_w);
   }
   const int64_t groups = ceil_div(C, t.cb);
-  const int64_t tiles = t.tiles_x * ceil_div(g.dst_h, t.by * t.rpt);
+  const int64_t tiles = t.tiles_x * ceil_div(g.dst_h, t.by * t.rpt * t.rg);
   const int64_t tile_bytes = static_cast<int64_t>(t.tile_h) * t.tile_w * static_cast<int64_t>(src_elem);
   const int64_t want = ceil_div(static_cast<int64_t>(kTapShare) * kk * static_cast<int64_t>(elem), tile_bytes);
   const int64_t keep_sms = std::max<int64_t>(1, g.N * groups * tiles / multiprocessors());

@@ -34,6 +34,7 @@ _THREADS = 256  # threads per block
 _SMEM_BUDGET = 48 * 1024  # bytes of shared memory per block
 _ROWS_PER_THREAD = 4  # the most output rows one thread computes
 _TAP_SHARE = 8  # taps at most 1 / 8 of a block's source-tile bytes (samples per block)
+_WINDOW_CHANNELS = 8  # channels per block of the NHWC register-window kernel
 _WGRAD_TILE = 64  # largest weight-gradient dy tile side
 _PART_SHARE = 8  # weight-gradient partial sums at most 1 / 8 of the bytes their items read
 _MAX_GRID_YZ = 65535
@@ -107,7 +108,16 @@ def _sms(device) -> int:
 def _plan_tiles(g, nchw, transposed, acc_size, size, nhwc_vec, window, sms):
     """The forward / backward_input tiling of ``plan_tiles`` for geometry g (a dict, as ConvGeom)."""
     n, c, kk = g["N"], g["C"], g["kh"] * g["kw"]
-    if nchw:
+    rg = 1
+    if window and not nchw:
+        cb = min(c, _WINDOW_CHANNELS)
+        if nhwc_vec > 1 and cb >= nhwc_vec:
+            cb -= cb % nhwc_vec
+        bx = min(32, _pow2(g["dst_w"]))
+        by = max(1, min(_pow2(_cdiv(g["dst_h"], _ROWS_PER_THREAD)), _THREADS // (cb * bx)))
+        rpt = min(_ROWS_PER_THREAD, _cdiv(g["dst_h"], by))
+        rg = min(max(1, 32 // (by * rpt)), _cdiv(g["dst_h"], by * rpt))
+    elif nchw:
         bx = min(32, _pow2(g["dst_w"]))
         if window:
             by = min(_pow2(_cdiv(g["dst_h"], _ROWS_PER_THREAD)), _THREADS // bx)
@@ -127,7 +137,7 @@ def _plan_tiles(g, nchw, transposed, acc_size, size, nhwc_vec, window, sms):
         rpt = min(_ROWS_PER_THREAD, _cdiv(g["dst_h"], by)) if g["dst_h"] > by else 1
 
     def dims():
-        th, tw = by * rpt, bx
+        th, tw = by * rpt * rg, bx
         if transposed:
             tile = ((th + g["kh"] - 2) // g["sh"] + 2, (tw + g["kw"] - 2) // g["sw"] + 2)
         else:
@@ -137,7 +147,9 @@ def _plan_tiles(g, nchw, transposed, acc_size, size, nhwc_vec, window, sms):
 
     tile, plane = dims()
     while cb * (plane + kk) * acc_size > _SMEM_BUDGET:
-        if rpt > 1:
+        if rg > 1:
+            rg -= 1
+        elif rpt > 1:
             rpt -= 1
         elif cb > 1:
             cb = (cb + 1) // 2
@@ -150,12 +162,12 @@ def _plan_tiles(g, nchw, transposed, acc_size, size, nhwc_vec, window, sms):
         tile, plane = dims()
     vec = 16 // size if nchw else (nhwc_vec if cb % nhwc_vec == 0 else 1)
     groups = _cdiv(c, cb)
-    tiles = _cdiv(g["dst_w"], bx) * _cdiv(g["dst_h"], by * rpt)
+    tiles = _cdiv(g["dst_w"], bx) * _cdiv(g["dst_h"], by * rpt * rg)
     want = _cdiv(_TAP_SHARE * kk * acc_size, tile[0] * tile[1] * size)
     spb = max(1, min(want, max(1, n * groups * tiles // sms), n))
     kernel = "dw_window_kernel" if window else "dw_backward_input_kernel" if transposed else "dw_forward_kernel"
-    return dict(kernel=kernel, vec=vec, channels=cb, tile=(by * rpt, bx), source_tile=tile, rows_per_thread=rpt,
-                samples=spb, grid=(_cdiv(n, spb) * groups, tiles), block=cb * bx * by,
+    return dict(kernel=kernel, vec=vec, channels=cb, tile=(by * rpt * rg, bx), source_tile=tile, rows_per_thread=rpt,
+                row_groups=rg, samples=spb, grid=(_cdiv(n, spb) * groups, tiles), block=cb * bx * by,
                 smem=cb * (plane + kk) * acc_size)
 
 
@@ -204,7 +216,8 @@ def plan(x, weight, stride, padding, dilation):
     to have x's layout and alignment): ``{"forward": ..., "backward_input": ..., "backward_weight": ...}``,
     each a dict with the kernel's name, ``vec`` (elements per tile-copy access, 1: scalar), ``channels``
     per block, the output (``tile``) and source tile (with the halo), ``grid``, ``block`` and ``smem``
-    (bytes); the passes add ``rows_per_thread`` and ``samples`` per block, the weight gradient its
+    (bytes); the passes add ``rows_per_thread``, ``row_groups`` (the window kernel's groups of them) and
+    ``samples`` per block, the weight gradient its
     ``items`` ((sample, tile) pairs) and ``parts`` (partial sums per channel, added by a finalize kernel).
     """
     x = dense(x)

@@ -150,6 +150,18 @@ def test_general_kernels_take_several_samples(sms, kind, case):
     assert plan["backward_input"]["samples"] >= 2, plan
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("height, row_tiles", [(32, 1), (33, 2)])
+def test_nhwc_window_row_groups(dtype, height, row_tiles):
+    """channels_last 5x5: 8 channels by 32 x 32 outputs per block, each thread 8 groups of 4 rows; 33 rows
+    take a second row of tiles (its halo rows read by both)."""
+    plan = _run((2, 8, height, 32), 5, 1, 2, dtype, "channels_last")
+    for key in ("forward", "backward_input"):
+        p = plan[key]
+        assert p["kernel"] == "dw_window_kernel" and p["channels"] == 8 and p["tile"] == (32, 32), p
+        assert p["row_groups"] == 8 and p["grid"][1] == row_tiles, p
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("kind", ["contiguous", "unaligned"])
 @pytest.mark.parametrize("width", [3, 16, 37, 64])

@@ -73,9 +73,9 @@ SE_CASES = [((5, 105, 17, 241), 7)]
 #       600 tiles -> 150 chunks of 4.
 #     cuda NCHW: dw_window grid (3168, 2) (two 32-column tiles), input gradient likewise; weight
 #       gradient: 9 channels x one 17 x 33 tile per image, grid (15, 24): 24 parts, one per sample.
-#     cuda NHWC: dw_window grid (108, 15) (float32, two samples per block) or (72, 15) (16-bit types,
-#       three); weight gradient grid (17, 24) (float32: 8 channels, 16-byte loads) or (15, 24) (16-bit
-#       types: C % 8 != 0, scalar).
+#     cuda NHWC: dw_window grid (408, 2) (8 channels by 20 x 32 outputs: 32 columns of threads, five
+#       groups of 4 rows each); weight gradient grid (17, 24) (float32: 8 channels, 16-byte loads) or
+#       (15, 24) (16-bit types: C % 8 != 0, scalar).
 #   (38, 27, 33, 65) 3x3, stride 2, padding 1 (cuda's general forward and input-gradient kernels),
 #     y 17 x 33:
 #     triton NCHW: 2 tiles per plane (forward; input gradient: per residue class of the 17 x 33 grid);
