@@ -140,7 +140,9 @@ __device__ __forceinline__ void fill_tile(const T* __restrict__ src, AccT<T>* __
 }
 
 // Chunks per tile row of an NCHW fill_tile with V-element vectors.
-__host__ __device__ __forceinline__ int row_chunks(int tile_w, int V) { return V == 1 ? tile_w : (tile_w + V - 1) / V + 1; }
+__host__ __device__ __forceinline__ int row_chunks(int tile_w, int V) {
+  return V == 1 ? tile_w : (tile_w + V - 1) / V + 1;
+}
 
 // Channels' taps w[c0 + z] into wsh[z * kk + tap] (zero for channels >= C).
 template <typename acc_t>
@@ -177,8 +179,8 @@ __device__ __forceinline__ TileBlock tile_block(const ConvGeom& g, const TileCfg
   const int64_t sg = blockIdx.x / groups;
   const int64_t n = sg * t.spb;
   const int tile_row = blockIdx.y / t.tiles_x;
-  return TileBlock{n, n + t.spb < g.N ? n + t.spb : g.N, (blockIdx.x - sg * groups) * t.cb, tile_row * t.by * t.rpt * t.rg,
-                   static_cast<int>(blockIdx.y - tile_row * t.tiles_x) * t.bx};
+  return TileBlock{n, n + t.spb < g.N ? n + t.spb : g.N, (blockIdx.x - sg * groups) * t.cb,
+                   tile_row * t.by * t.rpt * t.rg, static_cast<int>(blockIdx.y - tile_row * t.tiles_x) * t.bx};
 }
 
 // Copies the block's source tile of sample n (origin (y0, x0) of src) to tile, then waits for the

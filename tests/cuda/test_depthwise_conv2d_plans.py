@@ -21,7 +21,11 @@ from ._cases import KERNEL_DEVICE, needs_kernels
 
 pytestmark = [needs_kernels]
 
-TOL = {torch.float64: (1e-11, 1e-10), torch.float32: (2e-6, 2e-5), torch.float16: (1e-3, 2e-3), torch.bfloat16: (8e-3, 1.6e-2)}
+# (atol relative to the largest expected magnitude, rtol), as in test_cuda_kernels
+TOL = {
+    torch.float64: (1e-11, 1e-10), torch.float32: (2e-6, 2e-5), torch.float16: (1e-3, 2e-3),
+    torch.bfloat16: (8e-3, 1.6e-2),
+}
 ACC_TOL = {torch.float64: (1e-11, 1e-9), torch.float32: (2e-5, 1e-4)}
 
 
