@@ -28,7 +28,7 @@
 // (sample, tile) items s, s + parts, ... of its part s, copies each item's x tile (with the halo) and
 // dy tile into shared memory and adds every (channel, tap) product sum into per-thread registers; it
 // writes one partial sum per (part, channel, tap) to a workspace, and a second kernel adds the parts
-// in a fixed order (deterministic).
+// in a fixed order (deterministic); with one part the block writes dweight and dbias itself.
 
 #include <algorithm>
 #include <limits>
@@ -357,7 +357,7 @@ struct WgradCfg {
 template <typename T, Layout L, int V>
 __global__ void __launch_bounds__(kThreads)
     dw_backward_weight_kernel(const T* __restrict__ dy, const T* __restrict__ x, AccT<T>* __restrict__ partial,
-                              ConvGeom g, WgradCfg t) {
+                              AccT<T>* __restrict__ dw, AccT<T>* __restrict__ db, ConvGeom g, WgradCfg t) {
   using acc_t = AccT<T>;
   acc_t* xt = dynamic_smem<acc_t>();
   acc_t* dt = xt + t.cb * t.xplane;
@@ -402,7 +402,14 @@ __global__ void __launch_bounds__(kThreads)
     acc_t sum = acc_t(0);
     for (int k = 0; k < t.groups; ++k) sum += red[k * pairs + tid];
     const int64_t c = c0 + z;
-    if (c < g.C) partial[(static_cast<int64_t>(blockIdx.y) * g.C + c) * taps + tap] = sum;
+    if (c >= g.C) return;
+    if (t.parts > 1) {
+      partial[(static_cast<int64_t>(blockIdx.y) * g.C + c) * taps + tap] = sum;
+    } else if (tap < kk) {  // one part: the block's sums are the result
+      dw[c * kk + tap] = sum;
+    } else {
+      db[c] = sum;
+    }
   }
 }
 
@@ -861,20 +868,23 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight(const at::Tensor& dy
     constexpr int VV = kVec<scalar_t>;
     const WgradPlan wp = plan_wgrad<scalar_t>(op, layout, g, aligned16(x.data_ptr()) && aligned16(dy.data_ptr()));
     const WgradCfg& t = wp.t;
-    at::Tensor partial = at::empty({t.parts * C * taps}, acc_opts);
+    at::Tensor partial = t.parts > 1 ? at::empty({t.parts * C * taps}, acc_opts) : at::Tensor();
     const scalar_t* pdy = dy.data_ptr<scalar_t>();
     const scalar_t* px = x.data_ptr<scalar_t>();
-    acc_t* pp = partial.data_ptr<acc_t>();
+    acc_t* pp = t.parts > 1 ? partial.data_ptr<acc_t>() : nullptr;
+    acc_t* pdw = dw.data_ptr<acc_t>();
+    acc_t* pdb = db.data_ptr<acc_t>();
     if (layout == Layout::NCHW) {
-      launch<dw_backward_weight_kernel<scalar_t, Layout::NCHW, VV>>(wp.grid, kThreads, wp.smem, stream, pdy, px, pp, g,
-                                                                    t);
+      launch<dw_backward_weight_kernel<scalar_t, Layout::NCHW, VV>>(wp.grid, kThreads, wp.smem, stream, pdy, px, pp,
+                                                                    pdw, pdb, g, t);
     } else if (wp.vec > 1) {
-      launch<dw_backward_weight_kernel<scalar_t, Layout::NHWC, VV>>(wp.grid, kThreads, wp.smem, stream, pdy, px, pp, g,
-                                                                    t);
+      launch<dw_backward_weight_kernel<scalar_t, Layout::NHWC, VV>>(wp.grid, kThreads, wp.smem, stream, pdy, px, pp,
+                                                                    pdw, pdb, g, t);
     } else {
-      launch<dw_backward_weight_kernel<scalar_t, Layout::NHWC, 1>>(wp.grid, kThreads, wp.smem, stream, pdy, px, pp, g,
-                                                                   t);
+      launch<dw_backward_weight_kernel<scalar_t, Layout::NHWC, 1>>(wp.grid, kThreads, wp.smem, stream, pdy, px, pp,
+                                                                   pdw, pdb, g, t);
     }
+    if (t.parts == 1) return;
     const int64_t blocks = std::min<int64_t>(ceil_div(C * taps, kThreads), target_blocks());
     launch<dw_weight_finalize_kernel<acc_t>>(static_cast<unsigned>(blocks), kThreads, 0, stream, pp,
                                              dw.data_ptr<acc_t>(), db.data_ptr<acc_t>(), static_cast<int64_t>(t.parts),

@@ -37,7 +37,7 @@ skipped taps cost nothing; it reads dy tap by tap. The weight gradient gives eac
 of spatial tiles for one channel block; per tile it loads dy and the x tile (with the halo) once, sums
 dy * x over the tile for every tap (and dy alone for the bias) into one row each of a (taps, channels)
 accumulator, and writes one partial sum per (chunk, tap, channel); a second kernel adds the partials
-chunk by chunk in a fixed order. There are no atomics: dweight and dbias are bit-identical from run to
+chunk by chunk in a fixed order (with one chunk, the program writes dweight and dbias itself). There are no atomics: dweight and dbias are bit-identical from run to
 run. :func:`plan` reports the launches for a convolution. Kernels up to 11 x 11 run here; larger ones fall back (``supports``).
 """
 
@@ -216,14 +216,16 @@ def _backward_input_kernel(
 
 @triton.jit
 def _backward_weight_kernel(
-    dy_ptr, x_ptr, part_ptr,
+    dy_ptr, x_ptr, part_ptr, dw_ptr, db_ptr,
     N, C, H, W, HO, WO, TILES_H, TILES_W, C_BLOCKS, NUM_TILES, TILES_PER_CHUNK, PAD_H, PAD_W,
     sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
     DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, X_PIX: tl.constexpr, TAPS_P: tl.constexpr,
+    DIRECT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Partial sums over one chunk of dy tiles for one channel block; grid: chunks x C_BLOCKS.
+    """Partial sums over one chunk of dy tiles for one channel block; grid: chunks x C_BLOCKS. With one
+    chunk (DIRECT) they are the result: written to dw (C, KH KW) and db (C,) instead of part.
 
     part[chunk, k, c] = sum over the chunk's pixels of dy * x(tap k) for taps k = p KW + q < KH KW (dweight)
     and of dy alone for k = KH KW (dbias, when HAS_BIAS). Each dy tile and its x tile (with the halo)
@@ -255,8 +257,14 @@ def _backward_weight_kernel(
             acc += tl.where(rows[:, None] == k, s[None, :], 0.0)
         if HAS_BIAS:
             acc += tl.where(rows[:, None] == KH * KW, tl.sum(g, axis=0)[None, :], 0.0)
-    part = part_ptr + chunk.to(tl.int64) * (TAPS * C) + rows[:, None] * C + c[None, :]
-    tl.store(part, acc, mask=(rows[:, None] < TAPS) & cmask[None, :])
+    if DIRECT:
+        tl.store(dw_ptr + c[None, :] * (KH * KW) + rows[:, None], acc, mask=(rows[:, None] < KH * KW) & cmask[None, :])
+        if HAS_BIAS:
+            db_at = db_ptr + c[None, :] + rows[:, None] * 0
+            tl.store(db_at, acc, mask=(rows[:, None] == KH * KW) & cmask[None, :])
+    else:
+        part = part_ptr + chunk.to(tl.int64) * (TAPS * C) + rows[:, None] * C + c[None, :]
+        tl.store(part, acc, mask=(rows[:, None] < TAPS) & cmask[None, :])
 
 
 @triton.jit
@@ -403,14 +411,16 @@ def _residue_plan(n: int, c: int, h: int, w: int, channels_last: bool, consts: d
 
 
 def _weight_plan(n: int, c: int, ho: int, wo: int, channels_last: bool, consts: dict, taps: int, device) -> dict:
-    """The launches of the weight gradient: _backward_weight_kernel over chunks of dy tiles (X_PIX and
-    TAPS_P in its meta) and _reduce_partials_kernel over the taps x c partial sums."""
+    """The launches of the weight gradient: _backward_weight_kernel over chunks of dy tiles (X_PIX, TAPS_P
+    and DIRECT in its meta) and, with more than one chunk, _reduce_partials_kernel over the taps x c
+    partial sums (``reduce_grid``; None with one chunk, whose program writes dweight and dbias itself)."""
     plan = _plan(n, ho, wo, c, channels_last)
-    plan["meta"].update(X_PIX=_source_pixels(plan["meta"], consts), TAPS_P=pow2(taps))
     num_tiles = math.prod(plan["tiles"])
     chunks, per_chunk = _chunks(num_tiles, plan["c_blocks"], device)
+    plan["meta"].update(X_PIX=_source_pixels(plan["meta"], consts), TAPS_P=pow2(taps), DIRECT=chunks == 1)
+    reduce_grid = (triton.cdiv(taps * c, REDUCE_BLOCK),) if chunks > 1 else None
     plan.update(kernel="_backward_weight_kernel", num_tiles=num_tiles, chunks=chunks, tiles_per_chunk=per_chunk,
-                grid=(chunks * plan["c_blocks"],), reduce_grid=(triton.cdiv(taps * c, REDUCE_BLOCK),))
+                grid=(chunks * plan["c_blocks"],), reduce_grid=reduce_grid)
     return plan
 
 
@@ -500,13 +510,16 @@ def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
         return dweight, dbias
     plan = _weight_plan(n, c, ho, wo, _channels_last(x), consts, taps, x.device)
     _, tiles_h, tiles_w = plan["tiles"]
-    part = torch.empty((plan["chunks"], taps, c), dtype=acc, device=x.device)
+    direct = plan["reduce_grid"] is None
+    part = dweight if direct else torch.empty((plan["chunks"], taps, c), dtype=acc, device=x.device)
     _backward_weight_kernel[plan["grid"]](
-        dy, x, part,
+        dy, x, part, dweight, dweight if dbias is None else dbias,
         n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], plan["num_tiles"], plan["tiles_per_chunk"], ph, pw,
         *dy.stride(), *x.stride(),
         **consts, HAS_BIAS=with_bias, ACC=TL_DTYPES[acc], **plan["meta"],
     )
+    if direct:
+        return dweight, dbias
     _reduce_partials_kernel[plan["reduce_grid"]](
         part, dweight, dweight if dbias is None else dbias, plan["chunks"], c,
         TAPS_W=taps_w, HAS_BIAS=with_bias, BLOCK=REDUCE_BLOCK, num_warps=4,
@@ -520,7 +533,7 @@ def plan(x, weight, stride, padding, dilation):
     ``{"forward": ..., "backward_input": ..., "backward_weight": ...}``, each a dict with the kernel's
     name, its ``tiles`` (image blocks, rows, columns), ``c_blocks``, ``meta`` (block sizes, X_PIX: the
     rows of a tile's loaded source, num_warps) and ``grid``; the weight gradient adds its ``chunks`` of
-    ``tiles_per_chunk`` tiles and the partial-sum reduction's ``reduce_grid``."""
+    ``tiles_per_chunk`` tiles and the partial-sum reduction's ``reduce_grid`` (None with one chunk)."""
     n, c, h, w = x.shape
     consts, (ph, pw) = _geometry(weight.shape[2:], stride, padding, dilation)
     ho = _out_size(h, consts["KH"], consts["SH"], ph, consts["DH"])
@@ -572,8 +585,8 @@ def aot_specs() -> list:
         forward = {"x_ptr": x, "w_ptr": w, "b_ptr": w, "y_ptr": x}
         specs += [
             spec(_forward_kernel, forward, dict(geo, HAS_BIAS=bias, FLIP=False, blocks=blocks)),
-            spec(_backward_weight_kernel, {"dy_ptr": x, "x_ptr": x, "part_ptr": a},
-                 dict(geo, HAS_BIAS=bias, TAPS_P=taps_p, blocks=blocks)),
+            spec(_backward_weight_kernel, {"dy_ptr": x, "x_ptr": x, "part_ptr": a, "dw_ptr": a, "db_ptr": a},
+                 dict(geo, HAS_BIAS=bias, TAPS_P=taps_p, DIRECT=dtype == torch.bfloat16, blocks=blocks)),
         ]
         if stride == 1:  # the input gradient: the forward kernel with the flipped taps
             specs.append(spec(_forward_kernel, forward, dict(geo, HAS_BIAS=False, FLIP=True, blocks=blocks)))

@@ -208,7 +208,7 @@ def _plan_wgrad(g, nchw, acc_size, size, aligned, sms):
     max_parts = max(1, items * (source[0] * source[1] + th * tw) * size // (_PART_SHARE * 2 * taps * acc_size))
     parts = max(1, min(_cdiv(8 * sms, groups), max_parts, items, _MAX_GRID_YZ))
     return dict(kernel="dw_backward_weight_kernel", vec=vec, channels=cb, tile=(th, tw), source_tile=source,
-                items=items, parts=parts, grid=(groups, parts), block=_THREADS, smem=smem())
+                items=items, parts=parts, finalize=parts > 1, grid=(groups, parts), block=_THREADS, smem=smem())
 
 
 def plan(x, weight, stride, padding, dilation):
@@ -218,7 +218,8 @@ def plan(x, weight, stride, padding, dilation):
     per block, the output (``tile``) and source tile (with the halo), ``grid``, ``block`` and ``smem``
     (bytes); the passes add ``rows_per_thread``, ``row_groups`` (the window kernel's groups of them) and
     ``samples`` per block, the weight gradient its
-    ``items`` ((sample, tile) pairs) and ``parts`` (partial sums per channel, added by a finalize kernel).
+    ``items`` ((sample, tile) pairs), ``parts`` and ``finalize`` (whether a second kernel adds the parts'
+    partial sums; with one part the kernel writes dweight and dbias itself).
     """
     x = dense(x)
     n, c, h, w = x.shape

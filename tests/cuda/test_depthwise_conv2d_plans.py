@@ -95,9 +95,10 @@ def test_weight_grad_parts_take_several_items(sms, kind, dtype):
 
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
 def test_weight_grad_parts_capped_by_traffic(kind):
-    """Small images: the parts' partial sums would outweigh the bytes read, so one part takes all items."""
+    """Small images: the parts' partial sums would outweigh the bytes read, so one part takes all items
+    and writes dweight and dbias itself (no finalize kernel)."""
     plan = _run((3, 9, 4, 5), 5, 1, 2, torch.float32, kind)["backward_weight"]
-    assert plan["grid"][0] == 1 and plan["parts"] < plan["items"] == 3, plan
+    assert plan["grid"][0] == 1 and plan["parts"] == 1 < plan["items"] == 3 and not plan["finalize"], plan
 
 
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last", "unaligned"])
@@ -212,4 +213,5 @@ def test_plan_matches_the_launches(monkeypatch, kind, dtype, case):
         got, want = runs[0], plan[key]
         assert (got.name, got.grid[:2], got.threads, got.smem, int(got.template_args[2])) == (
             want["kernel"], tuple(want["grid"]), want["block"], want["smem"], want["vec"]), (key, got, want)
-    assert [r.name for r in recorded["backward_weight"]] == ["dw_backward_weight_kernel", "dw_weight_finalize_kernel"]
+    finalize = ["dw_weight_finalize_kernel"] if plan["backward_weight"]["finalize"] else []
+    assert [r.name for r in recorded["backward_weight"]] == ["dw_backward_weight_kernel"] + finalize

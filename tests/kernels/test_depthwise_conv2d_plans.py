@@ -91,9 +91,14 @@ def test_weight_gradient_chunks_of_several_tiles(gpu_tiles, monkeypatch):
     plan = _check_case(case)["backward_weight"]
     assert plan["num_tiles"] == 6 and plan["chunks"] == 2 and plan["tiles_per_chunk"] == 3, plan
     assert plan["meta"]["TAPS_P"] == 32 and plan["grid"] == (2 * plan["c_blocks"],), plan
+    assert not plan["meta"]["DIRECT"] and plan["reduce_grid"] == (1,), plan
 
 
-def test_interpreter_tiles_take_whole_images():
-    """Under the interpreter a tile holds whole images (several of them): the halo is all padding."""
-    plan = _check_case(((3, 5, 6, 7), 5, 1, 2, 1, "contiguous", torch.float32))["forward"]
-    assert plan["tiles"] == (1, 1, 1) and plan["meta"]["BLOCK_N"] == 4, plan
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_interpreter_tiles_take_whole_images(kind):
+    """Under the interpreter a tile holds whole images (several of them): the halo is all padding; the
+    weight gradient's one chunk writes dweight and dbias itself (no reduction kernel)."""
+    plan = _check_case(((3, 5, 6, 7), 5, 1, 2, 1, kind, torch.float32))
+    assert plan["forward"]["tiles"] == (1, 1, 1) and plan["forward"]["meta"]["BLOCK_N"] == 4, plan
+    weight = plan["backward_weight"]
+    assert weight["chunks"] == 1 and weight["meta"]["DIRECT"] and weight["reduce_grid"] is None, weight
