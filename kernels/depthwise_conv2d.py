@@ -504,10 +504,12 @@ def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
     acc = acc_dtype(x.dtype)
     taps_w = consts["KH"] * consts["KW"]
     taps = taps_w + (1 if with_bias else 0)
-    dweight = torch.zeros((c, 1, consts["KH"], consts["KW"]), dtype=acc, device=x.device)
-    dbias = torch.zeros(c, dtype=acc, device=x.device) if with_bias else None
     if dy.numel() == 0:
-        return dweight, dbias
+        dbias = torch.zeros(c, dtype=acc, device=x.device) if with_bias else None
+        return torch.zeros((c, 1, consts["KH"], consts["KW"]), dtype=acc, device=x.device), dbias
+    # every element is written: by the one chunk's programs, or by the reduction
+    dweight = torch.empty((c, 1, consts["KH"], consts["KW"]), dtype=acc, device=x.device)
+    dbias = torch.empty(c, dtype=acc, device=x.device) if with_bias else None
     plan = _weight_plan(n, c, ho, wo, _channels_last(x), consts, taps, x.device)
     _, tiles_h, tiles_w = plan["tiles"]
     direct = plan["reduce_grid"] is None
