@@ -11,18 +11,24 @@
 //                     db[c] = sum_{n,i,j} dy[n,c,i,j]
 // (x and dy read as zero outside their extent). Accumulation in the accumulation dtype.
 //
-// Each block owns `cb` channels of one sample and one spatial tile of the tensor it writes. It copies
-// the source tile it needs (with the zero halo) and the channels' taps into shared memory, converted
-// to the accumulation dtype, then every thread computes `rpt` outputs of one column from shared memory.
-// Tile copies are coalesced along W (NCHW) or along the channels (NHWC, 16-byte vectors when C and the
-// pointer allow). Square 3x3 and 5x5 kernels at stride 1 (NVAE's decoder: 5x5) take a register-window
-// kernel instead: each thread keeps the K*K taps in registers and computes `rpt` consecutive rows of one
-// column, reading each of the rpt + K - 1 source rows it touches once (K loads) for every output row it
-// feeds: at rpt = 4 a 5x5 output costs (4 + 4) * 5 / 4 = 10 row loads and 25 / 4 tap loads from shared
-// memory, about 16 instead of the general kernel's 50 (two per multiply-add).
+// Each block owns `cb` channels and one spatial tile of the tensor it writes, in `spb` consecutive
+// samples (more than one for small images, so that the channels' taps, read once per block, stay a
+// small share of its traffic). Per sample it copies the source tile it needs (with the zero halo) into
+// shared memory, converted to the accumulation dtype, then every thread computes `rpt` outputs of one
+// column from shared memory. Tile copies are coalesced along W (NCHW: each row split at the 16-byte
+// boundaries of its addresses into aligned 16-byte vectors and scalar heads and tails) or along the
+// channels (NHWC, 16-byte vectors when C and the pointer allow). Square 3x3 and 5x5 kernels at stride 1
+// (NVAE's decoder: 5x5) take a register-window kernel instead: each thread keeps the K*K taps in
+// registers and computes `rpt` consecutive rows of one column, reading each of the rpt + K - 1 source
+// rows it touches once (K loads) for every output row it feeds: at rpt = 4 a 5x5 output costs
+// (4 + 4) * 5 / 4 = 10 row loads and 25 / 4 tap loads from shared memory, about 16 instead of the
+// general kernel's 50 (two per multiply-add).
 // backward_input at stride 1 is the same correlation of dy with the flipped taps and padding K - 1 - p.
-// backward_weight is deterministic: every block writes its partial sums for its
-// (sample, tile subset) to a workspace, and a second kernel adds them in a fixed order.
+// backward_weight reads x and dy once per tile for all taps: a block owns `cb` channels and takes the
+// (sample, tile) items s, s + parts, ... of its part s, copies each item's x tile (with the halo) and
+// dy tile into shared memory and adds every (channel, tap) product sum into per-thread registers; it
+// writes one partial sum per (part, channel, tap) to a workspace, and a second kernel adds the parts
+// in a fixed order (deterministic); with one part the block writes dweight and dbias itself.
 
 #include <algorithm>
 #include <limits>
@@ -48,9 +54,11 @@ struct ConvGeom {
 };
 
 // Tiling of a forward or backward_input launch: cb channels, a block of (bx, by) threads per channel,
-// each thread computing rpt outputs of one column (rows ty, ty + by, ...). Output tile: (by rpt) x bx.
+// each thread computing rpt outputs of one column (rows ty, ty + by, ...), or in the register-window
+// kernel rg groups of rpt consecutive rows. Output tile: (by rpt rg) x bx. A block takes that tile in
+// spb consecutive samples (it stages its channels' taps once for all).
 struct TileCfg {
-  int cb, bx, by, rpt;
+  int cb, bx, by, rpt, rg, spb;
   int tiles_x;         // output tiles along W
   int tile_h, tile_w;  // source tile in shared memory
   int plane;           // shared-memory elements per channel of the source tile (>= tile_h * tile_w)
@@ -63,36 +71,77 @@ __device__ __forceinline__ int64_t offset4(Layout layout, int64_t n, int64_t c, 
 }
 
 // tile[z * plane + r * tile_w + col] = src[n, c0 + z, y0 + r, x0 + col] for z < cb, r < tile_h,
-// col < tile_w; zero outside the tensor and for channels >= C. The fill index is decomposed with
-// (fill_a, fill_b) = (tile_w, tile_h) for NCHW (col fastest) and (cb / V, tile_w) for NHWC (channels
-// fastest, V at a time; V > 1 needs C % V == 0, cb % V == 0 and a 16-byte aligned src).
+// col < tile_w; zero outside the tensor and for channels >= C.
+//
+// NCHW (rows contiguous): each tile row is split at the 16-byte boundaries of src's addresses into
+// chunks: chunk 0 holds the h0 < V columns before the first boundary, chunk k >= 1 the V columns from
+// h0 + (k - 1) V on. A chunk of V columns inside the image is one aligned 16-byte load; the others (the
+// head, the tail, the image border, V = 1) are scalar. The fill index is decomposed with
+// (fill_a, fill_b) = (row_chunks(tile_w, V), tile_h), chunks fastest, so neighbouring threads load
+// neighbouring vectors. Any row offset works: the split follows the actual address, so rows of odd
+// widths and misaligned tensors just have more scalar columns.
+// NHWC: (fill_a, fill_b) = (cb / V, tile_w), channels fastest, V at a time; V > 1 needs C % V == 0,
+// cb % V == 0 and a 16-byte aligned src.
 template <typename T, Layout L, int V>
 __device__ __forceinline__ void fill_tile(const T* __restrict__ src, AccT<T>* __restrict__ tile, int64_t n,
                                           int64_t C, int H, int W, int64_t c0, int y0, int x0, int cb, int tile_h,
                                           int tile_w, int plane, FastDivmod fa, FastDivmod fb) {
   using acc_t = AccT<T>;
-  const uint32_t count = static_cast<uint32_t>(cb / V) * tile_h * tile_w;
-  for (uint32_t i = threadIdx.x; i < count; i += blockDim.x) {
-    uint32_t q, z, r, col;
-    if constexpr (L == Layout::NCHW) {
-      fa.divmod(i, q, col);
+  if constexpr (L == Layout::NCHW) {
+    const uint32_t count = static_cast<uint32_t>(cb) * tile_h * fa.d;
+    for (uint32_t i = threadIdx.x; i < count; i += blockDim.x) {
+      uint32_t q, z, r, k;
+      fa.divmod(i, q, k);
       fb.divmod(q, z, r);
-    } else {
-      uint32_t zv;
+      const int y = y0 + static_cast<int>(r);
+      const int64_t c = c0 + z;
+      const bool row_ok = c < C && y >= 0 && y < H;
+      const int64_t row_off = ((n * C + c) * H + y) * W;  // element offset of (n, c, y, 0)
+      int s = static_cast<int>(k), e = s + 1;            // the chunk's tile columns [s, e)
+      if constexpr (V > 1) {
+        const uint64_t first = reinterpret_cast<uintptr_t>(src) / sizeof(T) + static_cast<uint64_t>(row_off + x0);
+        const int h0 = static_cast<int>((V - first % V) % V);
+        s = k == 0 ? 0 : h0 + (static_cast<int>(k) - 1) * V;
+        e = k == 0 ? h0 : s + V;
+        if (e > tile_w) e = tile_w;
+      }
+      acc_t* dst = tile + static_cast<int64_t>(z) * plane + r * tile_w;
+      const int x = x0 + s;
+      if (V > 1 && row_ok && e - s == V && x >= 0 && x + V <= W) {
+        acc_t v[V];
+        load_vec<V>(src + row_off + x, v);
+#pragma unroll
+        for (int j = 0; j < V; ++j) dst[s + j] = v[j];
+      } else {
+        for (int col = s; col < e; ++col) {
+          const int xc = x0 + col;
+          dst[col] = row_ok && xc >= 0 && xc < W ? static_cast<acc_t>(src[row_off + xc]) : acc_t(0);
+        }
+      }
+    }
+  } else {
+    const uint32_t count = static_cast<uint32_t>(cb / V) * tile_h * tile_w;
+    for (uint32_t i = threadIdx.x; i < count; i += blockDim.x) {
+      uint32_t q, zv, r, col;
       fa.divmod(i, q, zv);
       fb.divmod(q, r, col);
-      z = zv * V;
+      const uint32_t z = zv * V;
+      const int y = y0 + static_cast<int>(r), x = x0 + static_cast<int>(col);
+      const int64_t c = c0 + z;
+      acc_t v[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) v[k] = acc_t(0);
+      if (c < C && y >= 0 && y < H && x >= 0 && x < W) load_vec<V>(src + offset4(L, n, c, y, x, C, H, W), v);
+      acc_t* dst = tile + static_cast<int64_t>(z) * plane + r * tile_w + col;
+#pragma unroll
+      for (int k = 0; k < V; ++k) dst[k * plane] = v[k];
     }
-    const int y = y0 + static_cast<int>(r), x = x0 + static_cast<int>(col);
-    const int64_t c = c0 + z;
-    acc_t v[V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) v[k] = acc_t(0);
-    if (c < C && y >= 0 && y < H && x >= 0 && x < W) load_vec<V>(src + offset4(L, n, c, y, x, C, H, W), v);
-    acc_t* dst = tile + static_cast<int64_t>(z) * plane + r * tile_w + col;
-#pragma unroll
-    for (int k = 0; k < V; ++k) dst[k * plane] = v[k];
   }
+}
+
+// Chunks per tile row of an NCHW fill_tile with V-element vectors.
+__host__ __device__ __forceinline__ int row_chunks(int tile_w, int V) {
+  return V == 1 ? tile_w : (tile_w + V - 1) / V + 1;
 }
 
 // Channels' taps w[c0 + z] into wsh[z * kk + tap] (zero for channels >= C).
@@ -118,29 +167,36 @@ __device__ __forceinline__ void thread_coords(const TileCfg& t, int& z, int& tx,
   }
 }
 
-// The sample n, first channel c0 and output-tile origin (oy0, ox0) of a TileCfg block.
+// The samples [n, n_end), first channel c0 and output-tile origin (oy0, ox0) of a TileCfg block:
+// blockIdx.x = sample group * channel groups + channel group, blockIdx.y = spatial tile.
 struct TileBlock {
-  int64_t n, c0;
+  int64_t n, n_end, c0;
   int oy0, ox0;
 };
 
 __device__ __forceinline__ TileBlock tile_block(const ConvGeom& g, const TileCfg& t) {
   const int64_t groups = ceil_div(g.C, t.cb);
-  const int64_t n = blockIdx.x / groups;
+  const int64_t sg = blockIdx.x / groups;
+  const int64_t n = sg * t.spb;
   const int tile_row = blockIdx.y / t.tiles_x;
-  return TileBlock{n, (blockIdx.x - n * groups) * t.cb, tile_row * t.by * t.rpt,
-                   static_cast<int>(blockIdx.y - tile_row * t.tiles_x) * t.bx};
+  return TileBlock{n, n + t.spb < g.N ? n + t.spb : g.N, (blockIdx.x - sg * groups) * t.cb,
+                   tile_row * t.by * t.rpt * t.rg, static_cast<int>(blockIdx.y - tile_row * t.tiles_x) * t.bx};
 }
 
-// Copies the block's source tile (origin (y0, x0) of src) to tile and its channels' kk taps to
-// tile + cb * plane, then waits for the whole block.
+// Copies the block's source tile of sample n (origin (y0, x0) of src) to tile, then waits for the
+// whole block. Before the first sample it also copies the channels' kk taps to tile + cb * plane;
+// before the others it first waits until every thread is done with the previous sample's tile.
 template <typename T, Layout L, int V>
-__device__ __forceinline__ void stage_block(const T* __restrict__ src, const AccT<T>* __restrict__ w,
-                                            AccT<T>* __restrict__ tile, const ConvGeom& g, const TileCfg& t,
-                                            const TileBlock& b, int y0, int x0, int kk) {
-  fill_tile<T, L, V>(src, tile, b.n, g.C, g.src_h, g.src_w, b.c0, y0, x0, t.cb, t.tile_h, t.tile_w, t.plane,
+__device__ __forceinline__ void stage_sample(const T* __restrict__ src, const AccT<T>* __restrict__ w,
+                                             AccT<T>* __restrict__ tile, const ConvGeom& g, const TileCfg& t,
+                                             const TileBlock& b, int64_t n, int y0, int x0, int kk) {
+  if (n == b.n) {
+    fill_taps(w, tile + t.cb * t.plane, b.c0, t.cb, kk, g.C);
+  } else {
+    __syncthreads();
+  }
+  fill_tile<T, L, V>(src, tile, n, g.C, g.src_h, g.src_w, b.c0, y0, x0, t.cb, t.tile_h, t.tile_w, t.plane,
                      t.fill_a, t.fill_b);
-  fill_taps(w, tile + t.cb * t.plane, b.c0, t.cb, kk, g.C);
   __syncthreads();
 }
 
@@ -153,36 +209,38 @@ __global__ void __launch_bounds__(kThreads)
   acc_t* wsh = tile + t.cb * t.plane;
   const int kk = g.kh * g.kw;
   const TileBlock blk = tile_block(g, t);
-  const int64_t n = blk.n, c0 = blk.c0;
   const int oy0 = blk.oy0, ox0 = blk.ox0;
-  stage_block<T, L, V>(x, w, tile, g, t, blk, oy0 * g.sh - g.ph, ox0 * g.sw - g.pw, kk);
-
   int z, tx, ty;
   thread_coords<L>(t, z, tx, ty);
-  const int64_t c = c0 + z;
+  const int64_t c = blk.c0 + z;
   const int ox = ox0 + tx;
-  if (c >= g.C || ox >= g.dst_w) return;
-  const acc_t b = bias != nullptr ? bias[c] : acc_t(0);
+  const bool active = c < g.C && ox < g.dst_w;
+  const acc_t b = active && bias != nullptr ? bias[c] : acc_t(0);
   const acc_t* wz = wsh + z * kk;
   const acc_t* src = tile + z * t.plane + tx * g.sw;
-  for (int r = 0; r < t.rpt; ++r) {
-    const int oyl = ty + r * t.by;
-    const int oy = oy0 + oyl;
-    if (oy >= g.dst_h) break;
-    acc_t s = b;
-    const acc_t* row = src + oyl * g.sh * t.tile_w;
-    for (int p = 0; p < g.kh; ++p, row += t.tile_w) {
-      const acc_t* wr = wz + p * g.kw;
-      for (int q = 0; q < g.kw; ++q) s += wr[q] * row[q];
+  for (int64_t n = blk.n; n < blk.n_end; ++n) {
+    stage_sample<T, L, V>(x, w, tile, g, t, blk, n, oy0 * g.sh - g.ph, ox0 * g.sw - g.pw, kk);
+    if (!active) continue;
+    for (int r = 0; r < t.rpt; ++r) {
+      const int oyl = ty + r * t.by;
+      const int oy = oy0 + oyl;
+      if (oy >= g.dst_h) break;
+      acc_t s = b;
+      const acc_t* row = src + oyl * g.sh * t.tile_w;
+      for (int p = 0; p < g.kh; ++p, row += t.tile_w) {
+        const acc_t* wr = wz + p * g.kw;
+        for (int q = 0; q < g.kw; ++q) s += wr[q] * row[q];
+      }
+      y[offset4(L, n, c, oy, ox, g.C, g.dst_h, g.dst_w)] = static_cast<T>(s);
     }
-    y[offset4(L, n, c, oy, ox, g.C, g.dst_h, g.dst_w)] = static_cast<T>(s);
   }
 }
 
 // Stride-1 correlation with a square K x K kernel: y = bias + sum_{p,q} w'[c,p,q] src[n,c, i - ph + p, j - pw + q]
 // with w' = w (forward) or w' = w flipped in both axes (flip: backward_input, where src = dy and the
 // padding is K - 1 - p). Thread (z, tx, ty) computes rows ty*rpt ... ty*rpt + rpt - 1 of column tx of the
-// block's output tile; forward sums run over (p, q) in the order of dw_forward_kernel.
+// block's output tile (and the same rows of each further group of by * rpt rows); forward sums run over
+// (p, q) in the order of dw_forward_kernel.
 template <typename T, Layout L, int V, int K>
 __global__ void __launch_bounds__(kThreads)
     dw_window_kernel(const T* __restrict__ src, const AccT<T>* __restrict__ w, const AccT<T>* __restrict__ bias,
@@ -192,43 +250,49 @@ __global__ void __launch_bounds__(kThreads)
   acc_t* tile = dynamic_smem<acc_t>();
   acc_t* wsh = tile + t.cb * t.plane;
   const TileBlock blk = tile_block(g, t);
-  const int64_t n = blk.n, c0 = blk.c0;
   const int oy0 = blk.oy0, ox0 = blk.ox0;
-  stage_block<T, L, V>(src, w, tile, g, t, blk, oy0 - g.ph, ox0 - g.pw, kk);
-
   int z, tx, ty;
   thread_coords<L>(t, z, tx, ty);
-  const int64_t c = c0 + z;
+  const int64_t c = blk.c0 + z;
   const int ox = ox0 + tx;
-  if (c >= g.C || ox >= g.dst_w) return;
+  const bool active = c < g.C && ox < g.dst_w;
+  const acc_t b = active && bias != nullptr ? bias[c] : acc_t(0);
   acc_t wr[kk];
+  for (int64_t n = blk.n; n < blk.n_end; ++n) {
+    stage_sample<T, L, V>(src, w, tile, g, t, blk, n, oy0 - g.ph, ox0 - g.pw, kk);
+    if (!active) continue;
+    if (n == blk.n) {
 #pragma unroll
-  for (int i = 0; i < kk; ++i) wr[i] = wsh[z * kk + (flip ? kk - 1 - i : i)];
-  const acc_t b = bias != nullptr ? bias[c] : acc_t(0);
-  acc_t acc[kRowsPerThread];
+      for (int i = 0; i < kk; ++i) wr[i] = wsh[z * kk + (flip ? kk - 1 - i : i)];
+    }
+    for (int group = 0; group < t.rg; ++group) {
+      const int row0 = (group * t.by + ty) * t.rpt;  // first output row of this thread's group in the tile
+      if (oy0 + row0 >= g.dst_h) break;
+      const acc_t* col = tile + z * t.plane + row0 * t.tile_w + tx;
+      acc_t acc[kRowsPerThread];
 #pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) acc[r] = b;
-  const int row0 = ty * t.rpt;  // first output row of this thread in the tile
-  const acc_t* col = tile + z * t.plane + row0 * t.tile_w + tx;
+      for (int r = 0; r < kRowsPerThread; ++r) acc[r] = b;
 #pragma unroll
-  for (int i = 0; i < kRowsPerThread + K - 1; ++i) {  // source row i feeds output rows r = i - p, 0 <= p < K
-    if (i < t.rpt + K - 1) {
-      acc_t xr[K];
+      for (int i = 0; i < kRowsPerThread + K - 1; ++i) {  // source row i feeds output rows r = i - p, 0 <= p < K
+        if (i < t.rpt + K - 1) {
+          acc_t xr[K];
 #pragma unroll
-      for (int q = 0; q < K; ++q) xr[q] = col[i * t.tile_w + q];
+          for (int q = 0; q < K; ++q) xr[q] = col[i * t.tile_w + q];
 #pragma unroll
-      for (int r = 0; r < kRowsPerThread; ++r) {
-        if (i - r >= 0 && i - r < K) {
+          for (int r = 0; r < kRowsPerThread; ++r) {
+            if (i - r >= 0 && i - r < K) {
 #pragma unroll
-          for (int q = 0; q < K; ++q) acc[r] += wr[(i - r) * K + q] * xr[q];
+              for (int q = 0; q < K; ++q) acc[r] += wr[(i - r) * K + q] * xr[q];
+            }
+          }
         }
       }
-    }
-  }
 #pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) {
-    const int oy = oy0 + row0 + r;
-    if (r < t.rpt && oy < g.dst_h) dst[offset4(L, n, c, oy, ox, g.C, g.dst_h, g.dst_w)] = static_cast<T>(acc[r]);
+      for (int r = 0; r < kRowsPerThread; ++r) {
+        const int oy = oy0 + row0 + r;
+        if (r < t.rpt && oy < g.dst_h) dst[offset4(L, n, c, oy, ox, g.C, g.dst_h, g.dst_w)] = static_cast<T>(acc[r]);
+      }
+    }
   }
 }
 
@@ -244,60 +308,62 @@ __global__ void __launch_bounds__(kThreads)
   acc_t* wsh = tile + t.cb * t.plane;
   const int kk = g.kh * g.kw;
   const TileBlock blk = tile_block(g, t);
-  const int64_t n = blk.n, c0 = blk.c0;
   const int u0 = blk.oy0, v0 = blk.ox0;
   const int iy0 = floor_div(u0 + g.ph - (g.kh - 1), g.sh);
   const int ix0 = floor_div(v0 + g.pw - (g.kw - 1), g.sw);
-  stage_block<T, L, V>(dy, w, tile, g, t, blk, iy0, ix0, kk);
-
   int z, tx, ty;
   thread_coords<L>(t, z, tx, ty);
-  const int64_t c = c0 + z;
+  const int64_t c = blk.c0 + z;
   const int v = v0 + tx;
-  if (c >= g.C || v >= g.dst_w) return;
+  const bool active = c < g.C && v < g.dst_w;
   const acc_t* wz = wsh + z * kk;
   const acc_t* tz = tile + z * t.plane;
   const int q0 = (v + g.pw) % g.sw;
   const int lx0 = (v + g.pw - q0) / g.sw - ix0;
-  for (int r = 0; r < t.rpt; ++r) {
-    const int u = u0 + ty + r * t.by;
-    if (u >= g.dst_h) break;
-    const int p0 = (u + g.ph) % g.sh;
-    int ly = (u + g.ph - p0) / g.sh - iy0;
-    acc_t s = acc_t(0);
-    for (int p = p0; p < g.kh; p += g.sh, --ly) {
-      const acc_t* row = tz + ly * t.tile_w;
-      const acc_t* wr = wz + p * g.kw;
-      int lx = lx0;
-      for (int q = q0; q < g.kw; q += g.sw, --lx) s += wr[q] * row[lx];
+  for (int64_t n = blk.n; n < blk.n_end; ++n) {
+    stage_sample<T, L, V>(dy, w, tile, g, t, blk, n, iy0, ix0, kk);
+    if (!active) continue;
+    for (int r = 0; r < t.rpt; ++r) {
+      const int u = u0 + ty + r * t.by;
+      if (u >= g.dst_h) break;
+      const int p0 = (u + g.ph) % g.sh;
+      int ly = (u + g.ph - p0) / g.sh - iy0;
+      acc_t s = acc_t(0);
+      for (int p = p0; p < g.kh; p += g.sh, --ly) {
+        const acc_t* row = tz + ly * t.tile_w;
+        const acc_t* wr = wz + p * g.kw;
+        int lx = lx0;
+        for (int q = q0; q < g.kw; q += g.sw, --lx) s += wr[q] * row[lx];
+      }
+      dx[offset4(L, n, c, u, v, g.C, g.dst_h, g.dst_w)] = static_cast<T>(s);
     }
-    dx[offset4(L, n, c, u, v, g.C, g.dst_h, g.dst_w)] = static_cast<T>(s);
   }
 }
 
-// backward_weight tiling: cb channels per block, dy tiles of th x tw, thread (group gi, pair j) with
-// j = z * taps + tap (tap == kh * kw stands for the bias) summing over the positions gi, gi + groups, ...
-// of every tile; blocks (n, channel group, part s) take the tiles s, s + parts, ...
+// backward_weight tiling: cb channels per block, dy tiles of th x tw (x tiles of tile_h x tile_w with
+// the halo), thread (group gi, pair j) with j = z * taps + tap (tap == kh * kw stands for the bias)
+// summing over the positions gi, gi + groups, ... of every tile. The work items are the (sample, tile)
+// pairs, item = n * tiles + tile; block (channel group, part s) takes the items s, s + parts, ... and
+// reads each of its x and dy tiles once, for all its taps, accumulating in registers over all its items.
 struct WgradCfg {
   int cb, th, tw, tiles_x, tiles;
   int tile_h, tile_w;  // x tile
   int xplane, dplane;  // shared-memory elements per channel of the x and dy tiles
   int groups, parts;
+  int64_t items;       // N * tiles
   FastDivmod x_a, x_b, d_a, d_b, pos;  // pos: division by tw
 };
 
 template <typename T, Layout L, int V>
 __global__ void __launch_bounds__(kThreads)
     dw_backward_weight_kernel(const T* __restrict__ dy, const T* __restrict__ x, AccT<T>* __restrict__ partial,
-                              ConvGeom g, WgradCfg t) {
+                              AccT<T>* __restrict__ dw, AccT<T>* __restrict__ db, ConvGeom g, WgradCfg t) {
   using acc_t = AccT<T>;
   acc_t* xt = dynamic_smem<acc_t>();
   acc_t* dt = xt + t.cb * t.xplane;
   acc_t* red = dt + t.cb * t.dplane;
   const int kk = g.kh * g.kw, taps = kk + 1, pairs = t.cb * taps;
-  const int64_t groups_c = ceil_div(g.C, t.cb);
-  const int64_t n = blockIdx.x / groups_c;
-  const int64_t c0 = (blockIdx.x - n * groups_c) * t.cb;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * t.cb;
   const int tid = threadIdx.x;
   const bool active = tid < t.groups * pairs;
   const int gi = tid / pairs, j = tid - gi * pairs;
@@ -306,7 +372,9 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t positions = static_cast<uint32_t>(t.th) * t.tw;
 
   acc_t a = acc_t(0);
-  for (int tile = blockIdx.y; tile < t.tiles; tile += t.parts) {
+  for (int64_t item = blockIdx.y; item < t.items; item += t.parts) {
+    const int64_t n = item / t.tiles;
+    const int tile = static_cast<int>(item - n * t.tiles);
     const int tile_row = tile / t.tiles_x;
     const int oy0 = tile_row * t.th, ox0 = (tile - tile_row * t.tiles_x) * t.tw;
     fill_tile<T, L, V>(x, xt, n, g.C, g.src_h, g.src_w, c0, oy0 * g.sh - g.ph, ox0 * g.sw - g.pw, t.cb, t.tile_h,
@@ -334,11 +402,19 @@ __global__ void __launch_bounds__(kThreads)
     acc_t sum = acc_t(0);
     for (int k = 0; k < t.groups; ++k) sum += red[k * pairs + tid];
     const int64_t c = c0 + z;
-    if (c < g.C) partial[((n * t.parts + blockIdx.y) * g.C + c) * taps + tap] = sum;
+    if (c >= g.C) return;
+    if (t.parts > 1) {
+      partial[(static_cast<int64_t>(blockIdx.y) * g.C + c) * taps + tap] = sum;
+    } else if (tap < kk) {  // one part: the block's sums are the result
+      dw[c * kk + tap] = sum;
+    } else {
+      db[c] = sum;
+    }
   }
 }
 
-// dw[c, tap] (tap < taps - 1) and db[c] (tap == taps - 1): the sum over the `slices` partial rows in order.
+// dw[c, tap] (tap < taps - 1) and db[c] (tap == taps - 1): the sum over the `slices` (parts) partial rows
+// in order.
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     dw_weight_finalize_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ dw, acc_t* __restrict__ db,
@@ -369,7 +445,7 @@ size_t tile_smem(const TileCfg& t, int kk, size_t elem) {
 }
 
 void set_tile_dims(TileCfg& t, Layout layout, const ConvGeom& g, bool transposed) {
-  const int th = t.by * t.rpt, tw = t.bx;
+  const int th = t.by * t.rpt * t.rg, tw = t.bx;
   if (transposed) {
     t.tile_h = (th + g.kh - 2) / g.sh + 2;
     t.tile_w = (tw + g.kw - 2) / g.sw + 2;
@@ -381,17 +457,56 @@ void set_tile_dims(TileCfg& t, Layout layout, const ConvGeom& g, bool transposed
   if (layout == Layout::NHWC) t.plane |= 1;  // odd stride: channel-parallel reads hit distinct banks
 }
 
-// Chooses the tiling and the vector width V of the tile copy (returned through vec). The register-window
-// kernel (window) gives each thread kRowsPerThread consecutive rows, so for NCHW it spreads fewer
-// threads over the rows.
-TileCfg plan_tiles(Layout layout, const ConvGeom& g, bool transposed, size_t elem, int& vec, bool window = false) {
+// The register-window kernel is built for T != double (kWindowed<T>) and applies to geometries with
+// stride 1 and a square 3x3 or 5x5 kernel (windowed(g)).
+template <typename T>
+constexpr bool kWindowed = !std::is_same_v<T, double>;
+
+bool windowed(const ConvGeom& g) {
+  return g.kh == g.kw && (g.kh == 3 || g.kh == 5) && g.sh == 1 && g.sw == 1;
+}
+
+// A block's taps are read from global memory once per block; it takes spb samples so that they stay
+// below 1 / kTapShare of the bytes of its source tiles (small images), as long as every SM keeps a block.
+constexpr int kTapShare = 8;
+
+// Channels per block of the NHWC register-window kernel: 8 channels of a 36 x 36 float tile (5x5 at
+// 32 x 32 outputs) fill 42 KB of shared memory.
+constexpr int kWindowChannels = 8;
+
+// The plan of a forward or backward_input launch: kernel, tiling, vector width of the tile copy.
+struct TilePlan {
+  const char* kernel;  // dw_window_kernel, dw_forward_kernel or dw_backward_input_kernel
+  TileCfg t;
+  int vec;             // elements per tile-copy access (1: scalar)
+  dim3 grid;
+  size_t smem;
+};
+
+// Chooses the tiling for geometry g (source elements of src_elem bytes, accumulation in elem bytes) and
+// the vector width of the tile copy: NCHW rows take kVec-element loads where their addresses allow (see
+// fill_tile); NHWC takes them when `nhwc_vec` (C % V == 0 and a 16-byte aligned source) and cb % V == 0.
+// The register-window kernel (window) gives each thread kRowsPerThread consecutive rows, so for NCHW
+// it spreads fewer threads over the rows.
+TilePlan plan_tiles(const char* op, Layout layout, const ConvGeom& g, bool transposed, size_t elem,
+                    size_t src_elem, int nhwc_vec, bool window) {
   TileCfg t{};
   const int64_t C = g.C;
+  const int kvec = static_cast<int>(16 / src_elem);
+  t.rg = 1;
   if (layout == Layout::NCHW && window) {
     t.bx = std::min(32, pow2_ceil(g.dst_w));
     t.by = std::min(pow2_ceil(ceil_div(g.dst_h, kRowsPerThread)), kThreads / t.bx);
     t.cb = static_cast<int>(std::min<int64_t>(C, kThreads / (t.bx * t.by)));
     t.rpt = static_cast<int>(std::min<int64_t>(kRowsPerThread, ceil_div(g.dst_h, t.by)));
+  } else if (window) {  // NHWC: kWindowChannels channels by up to 32 x 32 outputs, the halo a small share
+    t.cb = static_cast<int>(std::min<int64_t>(C, kWindowChannels));
+    if (nhwc_vec > 1 && t.cb >= nhwc_vec) t.cb -= t.cb % nhwc_vec;
+    t.bx = std::min(32, pow2_ceil(g.dst_w));
+    t.by = std::max(1, std::min(pow2_ceil(ceil_div(g.dst_h, kRowsPerThread)), kThreads / (t.cb * t.bx)));
+    t.rpt = static_cast<int>(std::min<int64_t>(kRowsPerThread, ceil_div(g.dst_h, t.by)));
+    t.rg = static_cast<int>(std::min<int64_t>(32 / (t.by * t.rpt) > 0 ? 32 / (t.by * t.rpt) : 1,
+                                              ceil_div(g.dst_h, t.by * t.rpt)));
   } else if (layout == Layout::NCHW) {
     t.bx = std::min(32, pow2_ceil(g.dst_w));
     t.by = std::min(pow2_ceil(g.dst_h), kThreads / t.bx);
@@ -399,7 +514,7 @@ TileCfg plan_tiles(Layout layout, const ConvGeom& g, bool transposed, size_t ele
     t.rpt = (t.bx * t.by == kThreads && g.dst_h > t.by) ? static_cast<int>(std::min<int64_t>(kRowsPerThread, ceil_div(g.dst_h, t.by))) : 1;
   } else {
     t.cb = static_cast<int>(std::min<int64_t>(C, 16));
-    if (vec > 1 && t.cb >= vec) t.cb -= t.cb % vec;
+    if (nhwc_vec > 1 && t.cb >= nhwc_vec) t.cb -= t.cb % nhwc_vec;
     t.bx = std::min(8, pow2_ceil(g.dst_w));
     t.by = std::max(1, std::min(pow2_ceil(g.dst_h), kThreads / t.cb / t.bx));
     t.rpt = g.dst_h > t.by ? static_cast<int>(std::min<int64_t>(kRowsPerThread, ceil_div(g.dst_h, t.by))) : 1;
@@ -407,7 +522,9 @@ TileCfg plan_tiles(Layout layout, const ConvGeom& g, bool transposed, size_t ele
   const int kk = g.kh * g.kw;
   set_tile_dims(t, layout, g, transposed);
   while (tile_smem(t, kk, elem) > kSmemBudget) {
-    if (t.rpt > 1) {
+    if (t.rg > 1) {
+      --t.rg;
+    } else if (t.rpt > 1) {
       --t.rpt;
     } else if (t.cb > 1) {
       t.cb = (t.cb + 1) / 2;
@@ -421,61 +538,184 @@ TileCfg plan_tiles(Layout layout, const ConvGeom& g, bool transposed, size_t ele
     set_tile_dims(t, layout, g, transposed);
   }
   TORCH_INTERNAL_ASSERT(tile_smem(t, kk, elem) <= kSmemBudget);
-  if (layout == Layout::NCHW || t.cb % vec != 0) vec = 1;
+  const int vec = layout == Layout::NCHW ? kvec : (t.cb % nhwc_vec == 0 ? nhwc_vec : 1);
   t.tiles_x = static_cast<int>(ceil_div(g.dst_w, t.bx));
   if (layout == Layout::NCHW) {
-    t.fill_a = FastDivmod(t.tile_w);
+    t.fill_a = FastDivmod(row_chunks(t.tile_w, vec));
     t.fill_b = FastDivmod(t.tile_h);
   } else {
     t.fill_a = FastDivmod(t.cb / vec);
     t.fill_b = FastDivmod(t.tile_w);
   }
-  return t;
+  const int64_t groups = ceil_div(C, t.cb);
+  const int64_t tiles = t.tiles_x * ceil_div(g.dst_h, t.by * t.rpt * t.rg);
+  const int64_t tile_bytes = static_cast<int64_t>(t.tile_h) * t.tile_w * static_cast<int64_t>(src_elem);
+  const int64_t want = ceil_div(static_cast<int64_t>(kTapShare) * kk * static_cast<int64_t>(elem), tile_bytes);
+  const int64_t keep_sms = std::max<int64_t>(1, g.N * groups * tiles / multiprocessors());
+  t.spb = static_cast<int>(clamp64(std::min(want, keep_sms), 1, g.N));
+  const int64_t blocks_x = ceil_div(g.N, t.spb) * groups;
+  TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max() && tiles <= kMaxGridYZ, op,
+              ": the tensor is too large for the CUDA kernels (", blocks_x, " x ", tiles, " blocks)");
+  const char* kernel = window ? "dw_window_kernel" : transposed ? "dw_backward_input_kernel" : "dw_forward_kernel";
+  return TilePlan{kernel, t, vec, dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(tiles)),
+                  tile_smem(t, kk, elem)};
 }
 
-dim3 tile_grid(const char* op, const ConvGeom& g, const TileCfg& t) {
-  const int64_t blocks_x = g.N * ceil_div(g.C, t.cb);
-  const int64_t blocks_y = t.tiles_x * ceil_div(g.dst_h, t.by * t.rpt);
-  TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max() && blocks_y <= kMaxGridYZ, op,
-              ": the tensor is too large for the CUDA kernels (", blocks_x, " x ", blocks_y, " blocks)");
-  return dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y));
+// backward_input at stride 1 as a stride-1 correlation of dy with the flipped taps, padding K - 1 - p.
+ConvGeom flipped(const ConvGeom& g) {
+  return ConvGeom{g.N, g.C, g.src_h, g.src_w, g.dst_h, g.dst_w, g.kh, g.kw, 1, 1, g.kh - 1 - g.ph, g.kw - 1 - g.pw};
 }
 
-// The register-window kernel is built for T != double (kWindowed<T>) and applies to geometries with
-// stride 1 and a square 3x3 or 5x5 kernel (windowed(g)).
+// The plan of the forward (transposed: backward_input) pass of geometry g for element type T: the
+// register-window kernel where it applies (backward_input: on the geometry flipped to a stride-1
+// correlation with padding K - 1 - p), else the general one. nhwc_vec: whether an NHWC source
+// allows 16-byte channel vectors.
 template <typename T>
-constexpr bool kWindowed = !std::is_same_v<T, double>;
-
-bool windowed(const ConvGeom& g) {
-  return g.kh == g.kw && (g.kh == 3 || g.kh == 5) && g.sh == 1 && g.sw == 1;
-}
-
-// dst = the stride-1 correlation of src with the (flipped, when flip) taps w plus bias, geometry g.
-template <typename T>
-void launch_window(const char* op, Layout layout, const ConvGeom& g, const T* src, const AccT<T>* w,
-                   const AccT<T>* bias, T* dst, bool flip, cudaStream_t stream) {
+TilePlan plan_pass(const char* op, Layout layout, const ConvGeom& g, bool transposed, bool nhwc_aligned) {
   using acc_t = AccT<T>;
-  int vec = (layout == Layout::NHWC && g.C % kVec<T> == 0 && aligned16(src)) ? kVec<T> : 1;
-  const TileCfg t = plan_tiles(layout, g, /*transposed=*/false, sizeof(acc_t), vec, /*window=*/true);
-  const dim3 grid = tile_grid(op, g, t);
-  const size_t smem = tile_smem(t, g.kh * g.kw, sizeof(acc_t));
-  const int threads = t.cb * t.bx * t.by;
-  auto run = [&](auto size) {
-    constexpr int K = decltype(size)::value;
-    if (layout == Layout::NCHW) {
-      launch<dw_window_kernel<T, Layout::NCHW, 1, K>>(grid, threads, smem, stream, src, w, bias, dst, g, t, flip);
-    } else if (vec > 1) {
-      launch<dw_window_kernel<T, Layout::NHWC, kVec<T>, K>>(grid, threads, smem, stream, src, w, bias, dst, g, t,
-                                                            flip);
-    } else {
-      launch<dw_window_kernel<T, Layout::NHWC, 1, K>>(grid, threads, smem, stream, src, w, bias, dst, g, t, flip);
-    }
-  };
-  if (g.kh == 3) {
-    run(std::integral_constant<int, 3>{});
-  } else {
-    run(std::integral_constant<int, 5>{});
+  const int nhwc_vec = layout == Layout::NHWC && nhwc_aligned && g.C % kVec<T> == 0 ? kVec<T> : 1;
+  if (kWindowed<T> && windowed(g)) {
+    const ConvGeom wg = transposed ? flipped(g) : g;
+    return plan_tiles(op, layout, wg, /*transposed=*/false, sizeof(acc_t), sizeof(T), nhwc_vec, /*window=*/true);
   }
+  return plan_tiles(op, layout, g, transposed, sizeof(acc_t), sizeof(T), nhwc_vec, /*window=*/false);
+}
+
+// Launches the kernel of plan pp: dst = src (x for forward, dy for backward_input) convolved with the
+// taps w (+ bias), geometry g (for the window kernel of backward_input: flipped(g)).
+template <typename T>
+void launch_pass(const TilePlan& pp, Layout layout, const ConvGeom& g, const T* src, const AccT<T>* w,
+                 const AccT<T>* bias, T* dst, bool transposed, cudaStream_t stream) {
+  const TileCfg& t = pp.t;
+  const int threads = t.cb * t.bx * t.by;
+  constexpr int VN = kVec<T>;
+  if constexpr (kWindowed<T>) {
+    if (windowed(g)) {
+      const ConvGeom wg = transposed ? flipped(g) : g;
+      auto run = [&](auto size) {
+        constexpr int K = decltype(size)::value;
+        if (layout == Layout::NCHW) {
+          launch<dw_window_kernel<T, Layout::NCHW, VN, K>>(pp.grid, threads, pp.smem, stream, src, w, bias, dst, wg,
+                                                           t, transposed);
+        } else if (pp.vec > 1) {
+          launch<dw_window_kernel<T, Layout::NHWC, VN, K>>(pp.grid, threads, pp.smem, stream, src, w, bias, dst, wg,
+                                                           t, transposed);
+        } else {
+          launch<dw_window_kernel<T, Layout::NHWC, 1, K>>(pp.grid, threads, pp.smem, stream, src, w, bias, dst, wg,
+                                                          t, transposed);
+        }
+      };
+      if (g.kh == 3) {
+        run(std::integral_constant<int, 3>{});
+      } else {
+        run(std::integral_constant<int, 5>{});
+      }
+      return;
+    }
+  }
+  if (transposed) {
+    if (layout == Layout::NCHW) {
+      launch<dw_backward_input_kernel<T, Layout::NCHW, VN>>(pp.grid, threads, pp.smem, stream, src, w, dst, g, t);
+    } else if (pp.vec > 1) {
+      launch<dw_backward_input_kernel<T, Layout::NHWC, VN>>(pp.grid, threads, pp.smem, stream, src, w, dst, g, t);
+    } else {
+      launch<dw_backward_input_kernel<T, Layout::NHWC, 1>>(pp.grid, threads, pp.smem, stream, src, w, dst, g, t);
+    }
+  } else {
+    if (layout == Layout::NCHW) {
+      launch<dw_forward_kernel<T, Layout::NCHW, VN>>(pp.grid, threads, pp.smem, stream, src, w, bias, dst, g, t);
+    } else if (pp.vec > 1) {
+      launch<dw_forward_kernel<T, Layout::NHWC, VN>>(pp.grid, threads, pp.smem, stream, src, w, bias, dst, g, t);
+    } else {
+      launch<dw_forward_kernel<T, Layout::NHWC, 1>>(pp.grid, threads, pp.smem, stream, src, w, bias, dst, g, t);
+    }
+  }
+}
+
+// The plan of a backward_weight launch (taps = kh kw + 1 pairs per channel, the bias included).
+struct WgradPlan {
+  WgradCfg t;
+  int vec;
+  dim3 grid;
+  size_t smem;
+};
+
+// Shared memory of a backward_weight tiling: the x and dy tiles of cb channels and the block's
+// per-thread sums.
+size_t wgrad_smem(const WgradCfg& c, const ConvGeom& g, size_t elem) {
+  const int pairs = c.cb * (g.kh * g.kw + 1);
+  const int tile_h = (c.th - 1) * g.sh + g.kh, tile_w = (c.tw - 1) * g.sw + g.kw;
+  return static_cast<size_t>(c.cb) * (((tile_h * tile_w) | 1) + ((c.th * c.tw) | 1)) * elem +
+         static_cast<size_t>(kThreads / pairs) * pairs * elem;
+}
+
+// Tiles of up to kWgradTile x kWgradTile dy positions (the x tile adds a (k - 1)-wide halo, read again
+// by the neighbouring tile: about 13% more x at 5x5), as many channels as the pairs and shared memory
+// allow (at least V for NHWC vectors), then smaller tiles; the parts split the (sample, tile) items so
+// that the grid fills the device.
+constexpr int kWgradTile = 64;
+constexpr int kPartShare = 8;
+
+template <typename T>
+WgradPlan plan_wgrad(const char* op, Layout layout, const ConvGeom& g, bool nhwc_aligned) {
+  using acc_t = AccT<T>;
+  constexpr int VV = kVec<T>;
+  const int taps = g.kh * g.kw + 1;
+  WgradCfg t{};
+  t.cb = std::max(1, static_cast<int>(std::min<int64_t>({g.C, 32, kThreads / taps})));
+  const bool can_vec = layout == Layout::NHWC && g.C % VV == 0 && nhwc_aligned;
+  if (can_vec && t.cb >= VV) t.cb -= t.cb % VV;
+  const int min_cb = can_vec && t.cb >= VV ? VV : 1;
+  t.th = std::min(kWgradTile, g.dst_h);
+  t.tw = std::min(kWgradTile, g.dst_w);
+  while (wgrad_smem(t, g, sizeof(acc_t)) > kSmemBudget) {
+    if (t.cb > min_cb) {
+      t.cb = std::max(min_cb, (t.cb + 1) / 2);
+      if (min_cb > 1) t.cb -= t.cb % min_cb;
+    } else if (t.th > 1 && t.th >= t.tw) {
+      t.th = (t.th + 1) / 2;
+    } else if (t.tw > 1) {
+      t.tw = (t.tw + 1) / 2;
+    } else if (t.cb > 1) {
+      t.cb = (t.cb + 1) / 2;
+    } else {
+      break;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(wgrad_smem(t, g, sizeof(acc_t)) <= kSmemBudget);
+  const int vec = layout == Layout::NCHW ? VV : (can_vec && t.cb % VV == 0 ? VV : 1);
+  const int pairs = t.cb * taps;
+  t.groups = kThreads / pairs;
+  t.tile_h = (t.th - 1) * g.sh + g.kh;
+  t.tile_w = (t.tw - 1) * g.sw + g.kw;
+  t.xplane = (t.tile_h * t.tile_w) | 1;
+  t.dplane = (t.th * t.tw) | 1;
+  t.tiles_x = static_cast<int>(ceil_div(g.dst_w, t.tw));
+  t.tiles = t.tiles_x * static_cast<int>(ceil_div(g.dst_h, t.th));
+  t.items = g.N * t.tiles;
+  const int64_t blocks_x = ceil_div(g.C, t.cb);
+  TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max(), op, ": the tensor is too large for the CUDA kernels");
+  // Each part writes (and the finalize kernel reads) taps sums per channel: at most 1 / kPartShare of
+  // the x and dy bytes its items read, so that small images do not pay for the split in traffic.
+  const int64_t item_bytes = static_cast<int64_t>(t.tile_h * t.tile_w + t.th * t.tw) * sizeof(T);
+  const int64_t part_bytes = static_cast<int64_t>(kPartShare) * 2 * taps * sizeof(acc_t);
+  const int64_t max_parts = std::max<int64_t>(1, t.items * item_bytes / part_bytes);
+  t.parts = static_cast<int>(
+      clamp64(std::min(ceil_div(target_blocks(), blocks_x), max_parts), 1, std::min<int64_t>(t.items, kMaxGridYZ)));
+  if (layout == Layout::NCHW) {
+    t.x_a = FastDivmod(row_chunks(t.tile_w, vec));
+    t.x_b = FastDivmod(t.tile_h);
+    t.d_a = FastDivmod(row_chunks(t.tw, vec));
+    t.d_b = FastDivmod(t.th);
+  } else {
+    t.x_a = FastDivmod(t.cb / vec);
+    t.x_b = FastDivmod(t.tile_w);
+    t.d_a = FastDivmod(t.cb / vec);
+    t.d_b = FastDivmod(t.tw);
+  }
+  t.pos = FastDivmod(t.tw);
+  return WgradPlan{t, vec, dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(t.parts)),
+                   wgrad_smem(t, g, sizeof(acc_t))};
 }
 
 struct Conf {
@@ -552,30 +792,10 @@ at::Tensor dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_forward", [&] {
     using acc_t = AccT<scalar_t>;
-    const acc_t* pb = has_bias ? bias->data_ptr<acc_t>() : nullptr;
-    if constexpr (kWindowed<scalar_t>) {
-      if (windowed(g)) {
-        launch_window(op, layout, g, x.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(), pb, y.data_ptr<scalar_t>(),
-                      /*flip=*/false, stream);
-        return;
-      }
-    }
-    int vec = (layout == Layout::NHWC && g.C % kVec<scalar_t> == 0 && aligned16(x.data_ptr())) ? kVec<scalar_t> : 1;
-    const TileCfg t = plan_tiles(layout, g, /*transposed=*/false, sizeof(acc_t), vec);
-    const dim3 grid = tile_grid(op, g, t);
-    const size_t smem = tile_smem(t, g.kh * g.kw, sizeof(acc_t));
-    const int threads = t.cb * t.bx * t.by;
-    const scalar_t* px = x.data_ptr<scalar_t>();
-    const acc_t* pw = weight.data_ptr<acc_t>();
-    scalar_t* py = y.data_ptr<scalar_t>();
-    if (layout == Layout::NCHW) {
-      launch<dw_forward_kernel<scalar_t, Layout::NCHW, 1>>(grid, threads, smem, stream, px, pw, pb, py, g, t);
-    } else if (vec > 1) {
-      launch<dw_forward_kernel<scalar_t, Layout::NHWC, kVec<scalar_t>>>(grid, threads, smem, stream, px, pw, pb, py, g,
-                                                                        t);
-    } else {
-      launch<dw_forward_kernel<scalar_t, Layout::NHWC, 1>>(grid, threads, smem, stream, px, pw, pb, py, g, t);
-    }
+    const TilePlan pp = plan_pass<scalar_t>(op, layout, g, /*transposed=*/false, aligned16(x.data_ptr()));
+    launch_pass<scalar_t>(pp, layout, g, x.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(),
+                          has_bias ? bias->data_ptr<acc_t>() : nullptr, y.data_ptr<scalar_t>(), /*transposed=*/false,
+                          stream);
   });
   return y;
 }
@@ -606,31 +826,9 @@ at::Tensor dwconv2d_backward_input(const at::Tensor& dy, const at::Tensor& weigh
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "dwconv2d_backward_input", [&] {
     using acc_t = AccT<scalar_t>;
-    if constexpr (kWindowed<scalar_t>) {
-      if (windowed(g)) {  // dx = dy correlated with the flipped taps, padding K - 1 - p
-        const ConvGeom flipped{g.N, g.C, g.src_h, g.src_w, g.dst_h, g.dst_w, g.kh, g.kw, 1, 1, g.kh - 1 - g.ph,
-                               g.kw - 1 - g.pw};
-        launch_window(op, layout, flipped, dy.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(), nullptr,
-                      dx.data_ptr<scalar_t>(), /*flip=*/true, stream);
-        return;
-      }
-    }
-    int vec = (layout == Layout::NHWC && g.C % kVec<scalar_t> == 0 && aligned16(dy.data_ptr())) ? kVec<scalar_t> : 1;
-    const TileCfg t = plan_tiles(layout, g, /*transposed=*/true, sizeof(acc_t), vec);
-    const dim3 grid = tile_grid(op, g, t);
-    const size_t smem = tile_smem(t, g.kh * g.kw, sizeof(acc_t));
-    const int threads = t.cb * t.bx * t.by;
-    const scalar_t* pdy = dy.data_ptr<scalar_t>();
-    const acc_t* pw = weight.data_ptr<acc_t>();
-    scalar_t* pdx = dx.data_ptr<scalar_t>();
-    if (layout == Layout::NCHW) {
-      launch<dw_backward_input_kernel<scalar_t, Layout::NCHW, 1>>(grid, threads, smem, stream, pdy, pw, pdx, g, t);
-    } else if (vec > 1) {
-      launch<dw_backward_input_kernel<scalar_t, Layout::NHWC, kVec<scalar_t>>>(grid, threads, smem, stream, pdy, pw,
-                                                                               pdx, g, t);
-    } else {
-      launch<dw_backward_input_kernel<scalar_t, Layout::NHWC, 1>>(grid, threads, smem, stream, pdy, pw, pdx, g, t);
-    }
+    const TilePlan pp = plan_pass<scalar_t>(op, layout, g, /*transposed=*/true, aligned16(dy.data_ptr()));
+    launch_pass<scalar_t>(pp, layout, g, dy.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(), nullptr,
+                          dx.data_ptr<scalar_t>(), /*transposed=*/true, stream);
   });
   return dx;
 }
@@ -663,78 +861,34 @@ std::tuple<at::Tensor, at::Tensor> dwconv2d_backward_weight(const at::Tensor& dy
   if (N == 0) return {dw.zero_(), db.zero_()};
   const ConvGeom g{N, C, static_cast<int>(x.size(2)), static_cast<int>(x.size(3)), static_cast<int>(dy.size(2)),
                    static_cast<int>(dy.size(3)), static_cast<int>(kh), static_cast<int>(kw), cf.sh, cf.sw, cf.ph, cf.pw};
-  const int kk = g.kh * g.kw, taps = kk + 1;
+  const int taps = g.kh * g.kw + 1;
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv2d_backward_weight", [&] {
     using acc_t = AccT<scalar_t>;
     constexpr int VV = kVec<scalar_t>;
-    WgradCfg t{};
-    t.cb = static_cast<int>(std::min<int64_t>({C, 32, kThreads / taps}));
-    t.cb = std::max(t.cb, 1);
-    const bool can_vec = layout == Layout::NHWC && C % VV == 0 && aligned16(x.data_ptr()) && aligned16(dy.data_ptr());
-    if (can_vec && t.cb >= VV) t.cb -= t.cb % VV;
-    t.th = std::min(32, pow2_ceil(g.dst_h));
-    t.tw = std::min(32, pow2_ceil(g.dst_w));
-    auto smem_of = [&](const WgradCfg& c) {
-      const int pairs = c.cb * taps;
-      const int groups = kThreads / pairs;
-      const int tile_h = (c.th - 1) * g.sh + g.kh, tile_w = (c.tw - 1) * g.sw + g.kw;
-      return static_cast<size_t>(c.cb) * (((tile_h * tile_w) | 1) + ((c.th * c.tw) | 1)) * sizeof(acc_t) +
-             static_cast<size_t>(groups) * pairs * sizeof(acc_t);
-    };
-    while (smem_of(t) > kSmemBudget) {
-      if (t.th > 1 && t.th >= t.tw) {
-        t.th /= 2;
-      } else if (t.tw > 1) {
-        t.tw /= 2;
-      } else if (t.cb > 1) {
-        t.cb = (t.cb + 1) / 2;
-      } else {
-        break;
-      }
-    }
-    TORCH_INTERNAL_ASSERT(smem_of(t) <= kSmemBudget);
-    const int vec = (can_vec && t.cb % VV == 0) ? VV : 1;
-    const int pairs = t.cb * taps;
-    t.groups = kThreads / pairs;
-    t.tile_h = (t.th - 1) * g.sh + g.kh;
-    t.tile_w = (t.tw - 1) * g.sw + g.kw;
-    t.xplane = (t.tile_h * t.tile_w) | 1;
-    t.dplane = (t.th * t.tw) | 1;
-    t.tiles_x = static_cast<int>(ceil_div(g.dst_w, t.tw));
-    t.tiles = t.tiles_x * static_cast<int>(ceil_div(g.dst_h, t.th));
-    const int64_t blocks_x = N * ceil_div(C, t.cb);
-    TORCH_CHECK(blocks_x <= std::numeric_limits<int32_t>::max(), op, ": the tensor is too large for the CUDA kernels");
-    t.parts = static_cast<int>(clamp64(ceil_div(target_blocks(), blocks_x), 1, std::min<int64_t>(t.tiles, kMaxGridYZ)));
-    if (layout == Layout::NCHW) {
-      t.x_a = FastDivmod(t.tile_w);
-      t.x_b = FastDivmod(t.tile_h);
-      t.d_a = FastDivmod(t.tw);
-      t.d_b = FastDivmod(t.th);
-    } else {
-      t.x_a = FastDivmod(t.cb / vec);
-      t.x_b = FastDivmod(t.tile_w);
-      t.d_a = FastDivmod(t.cb / vec);
-      t.d_b = FastDivmod(t.tw);
-    }
-    t.pos = FastDivmod(t.tw);
-    const int64_t slices = N * t.parts;
-    at::Tensor partial = at::empty({slices * C * taps}, acc_opts);
-    const size_t smem = smem_of(t);
-    const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(t.parts));
+    const WgradPlan wp = plan_wgrad<scalar_t>(op, layout, g, aligned16(x.data_ptr()) && aligned16(dy.data_ptr()));
+    const WgradCfg& t = wp.t;
+    at::Tensor partial = t.parts > 1 ? at::empty({t.parts * C * taps}, acc_opts) : at::Tensor();
     const scalar_t* pdy = dy.data_ptr<scalar_t>();
     const scalar_t* px = x.data_ptr<scalar_t>();
-    acc_t* pp = partial.data_ptr<acc_t>();
+    acc_t* pp = t.parts > 1 ? partial.data_ptr<acc_t>() : nullptr;
+    acc_t* pdw = dw.data_ptr<acc_t>();
+    acc_t* pdb = db.data_ptr<acc_t>();
     if (layout == Layout::NCHW) {
-      launch<dw_backward_weight_kernel<scalar_t, Layout::NCHW, 1>>(grid, kThreads, smem, stream, pdy, px, pp, g, t);
-    } else if (vec > 1) {
-      launch<dw_backward_weight_kernel<scalar_t, Layout::NHWC, VV>>(grid, kThreads, smem, stream, pdy, px, pp, g, t);
+      launch<dw_backward_weight_kernel<scalar_t, Layout::NCHW, VV>>(wp.grid, kThreads, wp.smem, stream, pdy, px, pp,
+                                                                    pdw, pdb, g, t);
+    } else if (wp.vec > 1) {
+      launch<dw_backward_weight_kernel<scalar_t, Layout::NHWC, VV>>(wp.grid, kThreads, wp.smem, stream, pdy, px, pp,
+                                                                    pdw, pdb, g, t);
     } else {
-      launch<dw_backward_weight_kernel<scalar_t, Layout::NHWC, 1>>(grid, kThreads, smem, stream, pdy, px, pp, g, t);
+      launch<dw_backward_weight_kernel<scalar_t, Layout::NHWC, 1>>(wp.grid, kThreads, wp.smem, stream, pdy, px, pp,
+                                                                   pdw, pdb, g, t);
     }
+    if (t.parts == 1) return;
     const int64_t blocks = std::min<int64_t>(ceil_div(C * taps, kThreads), target_blocks());
     launch<dw_weight_finalize_kernel<acc_t>>(static_cast<unsigned>(blocks), kThreads, 0, stream, pp,
-                                             dw.data_ptr<acc_t>(), db.data_ptr<acc_t>(), slices, C, taps);
+                                             dw.data_ptr<acc_t>(), db.data_ptr<acc_t>(), static_cast<int64_t>(t.parts),
+                                             C, taps);
   });
   return {dw, db};
 }

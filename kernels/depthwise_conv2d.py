@@ -25,21 +25,26 @@ pays per operation, not per element.) Outputs (y, dx) are allocated dense in the
 follow (x, respectively dy): channels_last when that tensor is channels_last (or, for a non-dense view,
 when its channel stride is smaller than its width stride), NCHW otherwise.
 
-Kernel size, stride and dilation are compile-time constants. The forward pass loops over the rows of
-taps and unrolls each row (unrolling all KH x KW taps makes 11 x 11 kernels take minutes to compile),
-gathering each tap's input tile straight from global memory (the tap tiles of one program overlap and are
-served from L1) into a register accumulator. The input gradient is a convolution of dy with the flipped
-taps; for stride > 1 each program handles one residue class (h % SH, w % SW) of dx pixels, for which a
-tap either always or never touches dy, so skipped taps cost nothing. The weight gradient gives each
-program a fixed chunk of spatial tiles for one channel block; tap by tap, it accumulates dy * x over the
-chunk in a register tile, reduces it once and writes one partial sum per (chunk, tap, channel); a second
-kernel adds the partials chunk by chunk in a fixed order. There are no atomics: dweight and dbias are
-bit-identical from run to run. Kernels up to 11 x 11 run here; larger ones fall back (``supports``).
+Kernel size, stride and dilation are compile-time constants. A program loads the source pixels its tile
+needs once -- the tile's rows and columns times the stride plus the halo of the taps, ``X_PIX`` rows
+(a power of two) by the channels -- and gathers every tap's values from those registers (``tl.gather``),
+so global memory sees each source tile once instead of once per tap. The forward pass loops over the
+rows of taps and unrolls each row (unrolling all KH x KW taps makes 11 x 11 kernels take minutes to
+compile) into a register accumulator. The input gradient at stride 1 is the correlation of dy with the
+flipped taps and padding (K - 1) D - P: the forward kernel. For stride > 1 each program handles one
+residue class (h % SH, w % SW) of dx pixels, for which a tap either always or never touches dy, so
+skipped taps cost nothing; it reads dy tap by tap. The weight gradient gives each program a fixed chunk
+of spatial tiles for one channel block; per tile it loads dy and the x tile (with the halo) once, sums
+dy * x over the tile for every tap (and dy alone for the bias) into one row each of a (taps, channels)
+accumulator, and writes one partial sum per (chunk, tap, channel); a second kernel adds the partials
+chunk by chunk in a fixed order (with one chunk, the program writes dweight and dbias itself). There are no atomics: dweight and dbias are bit-identical from run to
+run. :func:`plan` reports the launches for a convolution. Kernels up to 11 x 11 run here; larger ones fall back (``supports``).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 import triton
@@ -50,7 +55,7 @@ from nvae_fast._accumulation import acc_dtype
 from ._aot import aot_spec, ptr
 from ._host import TL_DTYPES, interpreting, num_warps, pow2, sm_count, tl_acc
 
-__all__ = ["supports", "forward", "backward_input", "backward_weight", "aot_specs"]
+__all__ = ["supports", "forward", "backward_input", "backward_weight", "plan", "aot_specs"]
 
 MAX_KERNEL = 11  # largest unrolled kernel side
 MAX_INDEX = 2**31 - 1  # offsets inside one image are int32
@@ -80,39 +85,80 @@ def _tile(t, TILES_H, TILES_W, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLO
 
 
 @triton.jit
+def _source_tile(
+    src_ptr, t, c, cmask, N, H, W, TILES_H, TILES_W, PAD_H, PAD_W, ssn, ssc, ssh, ssw,
+    SH: tl.constexpr, SW: tl.constexpr, XH: tl.constexpr, XW: tl.constexpr, X_PIX: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """The source pixels every tap of tile ``t`` reads, loaded once: XH x XW per image (the tile's rows and
+    columns times the stride plus the halo of the taps), flattened to X_PIX >= BLOCK_N XH XW rows by the
+    channels; zero outside the source and past BLOCK_N XH XW."""
+    tw = t % TILES_W
+    rest = t // TILES_W
+    th = rest % TILES_H
+    tn = rest // TILES_H
+    s = tl.arange(0, X_PIX)
+    n = tn * BLOCK_N + s // (XH * XW)
+    ih = th * BLOCK_H * SH - PAD_H + (s // XW) % XH
+    iw = tw * BLOCK_W * SW - PAD_W + s % XW
+    ok = (s < BLOCK_N * XH * XW) & (n < N) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    off = n.to(tl.int64)[:, None] * ssn + c[None, :] * ssc + (ih * ssh + iw * ssw)[:, None]
+    return tl.load(src_ptr + off, mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
+
+
+@triton.jit
+def _tap(tile, base, p, q, DH: tl.constexpr, DW: tl.constexpr, XW: tl.constexpr):
+    """The source values of tap (p, q) for the tile's output pixels by channel: rows ``base + p DH XW +
+    q DW`` of the loaded source tile (``base``: each output pixel's tap (0, 0), broadcast over the
+    channels), gathered from registers."""
+    return tl.gather(tile, base + (p * DH * XW + q * DW), 0)
+
+
+@triton.jit
+def _tap_base(
+    SH: tl.constexpr, SW: tl.constexpr, XH: tl.constexpr, XW: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Row of the source tile that tap (0, 0) of each output pixel of a tile reads, by channel."""
+    p = tl.arange(0, BLOCK_N * BLOCK_H * BLOCK_W)
+    row = (p // (BLOCK_H * BLOCK_W)) * (XH * XW) + ((p // BLOCK_W) % BLOCK_H) * SH * XW + (p % BLOCK_W) * SW
+    return tl.broadcast_to(row[:, None], (BLOCK_N * BLOCK_H * BLOCK_W, BLOCK_C))
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     N, C, H, W, HO, WO, TILES_H, TILES_W, C_BLOCKS, PAD_H, PAD_W,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
-    DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    DW: tl.constexpr, HAS_BIAS: tl.constexpr, FLIP: tl.constexpr, ACC: tl.constexpr, X_PIX: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """One y tile: BLOCK_N x BLOCK_H x BLOCK_W output pixels by BLOCK_C channels; grid: tiles x C_BLOCKS.
 
-    The rows of taps are a loop, each row is unrolled; every tap adds w[c, p, q] times a gathered x tile.
+    The tile's source pixels (with the halo) are loaded once; every tap adds w[c, p, q] times its
+    gathered values. FLIP takes the taps flipped in both axes (the input gradient at stride 1). The rows
+    of taps are a loop, each row is unrolled.
     """
+    XH: tl.constexpr = (BLOCK_H - 1) * SH + (KH - 1) * DH + 1
+    XW: tl.constexpr = (BLOCK_W - 1) * SW + (KW - 1) * DW + 1
     pid = tl.program_id(0)
     cb = pid % C_BLOCKS
-    n, oh, ow = _tile(pid // C_BLOCKS, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
+    t = pid // C_BLOCKS
+    n, oh, ow = _tile(t, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     pmask = (n < N) & (oh < HO) & (ow < WO)
-    x_img = x_ptr + n.to(tl.int64)[:, None] * sxn + c[None, :] * sxc
+    xt = _source_tile(x_ptr, t, c, cmask, N, H, W, TILES_H, TILES_W, PAD_H, PAD_W, sxn, sxc, sxh, sxw,
+                      SH, SW, XH, XW, X_PIX, ACC, BLOCK_N, BLOCK_H, BLOCK_W)
+    base = _tap_base(SH, SW, XH, XW, BLOCK_N, BLOCK_H, BLOCK_W, BLOCK_C)
     w_c = w_ptr + c * (KH * KW)
-    ih0 = oh * SH - PAD_H
-    iw0 = ow * SW - PAD_W
     acc = tl.zeros([BLOCK_N * BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
     for p in range(KH):  # rows of taps: a loop (code size), columns: unrolled
-        ih = ih0 + p * DH
-        row_ok = pmask & (ih >= 0) & (ih < H)
-        x_row = x_img + (ih * sxh)[:, None]
         for q in tl.static_range(KW):
-            iw = iw0 + q * DW
-            ok = row_ok & (iw >= 0) & (iw < W)
-            xv = tl.load(x_row + (iw * sxw)[:, None], mask=ok[:, None] & cmask[None, :], other=0.0)
-            wv = tl.load(w_c + (p * KW + q), mask=cmask, other=0.0)
-            acc += xv.to(ACC) * wv.to(ACC)[None, :]
+            k = (KH - 1 - p) * KW + (KW - 1 - q) if FLIP else p * KW + q
+            wv = tl.load(w_c + k, mask=cmask, other=0.0)
+            acc += _tap(xt, base, p, q, DH, DW, XW) * wv.to(ACC)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(ACC)[None, :]
     y_off = n.to(tl.int64)[:, None] * syn + c[None, :] * syc + (oh * syh + ow * syw)[:, None]
@@ -170,19 +216,25 @@ def _backward_input_kernel(
 
 @triton.jit
 def _backward_weight_kernel(
-    dy_ptr, x_ptr, part_ptr,
+    dy_ptr, x_ptr, part_ptr, dw_ptr, db_ptr,
     N, C, H, W, HO, WO, TILES_H, TILES_W, C_BLOCKS, NUM_TILES, TILES_PER_CHUNK, PAD_H, PAD_W,
     sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
-    DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, X_PIX: tl.constexpr, TAPS_P: tl.constexpr,
+    DIRECT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Partial sums over one chunk of dy tiles for one channel block; grid: chunks x C_BLOCKS.
+    """Partial sums over one chunk of dy tiles for one channel block; grid: chunks x C_BLOCKS. With one
+    chunk (DIRECT) they are the result: written to dw (C, KH KW) and db (C,) instead of part.
 
     part[chunk, k, c] = sum over the chunk's pixels of dy * x(tap k) for taps k = p KW + q < KH KW (dweight)
-    and of dy alone for k = KH KW (dbias, when HAS_BIAS); each is accumulated in a register tile over the
-    whole chunk and reduced once.
+    and of dy alone for k = KH KW (dbias, when HAS_BIAS). Each dy tile and its x tile (with the halo)
+    are loaded once; every tap gathers its x values from registers, and the tile's sums go to row k of
+    a (TAPS_P, BLOCK_C) accumulator, written once.
     """
+    XH: tl.constexpr = (BLOCK_H - 1) * SH + (KH - 1) * DH + 1
+    XW: tl.constexpr = (BLOCK_W - 1) * SW + (KW - 1) * DW + 1
+    TAPS: tl.constexpr = KH * KW + (1 if HAS_BIAS else 0)
     pid = tl.program_id(0)
     cb = pid % C_BLOCKS
     chunk = pid // C_BLOCKS
@@ -190,29 +242,29 @@ def _backward_weight_kernel(
     cmask = c < C
     first = chunk * TILES_PER_CHUNK
     last = tl.minimum(first + TILES_PER_CHUNK, NUM_TILES)
-    TAPS: tl.constexpr = KH * KW + (1 if HAS_BIAS else 0)
-    part = part_ptr + chunk.to(tl.int64) * (TAPS * C) + c
-    dy_c = dy_ptr + c[None, :] * sdc
-    x_c = x_ptr + c[None, :] * sxc
-    for k in range(TAPS):  # a loop, not unrolled: one body of code for all taps
-        is_tap = k < KH * KW
-        dh = (k // KW) * DH - PAD_H
-        dw = (k % KW) * DW - PAD_W
-        acc = tl.zeros([BLOCK_N * BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
-        for t in range(first, last):
-            n, oh, ow = _tile(t, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
-            ok = (n < N) & (oh < HO) & (ow < WO)
-            n = n.to(tl.int64)
-            g = tl.load(dy_c + (n * sdn + oh * sdh + ow * sdw)[:, None], mask=ok[:, None] & cmask[None, :], other=0.0)
-            g = g.to(ACC)
-            if is_tap:  # dweight tap k = p KW + q; the last k (bias) sums dy alone
-                ih = oh * SH + dh
-                iw = ow * SW + dw
-                ok = ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                x_at = x_c + (n * sxn + ih * sxh + iw * sxw)[:, None]
-                g = g * tl.load(x_at, mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
-            acc += g
-        tl.store(part + k * C, tl.sum(acc, axis=0), mask=cmask)
+    rows = tl.arange(0, TAPS_P)
+    base = _tap_base(SH, SW, XH, XW, BLOCK_N, BLOCK_H, BLOCK_W, BLOCK_C)
+    acc = tl.zeros([TAPS_P, BLOCK_C], dtype=ACC)
+    for t in range(first, last):
+        n, oh, ow = _tile(t, TILES_H, TILES_W, BLOCK_N, BLOCK_H, BLOCK_W)
+        ok = (n < N) & (oh < HO) & (ow < WO)
+        dy_off = n.to(tl.int64)[:, None] * sdn + c[None, :] * sdc + (oh * sdh + ow * sdw)[:, None]
+        g = tl.load(dy_ptr + dy_off, mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
+        xt = _source_tile(x_ptr, t, c, cmask, N, H, W, TILES_H, TILES_W, PAD_H, PAD_W, sxn, sxc, sxh, sxw,
+                          SH, SW, XH, XW, X_PIX, ACC, BLOCK_N, BLOCK_H, BLOCK_W)
+        for k in range(KH * KW):  # a loop, not unrolled: one body of code for all taps
+            s = tl.sum(g * _tap(xt, base, k // KW, k % KW, DH, DW, XW), axis=0)
+            acc += tl.where(rows[:, None] == k, s[None, :], 0.0)
+        if HAS_BIAS:
+            acc += tl.where(rows[:, None] == KH * KW, tl.sum(g, axis=0)[None, :], 0.0)
+    if DIRECT:
+        tl.store(dw_ptr + c[None, :] * (KH * KW) + rows[:, None], acc, mask=(rows[:, None] < KH * KW) & cmask[None, :])
+        if HAS_BIAS:
+            db_at = db_ptr + c[None, :] + rows[:, None] * 0
+            tl.store(db_at, acc, mask=(rows[:, None] == KH * KW) & cmask[None, :])
+    else:
+        part = part_ptr + chunk.to(tl.int64) * (TAPS * C) + rows[:, None] * C + c[None, :]
+        tl.store(part, acc, mask=(rows[:, None] < TAPS) & cmask[None, :])
 
 
 @triton.jit
@@ -332,6 +384,66 @@ def _geometry(kernel_hw, stride, padding, dilation) -> tuple[dict, tuple[int, in
     return dict(KH=int(kh), KW=int(kw), SH=int(sh), SW=int(sw), DH=int(dh), DW=int(dw)), (int(ph), int(pw))
 
 
+def _source_pixels(meta: dict, consts: dict) -> int:
+    """X_PIX: the rows of a tile's loaded source (BLOCK_N images of XH x XW pixels, see _source_tile), a
+    power of two."""
+    xh = (meta["BLOCK_H"] - 1) * consts["SH"] + (consts["KH"] - 1) * consts["DH"] + 1
+    xw = (meta["BLOCK_W"] - 1) * consts["SW"] + (consts["KW"] - 1) * consts["DW"] + 1
+    return pow2(meta["BLOCK_N"] * xh * xw)
+
+
+def _forward_plan(n: int, c: int, ho: int, wo: int, channels_last: bool, consts: dict) -> dict:
+    """The launch of _forward_kernel over an (n, c, ho, wo) output (forward, or the input gradient at
+    stride 1): :func:`_plan`'s tiles, X_PIX in its meta, and the grid."""
+    plan = _plan(n, ho, wo, c, channels_last)
+    plan["meta"]["X_PIX"] = _source_pixels(plan["meta"], consts)
+    plan.update(kernel="_forward_kernel", grid=(math.prod(plan["tiles"]) * plan["c_blocks"],))
+    return plan
+
+
+def _residue_plan(n: int, c: int, h: int, w: int, channels_last: bool, consts: dict) -> dict:
+    """The launch of _backward_input_kernel (stride > 1): tiles of one residue class (h % SH, w % SW),
+    which has at most ceil(H / SH) x ceil(W / SW) pixels, for every class."""
+    sh, sw = consts["SH"], consts["SW"]
+    plan = _plan(n, triton.cdiv(h, sh), triton.cdiv(w, sw), c, channels_last)
+    plan.update(kernel="_backward_input_kernel", grid=(math.prod(plan["tiles"]) * sh * sw * plan["c_blocks"],))
+    return plan
+
+
+def _weight_plan(n: int, c: int, ho: int, wo: int, channels_last: bool, consts: dict, taps: int, device) -> dict:
+    """The launches of the weight gradient: _backward_weight_kernel over chunks of dy tiles (X_PIX, TAPS_P
+    and DIRECT in its meta) and, with more than one chunk, _reduce_partials_kernel over the taps x c
+    partial sums (``reduce_grid``; None with one chunk, whose program writes dweight and dbias itself)."""
+    plan = _plan(n, ho, wo, c, channels_last)
+    num_tiles = math.prod(plan["tiles"])
+    chunks, per_chunk = _chunks(num_tiles, plan["c_blocks"], device)
+    plan["meta"].update(X_PIX=_source_pixels(plan["meta"], consts), TAPS_P=pow2(taps), DIRECT=chunks == 1)
+    reduce_grid = (triton.cdiv(taps * c, REDUCE_BLOCK),) if chunks > 1 else None
+    plan.update(kernel="_backward_weight_kernel", num_tiles=num_tiles, chunks=chunks, tiles_per_chunk=per_chunk,
+                grid=(chunks * plan["c_blocks"],), reduce_grid=reduce_grid)
+    return plan
+
+
+def _correlate(src, taps, bias, out, pad, consts, flip):
+    """out = the correlation of src with the taps (flipped in both axes when ``flip``) plus bias, as the
+    forward pass computes it; out's spatial size, the padding pair ``pad`` and consts give the geometry."""
+    n, c, h, w = src.shape
+    ho, wo = out.shape[2:]
+    plan = _forward_plan(n, c, ho, wo, _channels_last(out), consts)
+    _, tiles_h, tiles_w = plan["tiles"]
+    _forward_kernel[plan["grid"]](
+        src, taps, taps if bias is None else bias, out,
+        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], pad[0], pad[1],
+        *src.stride(), *out.stride(),
+        **consts, HAS_BIAS=bias is not None, FLIP=flip, ACC=tl_acc(src.dtype), **plan["meta"],
+    )
+
+
+def _flipped_padding(consts: dict, ph: int, pw: int) -> tuple[int, int]:
+    """The padding of the input gradient at stride 1 as a correlation of dy: (K - 1) D - P per axis."""
+    return (consts["KH"] - 1) * consts["DH"] - ph, (consts["KW"] - 1) * consts["DW"] - pw
+
+
 def forward(x, weight, bias, stride, padding, dilation):
     """y = depthwise conv of x (N, C, H, W) with weight (C, 1, KH, KW) (+ bias); y in x's dtype and layout."""
     x = _indexable(x)
@@ -339,24 +451,18 @@ def forward(x, weight, bias, stride, padding, dilation):
     consts, (ph, pw) = _geometry(weight.shape[2:], stride, padding, dilation)
     ho = _out_size(h, consts["KH"], consts["SH"], ph, consts["DH"])
     wo = _out_size(w, consts["KW"], consts["SW"], pw, consts["DW"])
-    channels_last = _channels_last(x)
-    y = _empty((n, c, ho, wo), x, channels_last)
+    y = _empty((n, c, ho, wo), x, _channels_last(x))
     if y.numel() == 0:
         return y
-    taps = _weight_taps(weight)
-    plan = _plan(n, ho, wo, c, channels_last)
-    tiles_n, tiles_h, tiles_w = plan["tiles"]
-    _forward_kernel[(tiles_n * tiles_h * tiles_w * plan["c_blocks"],)](
-        x, taps, taps if bias is None else bias, y,
-        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], ph, pw,
-        *x.stride(), *y.stride(),
-        **consts, HAS_BIAS=bias is not None, ACC=tl_acc(x.dtype), **plan["meta"],
-    )
+    _correlate(x, _weight_taps(weight), bias, y, (ph, pw), consts, flip=False)
     return y
 
 
 def backward_input(dy, weight, input_hw, stride, padding, dilation):
-    """dx (N, C, H, W), input_hw = (H, W): the transposed convolution of dy; dx in dy's dtype and layout."""
+    """dx (N, C, H, W), input_hw = (H, W): the transposed convolution of dy; dx in dy's dtype and layout.
+
+    Stride 1: the correlation of dy with the flipped taps (the forward kernel); larger strides: one
+    program per tile of a residue class of dx pixels."""
     dy = _indexable(dy)
     n, c, ho, wo = dy.shape
     h, w = (int(s) for s in input_hw)
@@ -365,11 +471,12 @@ def backward_input(dy, weight, input_hw, stride, padding, dilation):
     dx = _empty((n, c, h, w), dy, channels_last)
     if dx.numel() == 0:
         return dx
-    sh, sw = consts["SH"], consts["SW"]
-    # one residue class (h % SH, w % SW) has at most ceil(H / SH) x ceil(W / SW) pixels
-    plan = _plan(n, triton.cdiv(h, sh), triton.cdiv(w, sw), c, channels_last)
-    tiles_n, tiles_h, tiles_w = plan["tiles"]
-    _backward_input_kernel[(tiles_n * sh * sw * tiles_h * tiles_w * plan["c_blocks"],)](
+    if (consts["SH"], consts["SW"]) == (1, 1):
+        _correlate(dy, _weight_taps(weight), None, dx, _flipped_padding(consts, ph, pw), consts, flip=True)
+        return dx
+    plan = _residue_plan(n, c, h, w, channels_last, consts)
+    _, tiles_h, tiles_w = plan["tiles"]
+    _backward_input_kernel[plan["grid"]](
         dy, _weight_taps(weight), dx,
         n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], ph, pw,
         *dy.stride(), *dx.stride(),
@@ -397,26 +504,53 @@ def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
     acc = acc_dtype(x.dtype)
     taps_w = consts["KH"] * consts["KW"]
     taps = taps_w + (1 if with_bias else 0)
-    dweight = torch.zeros((c, 1, consts["KH"], consts["KW"]), dtype=acc, device=x.device)
-    dbias = torch.zeros(c, dtype=acc, device=x.device) if with_bias else None
     if dy.numel() == 0:
-        return dweight, dbias
-    plan = _plan(n, ho, wo, c, _channels_last(x))
-    tiles_n, tiles_h, tiles_w = plan["tiles"]
-    num_tiles = tiles_n * tiles_h * tiles_w
-    chunks, per_chunk = _chunks(num_tiles, plan["c_blocks"], x.device)
-    part = torch.empty((chunks, taps, c), dtype=acc, device=x.device)
-    _backward_weight_kernel[(chunks * plan["c_blocks"],)](
-        dy, x, part,
-        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], num_tiles, per_chunk, ph, pw,
+        dbias = torch.zeros(c, dtype=acc, device=x.device) if with_bias else None
+        return torch.zeros((c, 1, consts["KH"], consts["KW"]), dtype=acc, device=x.device), dbias
+    # every element is written: by the one chunk's programs, or by the reduction
+    dweight = torch.empty((c, 1, consts["KH"], consts["KW"]), dtype=acc, device=x.device)
+    dbias = torch.empty(c, dtype=acc, device=x.device) if with_bias else None
+    plan = _weight_plan(n, c, ho, wo, _channels_last(x), consts, taps, x.device)
+    _, tiles_h, tiles_w = plan["tiles"]
+    direct = plan["reduce_grid"] is None
+    part = dweight if direct else torch.empty((plan["chunks"], taps, c), dtype=acc, device=x.device)
+    _backward_weight_kernel[plan["grid"]](
+        dy, x, part, dweight, dweight if dbias is None else dbias,
+        n, c, h, w, ho, wo, tiles_h, tiles_w, plan["c_blocks"], plan["num_tiles"], plan["tiles_per_chunk"], ph, pw,
         *dy.stride(), *x.stride(),
         **consts, HAS_BIAS=with_bias, ACC=TL_DTYPES[acc], **plan["meta"],
     )
-    _reduce_partials_kernel[(triton.cdiv(taps * c, REDUCE_BLOCK),)](
-        part, dweight, dweight if dbias is None else dbias, chunks, c,
+    if direct:
+        return dweight, dbias
+    _reduce_partials_kernel[plan["reduce_grid"]](
+        part, dweight, dweight if dbias is None else dbias, plan["chunks"], c,
         TAPS_W=taps_w, HAS_BIAS=with_bias, BLOCK=REDUCE_BLOCK, num_warps=4,
     )
     return dweight, dbias
+
+
+def plan(x, weight, stride, padding, dilation):
+    """The launches of the Triton kernels for this convolution (the arguments of :func:`forward`; dy is
+    taken to have x's layout; the weight gradient with a bias gradient):
+    ``{"forward": ..., "backward_input": ..., "backward_weight": ...}``, each a dict with the kernel's
+    name, its ``tiles`` (image blocks, rows, columns), ``c_blocks``, ``meta`` (block sizes, X_PIX: the
+    rows of a tile's loaded source, num_warps) and ``grid``; the weight gradient adds its ``chunks`` of
+    ``tiles_per_chunk`` tiles and the partial-sum reduction's ``reduce_grid`` (None with one chunk)."""
+    n, c, h, w = x.shape
+    consts, (ph, pw) = _geometry(weight.shape[2:], stride, padding, dilation)
+    ho = _out_size(h, consts["KH"], consts["SH"], ph, consts["DH"])
+    wo = _out_size(w, consts["KW"], consts["SW"], pw, consts["DW"])
+    channels_last = _channels_last(x)
+    if (consts["SH"], consts["SW"]) == (1, 1):
+        backward_input = _forward_plan(n, c, h, w, channels_last, consts)
+    else:
+        backward_input = _residue_plan(n, c, h, w, channels_last, consts)
+    taps = consts["KH"] * consts["KW"] + 1
+    return {
+        "forward": _forward_plan(n, c, ho, wo, channels_last, consts),
+        "backward_input": backward_input,
+        "backward_weight": _weight_plan(n, c, ho, wo, channels_last, consts, taps, x.device),
+    }
 
 
 # --------------------------------------------------------------------------------- ahead-of-time specs
@@ -424,8 +558,10 @@ def backward_weight(dy, x, kernel_hw, stride, padding, dilation, with_bias):
 
 def aot_specs() -> list:
     """Every kernel for each x dtype (weights float32, float64 with float64 x) at 5x5, stride 1, with the
-    channels_last tile of NVAE's 32x32x768 decoder maps; the NCHW tile at 3x3, stride 2, without bias;
-    11x11 (the largest unrolled row of taps) once; the partial-sum reduction per accumulation dtype."""
+    channels_last tile of NVAE's 32x32x768 decoder maps (the input gradient: the forward kernel with
+    flipped taps); the NCHW tile at 3x3, stride 2, without bias (the residue-class input gradient) and
+    at 5x5, stride 1 in bfloat16; 11x11 (the largest unrolled row of taps) once; the partial-sum
+    reduction per accumulation dtype."""
     ints = ("N", "C", "H", "W", "HO", "WO", "TILES_H", "TILES_W", "C_BLOCKS", "NUM_TILES", "TILES_PER_CHUNK",
             "PAD_H", "PAD_W", "sxn", "sxc", "sxh", "sxw", "syn", "syc", "syh", "syw", "sdn", "sdc", "sdh", "sdw")
 
@@ -433,24 +569,31 @@ def aot_specs() -> list:
         names = inspect.signature(fn.fn).parameters
         args = {name: "i32" for name in ints if name in names}
         blocks = dict(zip(("BLOCK_N", "BLOCK_H", "BLOCK_W", "BLOCK_C"), consts.pop("blocks")))
+        if "X_PIX" in names:
+            consts["X_PIX"] = _source_pixels(blocks, consts)
         warps = num_warps(blocks["BLOCK_N"] * blocks["BLOCK_H"] * blocks["BLOCK_W"] * blocks["BLOCK_C"])
         return aot_spec(fn, {**args, **pointers, **consts, **blocks}, warps)
 
     nhwc, nchw = _gpu_blocks(32, 32, 768, True), _gpu_blocks(32, 32, 768, False)
     variants = [(dt, 5, 1, True, nhwc) for dt in TL_DTYPES] + [(torch.float32, 3, 2, False, nchw),
+                                                              (torch.bfloat16, 5, 1, False, nchw),
                                                               (torch.float16, 11, 1, True, nhwc)]
     specs = []
     for dtype, k, stride, bias, blocks in variants:
         acc = acc_dtype(dtype)
         x, w, a = ptr(dtype), ptr(acc), ptr(acc)
         geo = dict(KH=k, KW=k, SH=stride, SW=stride, DH=1, DW=1, ACC=TL_DTYPES[acc])
+        taps_p = pow2(k * k + (1 if bias else 0))
+        forward = {"x_ptr": x, "w_ptr": w, "b_ptr": w, "y_ptr": x}
         specs += [
-            spec(_forward_kernel, {"x_ptr": x, "w_ptr": w, "b_ptr": w, "y_ptr": x},
-                 dict(geo, HAS_BIAS=bias, blocks=blocks)),
-            spec(_backward_input_kernel, {"dy_ptr": x, "w_ptr": w, "dx_ptr": x}, dict(geo, blocks=blocks)),
-            spec(_backward_weight_kernel, {"dy_ptr": x, "x_ptr": x, "part_ptr": a},
-                 dict(geo, HAS_BIAS=bias, blocks=blocks)),
+            spec(_forward_kernel, forward, dict(geo, HAS_BIAS=bias, FLIP=False, blocks=blocks)),
+            spec(_backward_weight_kernel, {"dy_ptr": x, "x_ptr": x, "part_ptr": a, "dw_ptr": a, "db_ptr": a},
+                 dict(geo, HAS_BIAS=bias, TAPS_P=taps_p, DIRECT=dtype == torch.bfloat16, blocks=blocks)),
         ]
+        if stride == 1:  # the input gradient: the forward kernel with the flipped taps
+            specs.append(spec(_forward_kernel, forward, dict(geo, HAS_BIAS=False, FLIP=True, blocks=blocks)))
+        else:
+            specs.append(spec(_backward_input_kernel, {"dy_ptr": x, "w_ptr": w, "dx_ptr": x}, dict(geo, blocks=blocks)))
     for acc in (torch.float32, torch.float64):
         for bias in (True, False):
             specs.append(aot_spec(_reduce_partials_kernel, {

@@ -64,6 +64,11 @@ class DepthwiseConv2dKernels(Protocol):
         """``(dweight (C, 1, kh, kw), dbias (C,) or None)`` in the accumulation dtype; the
         autograd.Function casts them to the dtypes of weight and bias."""
 
+    def plan(self, x, weight, stride, padding, dilation) -> dict:
+        """The launches the backend picks for this convolution, for reports (no kernel runs):
+        ``{"forward": ..., "backward_input": ..., "backward_weight": ...}``, each a dict that names its
+        kernel (``"kernel"``) and the backend's tiling of it."""
+
 
 class TorchKernels:
     """ATen kernel set of the lean backend: PyTorch's own convolution kernels, fp32 accumulation."""
@@ -92,6 +97,14 @@ class TorchKernels:
         )
         dbias = dy.to(acc).sum(dim=(0, 2, 3)) if with_bias else None
         return dweight, dbias
+
+    @staticmethod
+    def plan(x, weight, stride, padding, dilation):
+        return {
+            "forward": {"kernel": "torch.nn.functional.conv2d"},
+            "backward_input": {"kernel": "torch.nn.grad.conv2d_input"},
+            "backward_weight": {"kernel": "torch.nn.grad.conv2d_weight"},
+        }
 
 
 class DepthwiseConv2dFunction(torch.autograd.Function):

@@ -28,7 +28,7 @@ OPS = torch.ops.nvae_fast
 # The functions of each kernel-set contract (nvae_fast.ops.<op> docstrings).
 CONTRACT = {
     "bn_swish": ("supports", "batch_stats", "normalize", "backward_reduce", "backward_dx"),
-    "depthwise_conv2d": ("supports", "forward", "backward_input", "backward_weight"),
+    "depthwise_conv2d": ("supports", "forward", "backward_input", "backward_weight", "plan"),
     "squeeze_excite": ("supports", "plan", "forward", "backward"),
     "power_iteration": ("supports", "update", "sigmas"),
 }

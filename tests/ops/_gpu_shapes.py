@@ -25,7 +25,7 @@ threshold moves and a shape stops taking its path. Where the plans come from:
   ``launch_channel_map`` (``blocks_x = clamp(cdiv(1056, N), 1, cdiv(vectors, 256))``: a grid-stride loop
   once a sample has more than blocks_x * 256 vectors); ``csrc/depthwise_conv2d.cu`` ``plan_tiles`` /
   ``tile_grid`` (grid.y = spatial tiles) and ``dwconv2d_backward_weight`` (``parts = clamp(cdiv(1056,
-  blocks_x), 1, tiles)``, part s takes tiles s, s + parts, ...); ``csrc/power_iteration.cu``
+  groups), 1, items)`` over the (sample, tile) items, part s takes items s, s + parts, ...); ``csrc/power_iteration.cu``
   ``build_batch`` (one block per 64 x 256 tile).
 
 Without a GPU, tests/ops runs these shapes with the cuda backend in the emulation (132 SMs, so the same
@@ -74,18 +74,20 @@ SE_CASES = [((5, 105, 17, 241), 7)]
 #     triton NHWC: 64 channels x 4 x 8 pixels: 25 tiles per image, 3 channel blocks; weight gradient:
 #       600 tiles -> 150 chunks of 4.
 #     cuda NCHW: dw_window grid (3168, 2) (two 32-column tiles), input gradient likewise; weight
-#       gradient: 9 channels x 16 x 32-pixel tiles, grid (360, 3): 3 parts over 4 tiles.
-#     cuda NHWC: dw_window grid (216, 15); weight gradient grid (408, 3) (float32: 8 channels,
-#       16-byte loads) or (360, 3) (16-bit types: C % 8 != 0, scalar): 3 parts over 4 tiles.
+#       gradient: 9 channels x one 17 x 33 tile per image, grid (15, 24): 24 parts, one per sample.
+#     cuda NHWC: dw_window grid (408, 2) (8 channels by 20 x 32 outputs: 32 columns of threads, five
+#       groups of 4 rows each); weight gradient grid (17, 24) (float32: 8 channels, 16-byte loads) or
+#       (15, 24) (16-bit types: C % 8 != 0, scalar).
 #   (38, 27, 33, 65) 3x3, stride 2, padding 1 (cuda's general forward and input-gradient kernels),
 #     y 17 x 33:
 #     triton NCHW: 2 tiles per plane (forward; input gradient: per residue class of the 17 x 33 grid);
 #       weight gradient: 76 tiles, 27 channel blocks -> 19 chunks of 4.
 #     triton NHWC: 32 channels x 8 x 8 pixels: 15 tiles per image; weight gradient: 570 tiles, 1
 #       channel block -> 285 chunks of 2.
-#     cuda NCHW: dw_forward grid (1026, 2), dw_backward_input grid (1026, 6); weight gradient: 25
-#       channels x 8 x 8-pixel tiles, grid (76, 14): 14 parts over 15 tiles.
-#     cuda NHWC: dw_forward grid (76, 15), dw_backward_input grid (76, 45), weight gradient (76, 14).
+#     cuda NCHW: dw_forward grid (1026, 2), dw_backward_input grid (1026, 6); weight gradient: 4
+#       channels x one 17 x 33 tile per image, grid (7, 38): 38 parts, one per sample.
+#     cuda NHWC: dw_forward grid (76, 15), dw_backward_input grid (38, 45) (float32, two samples per
+#       block) or (20, 45) (16-bit types, four); weight gradient (7, 38).
 DW_CASES = [((24, 132, 17, 33), 5, 1, "same"), ((38, 27, 33, 65), 3, 2, 1)]
 
 # power_iteration weights (viewed as (out, rest)), one call:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import nvae_fast
+import nvae_fast.cuda as nvcuda
 
 from .._tensors import in_layout
 from ._gpu_shapes import BN_SHAPES, DW_CASES, PI_SHAPES, SE_CASES, shape_id
@@ -220,10 +221,10 @@ def test_cuda_squeeze_excite(record, dtype, layout, case):
 @pytest.mark.parametrize("case", DW_CASES, ids=lambda case: shape_id(case[0]) + f"-k{case[1]}-s{case[2]}")
 @pytest.mark.parametrize("layout", NATIVE)
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
-def test_cuda_depthwise_conv2d(record, dtype, layout, case):
-    """Several spatial tiles (grid.y) for the forward and the input gradient; a weight gradient split into
-    parts (grid.y) over more tiles than parts, so that a part takes several. The tile count is what
-    the parts are capped at on a device with 1024 SMs (8192 target blocks), where each tile is a part."""
+def test_cuda_depthwise_conv2d(record, monkeypatch, dtype, layout, case):
+    """Several spatial tiles (grid.y) for the forward and the input gradient; a weight gradient whose
+    (sample, tile) items are split into parts (grid.y, at least two), one per item on a device with
+    1024 SMs (8192 target blocks), where the items cap them."""
     n, c, h, w, k, s, p, ho, wo = _dw_geometry(case)
     x = _empty((n, c, h, w), dtype, layout, "cpu")
     dy = _empty((n, c, ho, wo), dtype, layout, "cpu")
@@ -236,11 +237,13 @@ def test_cuda_depthwise_conv2d(record, dtype, layout, case):
 
     weight_grad = record("dwconv2d_backward_weight", dy, x, [k, k], [s, s], [p, p])
     assert _names(weight_grad) == ["dw_backward_weight_kernel", "dw_weight_finalize_kernel"], weight_grad
-    parts = weight_grad[0].grid[1]
+    monkeypatch.setenv("NVAE_FAST_EMULATE_SMS", str(SMS))
+    plan = nvcuda.depthwise_conv2d.plan(x, weight, (s, s), (p, p), (1, 1))["backward_weight"]
+    parts, items = weight_grad[0].grid[1], plan["items"]
+    assert weight_grad[0].grid[:2] == plan["grid"] and items == n * cdiv(ho, plan["tile"][0]) * cdiv(wo, plan["tile"][1])
+    assert 2 <= parts <= items, f"{weight_grad[0]}: {parts} parts over {items} items"
     wide = record("dwconv2d_backward_weight", dy, x, [k, k], [s, s], [p, p], multiprocessors=1024)[0]
-    tiles = wide.grid[1]
-    assert wide.grid[0] == weight_grad[0].grid[0] and tiles < cdiv(8 * 1024, wide.grid[0]), wide  # capped by tiles
-    assert 2 <= parts < tiles, f"{weight_grad[0]}: {parts} parts over {tiles} tiles"
+    assert wide.grid[0] == weight_grad[0].grid[0] and wide.grid[1] == items, wide
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
