@@ -21,7 +21,14 @@ EXTENSION = "nvae_fast"
 
 #: Every custom op the extension registers, by kernel set.
 OPS: dict[str, tuple[str, ...]] = {
-    "bn_swish": ("bn_swish_stats", "bn_swish_normalize", "bn_swish_backward_reduce", "bn_swish_backward_dx"),
+    "bn_swish": (
+        "bn_swish_stats",
+        "bn_swish_normalize",
+        "bn_swish_backward_reduce",
+        "bn_swish_backward_dx",
+        "bn_swish_train_forward",
+        "bn_swish_backward",
+    ),
     "depthwise_conv2d": ("dwconv2d_forward", "dwconv2d_backward_input", "dwconv2d_backward_weight"),
     "squeeze_excite": ("se_pool", "se_scale", "se_backward_reduce", "se_backward_dx"),
     "power_iteration": ("power_iteration_update", "power_iteration_sigmas"),
@@ -56,7 +63,8 @@ def _register_fakes() -> None:
     for namespace in _fake_namespaces:
         for name, fake in FAKES.items():
             qualname = f"{namespace}::{name}"
-            if qualname not in _registered:
+            # (an extension built from older sources may lack an op; it then has nothing to fake)
+            if qualname not in _registered and hasattr(getattr(torch.ops, namespace), name):
                 torch.library.register_fake(qualname, fake)
                 _registered.add(qualname)
 
