@@ -11,7 +11,8 @@ for float64 x, float32 otherwise)::
     backward_dx:      dx = weight_c invstd_c (dz - sum_dz_c / n - xhat sum_dz_xhat_c / n)   (training)
                       dx = weight_c invstd_c dz                                          (eval)
     train_forward:    batch_stats and normalize in one read of x, invstd_c = 1 / sqrt(var_c + eps),
-                      or ``None`` when a channel's slice does not fit one program (see below)
+                      running_mean/running_var updated in the kernel, when a channel's slice fits one
+                      program (see below; else batch_stats, normalize and ATen ops for the rest)
 
 Layouts: NCHW-contiguous and channels_last tensors are read in place (see :mod:`._host`); any other
 strides are copied to NCHW first, and ``dy`` is copied to ``x``'s layout when it differs. Outputs have the
@@ -47,7 +48,7 @@ from . import _host
 from ._aot import aot_spec, ones, ptr
 
 __all__ = [
-    "supports", "train_forward", "batch_stats", "normalize", "backward", "backward_reduce", "backward_dx", "aot_specs",
+    "supports", "plan", "train_forward", "batch_stats", "normalize", "backward", "backward_reduce", "backward_dx", "aot_specs",
 ]
 
 MAX_COLS_NCHW = 1024  # widest tile along H*W
@@ -318,24 +319,34 @@ def _bn_backward_dx_kernel(
 
 
 @triton.jit
-def _centred_swish(d, var, w, b, eps, ACC: tl.constexpr):
-    """silu(w d / sqrt(var + eps) + b) for centred values d = x - mean (operands broadcast); the square
-    root is correctly rounded (``sqrt_rn`` takes float32 only; float64 ``sqrt`` rounds correctly)."""
+def _train_stats(mean, m2, n, eps, ch, chmask, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, momentum, unbiased,
+                 HAS_RUNNING: tl.constexpr, ACC: tl.constexpr):
+    """invstd = 1 / sqrt(M2 / n + eps) (square root correctly rounded: ``sqrt_rn`` takes float32 only;
+    float64 ``sqrt`` rounds correctly); stores mean and invstd of channels ``ch`` and, with
+    HAS_RUNNING, r <- (1 - momentum) r + momentum s for s = mean and var * unbiased (unbiased = n / (n - 1))."""
+    var = m2 / n
     if ACC == tl.float64:
-        std = tl.sqrt(var + eps)
+        invstd = 1.0 / tl.sqrt(var + eps)
     else:
-        std = tl.sqrt_rn(var + eps)
-    z = d * (w / std) + b
-    return z * tl.sigmoid(z)
+        invstd = 1.0 / tl.sqrt_rn(var + eps)
+    tl.store(mean_ptr + ch, mean, mask=chmask)
+    tl.store(invstd_ptr + ch, invstd, mask=chmask)
+    if HAS_RUNNING:
+        rm = tl.load(rm_ptr + ch, mask=chmask, other=0).to(ACC)
+        rv = tl.load(rv_ptr + ch, mask=chmask, other=0).to(ACC)
+        tl.store(rm_ptr + ch, (1 - momentum) * rm + momentum * mean, mask=chmask)
+        tl.store(rv_ptr + ch, (1 - momentum) * rv + momentum * (var * unbiased), mask=chmask)
+    return invstd
 
 
 @triton.jit
 def _bn_train_forward_nchw_kernel(
-    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, N, C, HW, eps,
-    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, N, C, HW, eps, momentum, unbiased,
+    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, HAS_RUNNING: tl.constexpr, ACC: tl.constexpr,
 ):
     """Grid (C,). Program c loads channel c's whole N x HW slice (BLOCK_N >= N, BLOCK_HW >= HW), stores
-    mean_c, var_c = E[x], E[(x - mean_c)^2] and y = silu(weight_c (x - mean_c) / sqrt(var_c + eps) + bias_c)."""
+    mean_c = E[x], invstd_c = 1 / sqrt(E[(x - mean_c)^2] + eps), updates the running statistics (see
+    :func:`_train_stats`) and y = silu(weight_c (x - mean_c) invstd_c + bias_c)."""
     c = tl.program_id(0)
     rows = tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_HW)
@@ -344,19 +355,18 @@ def _bn_train_forward_nchw_kernel(
     v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
     n = tl.cast(N * HW, ACC)
     mean, d, m2 = _centre(v, mask, n, None)
-    var = m2 / n
+    invstd = _train_stats(mean, m2, n, eps, c, True, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, momentum, unbiased,
+                          HAS_RUNNING, ACC)
     w = tl.load(w_ptr + c).to(ACC)
     b = tl.load(b_ptr + c).to(ACC)
-    y = _centred_swish(d, var, w, b, eps, ACC)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + c, mean)
-    tl.store(var_ptr + c, var)
+    z = d * (w * invstd) + b
+    tl.store(y_ptr + offs, (z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _bn_train_forward_nhwc_kernel(
-    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, R, C, eps,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, R, C, eps, momentum, unbiased,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, HAS_RUNNING: tl.constexpr, ACC: tl.constexpr,
 ):
     """Grid (cdiv(C, BLOCK_C),) over the (R = N*H*W) x C matrix, BLOCK_R >= R. Program j does what the
     NCHW one does for channels j*BLOCK_C + [0, BLOCK_C), reducing its tile along the rows."""
@@ -368,13 +378,12 @@ def _bn_train_forward_nhwc_kernel(
     v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
     n = tl.cast(R, ACC)
     mean, d, m2 = _centre(v, mask, n, 0)
-    var = m2 / n
+    invstd = _train_stats(mean, m2, n, eps, cols, cmask, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, momentum, unbiased,
+                          HAS_RUNNING, ACC)
     w = tl.load(w_ptr + cols, mask=cmask, other=0).to(ACC)
     b = tl.load(b_ptr + cols, mask=cmask, other=0).to(ACC)
-    y = _centred_swish(d, var[None, :], w[None, :], b[None, :], eps, ACC)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + cols, mean, mask=cmask)
-    tl.store(var_ptr + cols, var, mask=cmask)
+    z = d * (w * invstd)[None, :] + b[None, :]
+    tl.store(y_ptr + offs, (z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------------ host wrappers
@@ -530,37 +539,73 @@ def _one_read_tile(x: torch.Tensor, layout: str) -> tuple[int, int] | None:
     return (block_a, block_b) if block_a * block_b <= limit else None
 
 
-def train_forward(x, weight, bias, eps):
-    """``(y, mean, var)`` of the training forward: in one read of x when a channel's slice fits one
-    program (see :func:`_one_read_tile`), else :func:`batch_stats` then :func:`normalize`.
+def _running(t, acc):
+    """A running statistic a kernel can update in place: ``t`` itself, or a copy of another dtype or
+    layout (copied back afterwards)."""
+    if t is None or (t.dtype == acc and t.is_contiguous()):
+        return t
+    return t.to(acc).contiguous()
 
-    y like x (dtype and dense layout); mean, var (C,) in the acc dtype, var biased;
-    y = silu(weight (x - mean) / sqrt(var + eps) + bias).
+
+def plan(x, backward: bool = False) -> str:
+    """The plan of the training forward (``backward=False``) or backward of x: ``"one_read"`` (the
+    forward's one program per channel slice, see :func:`_one_read_tile`) or ``"two_pass"`` (a reduction
+    launch over x, dy, then an element-wise launch that reads them again)."""
+    if backward or x.numel() == 0:
+        return "two_pass"
+    return "one_read" if _one_read_tile(x, _host.layout_of(x) or _host.NCHW) is not None else "two_pass"
+
+
+def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
+    """``(y, mean, invstd)`` of the training forward, running statistics updated in place: in one read of
+    x and one launch when a channel's slice fits one program (see :func:`_one_read_tile`; mean, invstd
+    and the running update are computed in the kernel), else :func:`batch_stats` then :func:`normalize`.
+
+    y like x (dtype and dense layout); mean, invstd (C,) in the acc dtype, invstd = 1 / sqrt(var + eps)
+    with the biased var; y = silu(weight (x - mean) invstd + bias); running_var gets var n / (n - 1).
     """
     layout = _host.layout_of(x) or _host.NCHW
     tile = _one_read_tile(x, layout)
+    count = x.numel() // x.shape[1]
     if tile is None or x.numel() == 0:
         mean, var = batch_stats(x)
-        return normalize(x, mean, torch.rsqrt(var + eps), weight, bias), mean, var
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            running_var.mul_(1 - momentum).add_((var * (count / (count - 1))).to(running_var.dtype), alpha=momentum)
+        invstd = torch.rsqrt(var + eps)
+        return normalize(x, mean, invstd, weight, bias), mean, invstd
     x, _ = _host.dense(x, layout)
     n, c, h, w = x.shape
     acc = acc_dtype(x.dtype)
     y = torch.empty_like(x)
     mean = torch.empty(c, dtype=acc, device=x.device)
-    var = torch.empty(c, dtype=acc, device=x.device)
+    invstd = torch.empty(c, dtype=acc, device=x.device)
+    rm, rv = _running(running_mean, acc), _running(running_var, acc)
+    # without running statistics the kernel leaves its pointers alone (HAS_RUNNING false)
+    has_running = rm is not None and rv is not None
+    if not has_running and (rm is not None or rv is not None):
+        rm = rm if rm is not None else torch.empty(c, dtype=acc, device=x.device)
+        rv = rv if rv is not None else torch.empty(c, dtype=acc, device=x.device)
+        has_running = True
+    running = (rm, rv) if has_running else (mean, invstd)
     block_a, block_b = tile
-    common = dict(ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_a * block_b))
+    common = dict(HAS_RUNNING=has_running, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_a * block_b))
+    scalars = (float(eps), float(momentum), count / (count - 1))
     if layout == _host.NCHW:
         _bn_train_forward_nchw_kernel[(c,)](
-            x, y, *_params(weight, bias), mean, var, n, c, h * w, float(eps),
+            x, y, *_params(weight, bias), mean, invstd, *running, n, c, h * w, *scalars,
             BLOCK_N=block_a, BLOCK_HW=block_b, **common,
         )
     else:
         _bn_train_forward_nhwc_kernel[(triton.cdiv(c, block_b),)](
-            x, y, *_params(weight, bias), mean, var, n * h * w, c, float(eps),
+            x, y, *_params(weight, bias), mean, invstd, *running, n * h * w, c, *scalars,
             BLOCK_R=block_a, BLOCK_C=block_b, **common,
         )
-    return y, mean, var
+    for t, updated in ((running_mean, rm), (running_var, rv)):
+        if t is not None and t is not updated:
+            t.copy_(updated)
+    return y, mean, invstd
 
 
 # ------------------------------------------------------------------------ ahead-of-time compile specs
@@ -607,14 +652,16 @@ def aot_specs():
                     "TRAINING": training, **tiles}))
         limit, sector = _one_read_limit(xdt), SECTOR_BYTES // xdt.itemsize  # the largest one-read tiles
         for q in param_dtypes:
-            common = {"x_ptr": x, "y_ptr": x, "w_ptr": ptr(q), "b_ptr": ptr(q), "mean_ptr": a, "var_ptr": a,
-                      "C": "i32", "eps": "fp32", **tacc}
-            jobs += [
-                (_bn_train_forward_nchw_kernel,
-                 {**common, "N": "i32", "HW": "i32", "BLOCK_N": limit // 1024, "BLOCK_HW": 1024}),
-                (_bn_train_forward_nhwc_kernel,
-                 {**common, "R": "i32", "BLOCK_R": limit // sector, "BLOCK_C": sector}),
-            ]
+            for has_running in (True, False):
+                common = {"x_ptr": x, "y_ptr": x, "w_ptr": ptr(q), "b_ptr": ptr(q), "mean_ptr": a,
+                          "invstd_ptr": a, "rm_ptr": a, "rv_ptr": a, "C": "i32", "eps": "fp32",
+                          "momentum": "fp32", "unbiased": "fp32", "HAS_RUNNING": has_running, **tacc}
+                jobs += [
+                    (_bn_train_forward_nchw_kernel,
+                     {**common, "N": "i32", "HW": "i32", "BLOCK_N": limit // 1024, "BLOCK_HW": 1024}),
+                    (_bn_train_forward_nhwc_kernel,
+                     {**common, "R": "i32", "BLOCK_R": limit // sector, "BLOCK_C": sector}),
+                ]
         finalize = {"part_ptr": a, "mean_ptr": a, "var_ptr": a, "C": "i32", "SPLIT": "i32", "BLOCK_C": 256, **tacc}
         if xdt in (torch.float32, torch.float64):
             jobs.append((_bn_stats_finalize_kernel, finalize))

@@ -157,17 +157,34 @@ def test_plans_reach_multi_tile_and_multi_split_reductions(monkeypatch, kind):
 EPS = 1e-5
 
 
+MOMENTUM = 0.3
+
+
 def _check_train_forward(x, weight, bias, dtype):
-    """train_forward matches TorchKernels.batch_stats + normalize."""
-    y, m, v = K.train_forward(x, weight, bias, EPS)
+    """train_forward matches TorchKernels.batch_stats + normalize, and its in-place update of the running
+    statistics (float32 ones, and float64 ones that the kernel set updates through a copy) the formula
+    r <- (1 - m) r + m s with the unbiased variance."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    m_ref, v_ref = T.batch_stats(x)
-    assert m.dtype == v.dtype == acc and y.dtype == x.dtype
-    assert_same_layout(y, x, "train_forward")
-    assert_close(m, m_ref, acc, "train_forward mean")
-    assert_close(v, v_ref, acc, "train_forward var")
-    y_ref = T.normalize(x, m_ref, torch.rsqrt(v_ref + EPS), weight, bias)
-    assert_close(y, y_ref, dtype, "train_forward y")
+    c, n = x.shape[1], x.numel() // x.shape[1]
+    g = torch.Generator().manual_seed(11)
+    rm0 = randn((c,), dtype=torch.float64, generator=g)
+    rv0 = randn((c,), dtype=torch.float64, generator=g).abs() + 0.5
+    for running_dtype in (acc, torch.float64 if acc == torch.float32 else torch.float32):
+        rm, rv = rm0.to(running_dtype, copy=True), rv0.to(running_dtype, copy=True)
+        y, m, invstd = K.train_forward(x, weight, bias, rm, rv, MOMENTUM, EPS)
+        m_ref, v_ref = T.batch_stats(x)
+        assert m.dtype == invstd.dtype == acc and y.dtype == x.dtype
+        assert_same_layout(y, x, "train_forward")
+        assert_close(m, m_ref, acc, "train_forward mean")
+        assert_close(invstd, torch.rsqrt(v_ref + EPS), acc, "train_forward invstd")
+        y_ref = T.normalize(x, m_ref, torch.rsqrt(v_ref + EPS), weight, bias)
+        assert_close(y, y_ref, dtype, "train_forward y")
+        rm_ref = (1 - MOMENTUM) * rm0 + MOMENTUM * m_ref.double()
+        rv_ref = (1 - MOMENTUM) * rv0 + MOMENTUM * v_ref.double() * n / (n - 1)
+        assert rm.dtype == rv.dtype == running_dtype
+        tol = torch.float32 if torch.float32 in (acc, running_dtype) else torch.float64
+        assert_close(rm, rm_ref.to(running_dtype), tol, "running_mean")
+        assert_close(rv, rv_ref.to(running_dtype), tol, "running_var")
 
 
 # odd shapes; channels_last: C = 19 and 33 are no multiples of the channel block
@@ -194,10 +211,11 @@ def test_train_forward_statistics_are_exact_for_a_large_offset(kind):
     """float32 x = 3000 + N(0, 1): only a centred second pass keeps the variance's digits."""
     g = torch.Generator().manual_seed(6)
     x = in_layout(randn((4, 3, 15, 17), dtype=torch.float64, generator=g, shift=3000.0).float(), kind)
-    _, m, v = K.train_forward(x, torch.ones(3), torch.zeros(3), EPS)
+    _, m, invstd = K.train_forward(x, torch.ones(3), torch.zeros(3), None, None, 0.1, EPS)
     x64 = x.double()
     torch.testing.assert_close(m.double(), x64.mean(dim=(0, 2, 3)), atol=3000 * 1e-6, rtol=0)
-    torch.testing.assert_close(v.double(), x64.var(dim=(0, 2, 3), correction=0), atol=0, rtol=1e-4)
+    var = x64.var(dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(invstd.double(), (var + EPS).rsqrt(), atol=0, rtol=1e-4)
 
 
 # (shape, dtype, layout, fits): N*H*W at the limit (16384 float32 / 8192 float64 accumulators) and
@@ -225,13 +243,13 @@ def test_train_forward_reads_once_up_to_its_limit_only(monkeypatch, shape, dtype
     x, _, _, _, weight, bias = _inputs(shape, dtype, kind, seed=7)
     calls = _record_calls(monkeypatch, ("batch_stats", "normalize"))
     _check_train_forward(x, weight, bias, dtype)
-    assert calls == ([] if fits else ["batch_stats", "normalize"])
+    assert calls == ([] if fits else ["batch_stats", "normalize"] * 2)  # two calls: see _check_train_forward
 
 
 def test_train_forward_of_empty_x_takes_two_passes(monkeypatch):
     calls = _record_calls(monkeypatch, ("batch_stats", "normalize"))
-    y, mean, var = K.train_forward(torch.randn(0, 3, 4, 5), torch.ones(3), torch.zeros(3), EPS)
-    assert y.shape == (0, 3, 4, 5) and mean.shape == var.shape == (3,)
+    y, mean, invstd = K.train_forward(torch.randn(0, 3, 4, 5), torch.ones(3), torch.zeros(3), None, None, 0.1, EPS)
+    assert y.shape == (0, 3, 4, 5) and mean.shape == invstd.shape == (3,)
     assert calls == ["batch_stats", "normalize"]
 
 
