@@ -34,6 +34,11 @@ Each program loads its slice once, computes the mean and then the centred sum of
 (exact two-pass), and writes y. The grid is only C programs (NCHW) or C / block (channels_last): it
 fills a GPU for NVAE's widths (C = 32 ... 768) only partly at the low end; channels_last tiles
 narrower than a sector fetch each sector once per program (from L2 after the first).
+
+One-read backward. ``backward`` does the same with dy and x (half the tile each, so N*H*W <= 8192, 4096
+for float64): one program per channel (block) loads both once, stores sum dz and sum dz xhat and dx.
+Past the limits the training forward and backward fall back to two passes (a reduction, then an
+element-wise kernel that reads the inputs again); :func:`plan` says which a given x takes.
 """
 
 from __future__ import annotations
@@ -386,6 +391,71 @@ def _bn_train_forward_nhwc_kernel(
     tl.store(y_ptr + offs, (z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _one_read_backward(dy, x, mask, mean, invstd, w, b, sdz_ptr, sdzx_ptr, ch, chmask, inv_count,
+                       AXIS: tl.constexpr, TRAINING: tl.constexpr):
+    """dx of a tile that holds whole channel slices (dy, x in acc, 0 outside ``mask``; per-channel
+    operands broadcast against the tile), storing sum dz and sum dz xhat (reduced along AXIS) of
+    channels ``ch``."""
+    xhat = tl.where(mask, (x - mean) * invstd, 0)
+    dz = tl.where(mask, _swish_grad(dy, xhat * w + b), 0)
+    sdz = tl.sum(dz, AXIS)
+    sdzx = tl.sum(dz * xhat, AXIS)
+    tl.store(sdz_ptr + ch, sdz, mask=chmask)
+    tl.store(sdzx_ptr + ch, sdzx, mask=chmask)
+    if TRAINING:
+        if AXIS is None:
+            dz = dz - sdz * inv_count - xhat * (sdzx * inv_count)
+        else:
+            dz = dz - (sdz * inv_count)[None, :] - xhat * (sdzx * inv_count)[None, :]
+    return dz * (w * invstd)
+
+
+@triton.jit
+def _bn_backward_one_read_nchw_kernel(
+    dy_ptr, x_ptr, dx_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, N, C, HW, inv_count,
+    TRAINING: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (C,). Program c loads channel c's whole N x HW slice of dy and x once, stores
+    sum dz and sum dz xhat and dx = weight invstd (dz - sum dz / n - xhat sum dz xhat / n) (TRAINING;
+    else weight invstd dz), with inv_count = 1 / n."""
+    c = tl.program_id(0)
+    rows = tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_HW)
+    mask = (rows < N)[:, None] & (cols < HW)[None, :]
+    offs = c * HW + rows[:, None] * (C * HW) + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0).to(ACC)
+    mean = tl.load(mean_ptr + c).to(ACC)
+    invstd = tl.load(invstd_ptr + c).to(ACC)
+    w = tl.load(w_ptr + c).to(ACC)
+    b = tl.load(b_ptr + c).to(ACC)
+    dx = _one_read_backward(dy, x, mask, mean, invstd, w, b, sdz_ptr, sdzx_ptr, c, True, inv_count, None, TRAINING)
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bn_backward_one_read_nhwc_kernel(
+    dy_ptr, x_ptr, dx_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, R, C, inv_count,
+    TRAINING: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (cdiv(C, BLOCK_C),) over the (R = N*H*W) x C matrices, BLOCK_R >= R: the NCHW kernel for
+    channels j*BLOCK_C + [0, BLOCK_C)."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows = tl.arange(0, BLOCK_R)
+    cmask = cols < C
+    mask = (rows < R)[:, None] & cmask[None, :]
+    offs = rows[:, None] * C + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0).to(ACC)
+    mean = tl.load(mean_ptr + cols, mask=cmask, other=0).to(ACC)[None, :]
+    invstd = tl.load(invstd_ptr + cols, mask=cmask, other=0).to(ACC)[None, :]
+    w = tl.load(w_ptr + cols, mask=cmask, other=0).to(ACC)[None, :]
+    b = tl.load(b_ptr + cols, mask=cmask, other=0).to(ACC)[None, :]
+    dx = _one_read_backward(dy, x, mask, mean, invstd, w, b, sdz_ptr, sdzx_ptr, cols, cmask, inv_count, 0, TRAINING)
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
 # ------------------------------------------------------------------------------------ host wrappers
 
 
@@ -494,9 +564,31 @@ def backward_reduce(dy, x, mean, invstd, weight, bias):
 
 
 def backward(dy, x, mean, invstd, weight, bias, count):
-    """``(dx, sum_dz, sum_dz_xhat)``: :func:`backward_reduce`, then :func:`backward_dx` with its sums."""
-    sum_dz, sum_dz_xhat = backward_reduce(dy, x, mean, invstd, weight, bias)
-    return backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count), sum_dz, sum_dz_xhat
+    """``(dx, sum_dz, sum_dz_xhat)``: in one launch that reads dy and x once when a channel's slices of
+    both fit one program (:func:`_one_read_tile` with two inputs), else :func:`backward_reduce`, then
+    :func:`backward_dx` with its sums."""
+    layout = _host.layout_of(x) or _host.NCHW
+    tile = _one_read_tile(x, layout, inputs=2)
+    if tile is None or x.numel() == 0:
+        sum_dz, sum_dz_xhat = backward_reduce(dy, x, mean, invstd, weight, bias)
+        return backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count), sum_dz, sum_dz_xhat
+    x, _ = _host.dense(x, layout)
+    dy, _ = _host.dense(dy.to(x.dtype), layout)
+    n, c, h, w = x.shape
+    dx = torch.empty_like(x)
+    sum_dz = torch.empty(c, dtype=mean.dtype, device=x.device)
+    sum_dz_xhat = torch.empty(c, dtype=mean.dtype, device=x.device)
+    block_a, block_b = tile
+    args = (dy, x, dx, *_params(mean, invstd, weight, bias), sum_dz, sum_dz_xhat)
+    common = dict(TRAINING=count is not None, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(2 * block_a * block_b))
+    inv_count = 1.0 / count if count is not None else 1.0
+    if layout == _host.NCHW:
+        _bn_backward_one_read_nchw_kernel[(c,)](*args, n, c, h * w, inv_count, BLOCK_N=block_a, BLOCK_HW=block_b, **common)
+    else:
+        _bn_backward_one_read_nhwc_kernel[(triton.cdiv(c, block_b),)](
+            *args, n * h * w, c, inv_count, BLOCK_R=block_a, BLOCK_C=block_b, **common
+        )
+    return dx, sum_dz, sum_dz_xhat
 
 
 def backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count):
@@ -526,11 +618,12 @@ def _one_read_limit(dtype: torch.dtype) -> int:
     return ONE_READ_ELEMS * 4 // acc_dtype(dtype).itemsize
 
 
-def _one_read_tile(x: torch.Tensor, layout: str) -> tuple[int, int] | None:
-    """Tile (block_a, block_b) of the one-read forward for ``x`` in ``layout`` (NCHW: pow2(N) x pow2(H*W);
-    NHWC: pow2(N*H*W) x a block of channels), or ``None`` when it exceeds :func:`_one_read_limit`."""
+def _one_read_tile(x: torch.Tensor, layout: str, inputs: int = 1) -> tuple[int, int] | None:
+    """Tile (block_a, block_b) of the one-read forward (``inputs`` = 1: x) or backward (2: dy and x) for
+    ``x`` in ``layout`` (NCHW: pow2(N) x pow2(H*W); NHWC: pow2(N*H*W) x a block of channels), or ``None``
+    when its ``inputs`` tiles exceed :func:`_one_read_limit`."""
     n, c, h, w = x.shape
-    limit = _one_read_limit(x.dtype)
+    limit = _one_read_limit(x.dtype) // inputs
     if layout == _host.NCHW:
         block_a, block_b = _host.pow2(n), _host.pow2(h * w)
     else:
@@ -548,12 +641,11 @@ def _running(t, acc):
 
 
 def plan(x, backward: bool = False) -> str:
-    """The plan of the training forward (``backward=False``) or backward of x: ``"one_read"`` (the
-    forward's one program per channel slice, see :func:`_one_read_tile`) or ``"two_pass"`` (a reduction
-    launch over x, dy, then an element-wise launch that reads them again)."""
-    if backward or x.numel() == 0:
-        return "two_pass"
-    return "one_read" if _one_read_tile(x, _host.layout_of(x) or _host.NCHW) is not None else "two_pass"
+    """The plan of the training forward (``backward=False``) or backward of x: ``"one_read"`` (one
+    program per channel slice, or block of channels, reads x (dy and x) once, see :func:`_one_read_tile`)
+    or ``"two_pass"`` (a reduction over x (dy and x), then an element-wise pass that reads them again)."""
+    tile = _one_read_tile(x, _host.layout_of(x) or _host.NCHW, inputs=2 if backward else 1)
+    return "one_read" if tile is not None and x.numel() > 0 else "two_pass"
 
 
 def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
@@ -662,6 +754,15 @@ def aot_specs():
                     (_bn_train_forward_nhwc_kernel,
                      {**common, "R": "i32", "BLOCK_R": limit // sector, "BLOCK_C": sector}),
                 ]
+        for training in (True, False):
+            common = {"dy_ptr": x, "x_ptr": x, "dx_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p,
+                      "sdz_ptr": a, "sdzx_ptr": a, "C": "i32", "inv_count": "fp32", "TRAINING": training, **tacc}
+            jobs += [
+                (_bn_backward_one_read_nchw_kernel,
+                 {**common, "N": "i32", "HW": "i32", "BLOCK_N": limit // 2048, "BLOCK_HW": 1024}),
+                (_bn_backward_one_read_nhwc_kernel,
+                 {**common, "R": "i32", "BLOCK_R": limit // 2 // sector, "BLOCK_C": sector}),
+            ]
         finalize = {"part_ptr": a, "mean_ptr": a, "var_ptr": a, "C": "i32", "SPLIT": "i32", "BLOCK_C": 256, **tacc}
         if xdt in (torch.float32, torch.float64):
             jobs.append((_bn_stats_finalize_kernel, finalize))
