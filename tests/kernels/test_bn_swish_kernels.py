@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import nvae_fast
 from nvae_fast.kernels import _host
@@ -297,3 +299,117 @@ def test_op_takes_the_one_read_path_exactly_when_it_fits(monkeypatch, kind, shap
     with nvae_fast.use_backend("triton"):
         bn_swish(x.detach(), weight, bias, rm, rv, False)
     assert calls == ["normalize"]
+
+
+# ------------------------------------------------------------------------- launches and plans of training
+
+
+def _count_launches(monkeypatch, run=True):
+    """Wrap every Triton kernel of the module so that each launch appends the kernel's name to the list
+    returned (and runs, unless ``run`` is false)."""
+    launched = []
+
+    class Counted:
+        def __init__(self, name, kernel):
+            self._name, self._kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launch = self._kernel[grid]
+
+            def record(*args, **kwargs):
+                launched.append(self._name)
+                return launch(*args, **kwargs) if run else None
+
+            return record
+
+    for name in dir(K):  # the launched kernels (jit or interpreted), not the device functions they call
+        if name.endswith("_kernel") and isinstance(getattr(K, name), triton.runtime.jit.KernelInterface):
+            monkeypatch.setattr(K, name, Counted(name, getattr(K, name)))
+    return launched
+
+
+# (shape, dtype, layout, forward plan, backward plan): the backward's one-read limit is half the forward's
+PLAN_CASES = [
+    ((2, 3, 64, 64), torch.float32, "contiguous", "one_read", "one_read"),
+    ((2, 3, 64, 65), torch.float32, "contiguous", "one_read", "two_pass"),
+    ((1, 2, 64, 128), torch.bfloat16, "channels_last", "one_read", "one_read"),
+    ((1, 2, 65, 128), torch.bfloat16, "channels_last", "one_read", "two_pass"),
+    ((2, 2, 32, 64), torch.float64, "contiguous", "one_read", "one_read"),
+    ((2, 2, 32, 65), torch.float64, "channels_last", "one_read", "two_pass"),
+    ((2, 3, 64, 129), torch.float32, "channels_last", "two_pass", "two_pass"),
+]
+
+
+@pytest.mark.parametrize("shape, dtype, kind, fwd_plan, bwd_plan", PLAN_CASES, ids=_case_id)
+def test_training_launches_follow_the_plan(monkeypatch, shape, dtype, kind, fwd_plan, bwd_plan):
+    """One launch per direction on the one_read plan (running statistics updated in it), the two passes
+    past it; dx and the sums match TorchKernels.backward either way."""
+    x, dy, _, _, weight, bias = _inputs(shape, dtype, kind, seed=12)
+    assert (K.plan(x), K.plan(x, backward=True)) == (fwd_plan, bwd_plan)
+    launched = _count_launches(monkeypatch)
+    c = shape[1]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    rm, rv = torch.zeros(c, dtype=acc), torch.ones(c, dtype=acc)
+    _, mean, invstd = K.train_forward(x, weight, bias, rm, rv, 0.1, EPS)
+    forward = list(launched)
+    launched.clear()
+    backward = []
+    for count in (x.numel() // c, None):
+        dx, sum_dz, sum_dz_xhat = K.backward(dy, x, mean, invstd, weight, bias, count)
+        backward = backward or list(launched)  # the training call's
+        ref = T.backward(dy, x, mean, invstd, weight, bias, count)
+        assert_same_layout(dx, x, "backward")
+        assert_close(dx, ref[0], dtype, "dx")
+        assert_close(sum_dz, ref[1], acc, "sum_dz")
+        assert_close(sum_dz_xhat, ref[2], acc, "sum_dz_xhat")
+    one = "nhwc" if kind == "channels_last" else "nchw"
+    if fwd_plan == "one_read":
+        assert forward == [f"_bn_train_forward_{one}_kernel"]
+    else:
+        assert len(forward) >= 2 and f"_bn_train_forward_{one}_kernel" not in forward
+    if bwd_plan == "one_read":
+        assert backward == [f"_bn_backward_one_read_{one}_kernel"]
+    else:
+        assert len(backward) >= 2 and not any("one_read" in name for name in backward)
+
+
+ALLOCATION = {"aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default"}
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_training_step_runs_only_the_kernels(monkeypatch, kind):
+    """A training forward and backward through ``bn_swish`` on the one_read plans: one launch each, no
+    ATen op besides allocating outputs (the interpreter's own tensor copies are kept out by not running
+    the kernels)."""
+    x, dy, _, _, _, _ = _inputs((4, 8, 6, 6), torch.float32, kind, seed=13)
+    dy = dy.contiguous(memory_format=x_format(x))
+    x.requires_grad_()
+    w, b = torch.ones(8, requires_grad=True), torch.zeros(8, requires_grad=True)
+    rm, rv = torch.zeros(8), torch.ones(8)
+    with nvae_fast.use_backend("triton"):
+        torch.autograd.grad(bn_swish(x, w, b, rm.clone(), rv.clone(), True), (x, w, b), dy)  # resolves the backend
+        launched = _count_launches(monkeypatch, run=False)
+        with _Ops() as fwd:
+            y = bn_swish(x, w, b, rm, rv, True)
+        forward = list(launched)
+        with _Ops() as bwd:
+            torch.autograd.grad(y, (x, w, b), dy)
+    one = "nhwc" if kind == "channels_last" else "nchw"
+    assert forward == [f"_bn_train_forward_{one}_kernel"]
+    assert launched[len(forward):] == [f"_bn_backward_one_read_{one}_kernel"]
+    for what, mode in (("forward", fwd), ("backward", bwd)):
+        assert [op for op in mode.seen if op not in ALLOCATION] == [], (what, mode.seen)
+
+
+def x_format(x):
+    return torch.channels_last if not x.is_contiguous() else torch.contiguous_format
