@@ -190,6 +190,10 @@ struct BNBackwardDx {
 constexpr int kGroupThreads = 512;      // threads per block of the channel-group kernels
 constexpr int kMaxGroupChannels = 32;   // NHWC channels per group (cols * V, cols <= 32)
 constexpr int64_t kAssumedL2Bytes = 50ll << 20;
+// Resident plan: 16-byte vectors each thread keeps in registers (64 of its up to 128 registers at 512
+// threads per block: 16 of x forward, 8 each of dy and x backward); the rest of a slice goes to shared memory.
+constexpr int kRegVecsForward = 16;
+constexpr int kRegVecsBackward = 8;
 
 // The slice of channel group blockIdx.x + g0: vectors k in [0, R * Wv), vector k at row r = k / Wv,
 // column w = k % Wv, elements base + r * stride + w * V .. + V - 1.
@@ -224,22 +228,33 @@ struct GroupView {
   __device__ __forceinline__ bool active(const GroupGeometry& g) const {
     return L == Layout::NCHW || c0 + static_cast<int64_t>(threadIdx.x % g.Wv) * V < g.C;
   }
-  // Calls f(offset, i) for the thread's vectors k = kb + threadIdx.x + i * blockDim.x < ke, where
-  // offset is the vector's first element and k - kb its slot in the block's shared-memory copy.
-  template <class F>
-  __device__ __forceinline__ void for_each(const GroupGeometry& g, F&& f) const {
+  // Visits the thread's vectors k = kb + threadIdx.x + i * blockDim.x < ke in order, with offset =
+  // the vector's first element: the first R as reg(offset, i) (i a constant once unrolled, so that
+  // the caller's per-thread arrays indexed by it stay in registers), the rest as rest(offset, slot) with
+  // slot = k - kb - R * blockDim.x, the vector's place in the block's shared-memory copy.
+  template <int R, class FR, class FS>
+  __device__ __forceinline__ void for_each(const GroupGeometry& g, FR&& reg, FS&& rest) const {
     int64_t k = kb + threadIdx.x;
     if (k >= ke) return;
     int64_t r = k / g.Wv, w = k - r * g.Wv;
     const int64_t dr = blockDim.x / g.Wv, dw = blockDim.x - dr * g.Wv;
-    for (; k < ke; k += blockDim.x) {
-      f(base + r * g.stride + w * V, k - kb);
+    auto advance = [&] {
+      k += blockDim.x;
       r += dr;
       w += dw;
       if (w >= g.Wv) {
         w -= g.Wv;
         ++r;
       }
+    };
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      if (k < ke) reg(base + r * g.stride + w * V, i);
+      advance();
+    }
+    while (k < ke) {
+      rest(base + r * g.stride + w * V, k - kb - static_cast<int64_t>(R) * blockDim.x);
+      advance();
     }
   }
 };
@@ -332,31 +347,35 @@ __device__ __forceinline__ void welford_add(WelfordAcc<acc_t> (&acc)[kLanes<L, V
 
 // Welford accumulators of the block's part of its group, merged by slot into sm.out. Resident: the
 // vectors are also copied to shared memory.
-template <typename T, Layout L, int V, bool Resident>
+template <typename T, Layout L, int V, int R>
 __device__ __forceinline__ void forward_part_stats(const GroupGeometry& g, const GroupView<L, V>& view, const T* x,
-                                                   GroupSmem<WelfordAcc<AccT<T>>, AccT<T>>& sm) {
+                                                   GroupSmem<WelfordAcc<AccT<T>>, AccT<T>>& sm,
+                                                   Pack<T, V> (&regs)[R > 0 ? R : 1]) {
   using acc_t = AccT<T>;
   using A = WelfordAcc<acc_t>;
   constexpr int NL = kLanes<L, V>;
   A acc[NL];
 #pragma unroll
   for (int j = 0; j < NL; ++j) acc[j] = A::identity();
-  T* copy = reinterpret_cast<T*>(sm.data);
-  if (view.active(g)) {
-    view.for_each(g, [&](int64_t off, int64_t i) {
-      if constexpr (Resident) {
-        const Pack<T, V> pack = *reinterpret_cast<const Pack<T, V>*>(x + off);
-        *reinterpret_cast<Pack<T, V>*>(copy + i * V) = pack;
-        acc_t v[V];
+  Pack<T, V>* copy = reinterpret_cast<Pack<T, V>*>(sm.data);
+  auto add = [&](const Pack<T, V>& pack) {
+    acc_t v[V];
 #pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = static_cast<acc_t>(pack.v[j]);
-        welford_add<L, V>(acc, v);
-      } else {
-        acc_t v[V];
-        load_vec<V>(x + off, v);
-        welford_add<L, V>(acc, v);
-      }
-    });
+    for (int j = 0; j < V; ++j) v[j] = static_cast<acc_t>(pack.v[j]);
+    welford_add<L, V>(acc, v);
+  };
+  if (view.active(g)) {
+    view.template for_each<R>(
+        g,
+        [&](int64_t off, int i) {
+          regs[i] = *reinterpret_cast<const Pack<T, V>*>(x + off);
+          add(regs[i]);
+        },
+        [&](int64_t off, int64_t slot) {
+          const Pack<T, V> pack = *reinterpret_cast<const Pack<T, V>*>(x + off);
+          if constexpr (R > 0) copy[slot] = pack;  // resident: kept for the element-wise pass
+          add(pack);
+        });
   }
   reduce_slots<A, NL>(acc, L == Layout::NCHW ? 1 : static_cast<int>(g.Wv), sm.sh, sm.out);
 }
@@ -367,21 +386,24 @@ __global__ void __launch_bounds__(kGroupThreads) bn_forward_partial_kernel(Group
   using acc_t = AccT<T>;
   GroupView<L, V> view(g);
   GroupSmem<WelfordAcc<acc_t>, acc_t> sm(g.cg);
-  forward_part_stats<T, L, V, false>(g, view, a.x, sm);
+  Pack<T, V> none[1];
+  forward_part_stats<T, L, V, 0>(g, view, a.x, sm, none);
   const int64_t c = view.c0 + threadIdx.x;
   if (static_cast<int>(threadIdx.x) < g.cg && c < g.C) sm.out[threadIdx.x].store(a.ws + blockIdx.y * 3 * g.C + c, g.C);
 }
 
-// Resident (one part, the slice in shared memory) or l2_blocked second launch (merges ws): the
-// statistics, part 0 writes mean/invstd and updates the running statistics, then y for the part.
+// Resident (one part, the slice in registers and shared memory) or l2_blocked second launch (merges
+// ws): the statistics, part 0 writes mean/invstd and updates the running statistics, then y for the part.
 template <typename T, Layout L, int V, bool Resident>
 __global__ void __launch_bounds__(kGroupThreads) bn_train_forward_kernel(GroupGeometry g, TrainForwardArgs<T> a) {
   using acc_t = AccT<T>;
   using A = WelfordAcc<acc_t>;
+  constexpr int R = Resident ? kRegVecsForward : 0;
   GroupView<L, V> view(g);
   GroupSmem<A, acc_t> sm(g.cg);
+  Pack<T, V> regs[R > 0 ? R : 1];
   if constexpr (Resident) {
-    forward_part_stats<T, L, V, true>(g, view, a.x, sm);
+    forward_part_stats<T, L, V, R>(g, view, a.x, sm, regs);
   } else {
     const int64_t c = view.c0 + threadIdx.x;
     if (static_cast<int>(threadIdx.x) < g.cg && c < g.C) {
@@ -417,16 +439,19 @@ __global__ void __launch_bounds__(kGroupThreads) bn_train_forward_kernel(GroupGe
     shift[j] = sm.consts[2 * view.slot(g, j) + 1];
   }
   const T* copy = reinterpret_cast<const T*>(sm.data);
-  view.for_each(g, [&](int64_t off, int64_t i) {
+  auto apply = [&](int64_t off, const T* in) {
     acc_t v[V], out[V];
-    load_vec<V>(Resident ? copy + i * V : a.x + off, v);
+    load_vec<V>(in, v);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const acc_t z = v[j] * scale[j] + shift[j];
       out[j] = z * sigmoid(z);
     }
     store_vec<V>(a.y + off, out);
-  });
+  };
+  view.template for_each<R>(
+      g, [&](int64_t off, int i) { apply(off, regs[i].v); },
+      [&](int64_t off, int64_t slot) { apply(off, Resident ? copy + slot * V : a.x + off); });
 }
 
 template <typename T>
@@ -463,37 +488,56 @@ __device__ __forceinline__ void load_backward_consts(const GroupGeometry& g, con
   }
 }
 
-// Sums (dz, dz xhat) of the block's part by slot into sm.out. Resident: dy and x are also copied to
-// shared memory (dy at data, x after the part's dy).
-template <typename T, Layout L, int V, bool Resident>
+// Vectors of the block's part that a resident block keeps in shared memory (beyond R per thread).
+template <int R, Layout L, int V>
+__device__ __forceinline__ int64_t smem_vectors(const GroupView<L, V>& view) {
+  return max(int64_t(0), view.ke - view.kb - static_cast<int64_t>(R) * blockDim.x);
+}
+
+// Sums (dz, dz xhat) of the block's part by slot into sm.out. Resident (R > 0): dy and x are also kept,
+// the thread's first R vectors of each in regs_dy / regs_x, the rest in shared memory (dy at data, x
+// after the part's shared dy).
+template <typename T, Layout L, int V, int R>
 __device__ __forceinline__ void backward_part_sums(const GroupGeometry& g, const GroupView<L, V>& view,
                                                    const TrainBackwardArgs<T>& a, const AccT<T> (&k)[4][V],
-                                                   GroupSmem<SumAcc<AccT<T>, 2>, AccT<T>>& sm) {
+                                                   GroupSmem<SumAcc<AccT<T>, 2>, AccT<T>>& sm,
+                                                   Pack<T, V> (&regs_dy)[R > 0 ? R : 1],
+                                                   Pack<T, V> (&regs_x)[R > 0 ? R : 1]) {
   using acc_t = AccT<T>;
   using A = SumAcc<acc_t, 2>;
   constexpr int NL = kLanes<L, V>;
   A acc[NL];
 #pragma unroll
   for (int j = 0; j < NL; ++j) acc[j] = A::identity();
-  T* copy_dy = reinterpret_cast<T*>(sm.data);
-  T* copy_x = copy_dy + (view.ke - view.kb) * V;
-  if (view.active(g)) {
-    view.for_each(g, [&](int64_t off, int64_t i) {
-      const Pack<T, V> pdy = *reinterpret_cast<const Pack<T, V>*>(a.dy + off);
-      const Pack<T, V> px = *reinterpret_cast<const Pack<T, V>*>(a.x + off);
-      if constexpr (Resident) {
-        *reinterpret_cast<Pack<T, V>*>(copy_dy + i * V) = pdy;
-        *reinterpret_cast<Pack<T, V>*>(copy_x + i * V) = px;
-      }
+  Pack<T, V>* copy_dy = reinterpret_cast<Pack<T, V>*>(sm.data);
+  Pack<T, V>* copy_x = copy_dy + smem_vectors<R>(view);
+  auto add = [&](const Pack<T, V>& pdy, const Pack<T, V>& px) {
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const acc_t xv = static_cast<acc_t>(px.v[j]);
-        const acc_t dz = swish_grad(static_cast<acc_t>(pdy.v[j]), xv * k[0][j] + k[1][j]);
-        const int lane = L == Layout::NCHW ? 0 : j;
-        acc[lane].s[0] += dz;
-        acc[lane].s[1] += dz * ((xv - k[2][j]) * k[3][j]);
-      }
-    });
+    for (int j = 0; j < V; ++j) {
+      const acc_t xv = static_cast<acc_t>(px.v[j]);
+      const acc_t dz = swish_grad(static_cast<acc_t>(pdy.v[j]), xv * k[0][j] + k[1][j]);
+      const int lane = L == Layout::NCHW ? 0 : j;
+      acc[lane].s[0] += dz;
+      acc[lane].s[1] += dz * ((xv - k[2][j]) * k[3][j]);
+    }
+  };
+  if (view.active(g)) {
+    view.template for_each<R>(
+        g,
+        [&](int64_t off, int i) {
+          regs_dy[i] = *reinterpret_cast<const Pack<T, V>*>(a.dy + off);
+          regs_x[i] = *reinterpret_cast<const Pack<T, V>*>(a.x + off);
+          add(regs_dy[i], regs_x[i]);
+        },
+        [&](int64_t off, int64_t slot) {
+          const Pack<T, V> pdy = *reinterpret_cast<const Pack<T, V>*>(a.dy + off);
+          const Pack<T, V> px = *reinterpret_cast<const Pack<T, V>*>(a.x + off);
+          if constexpr (R > 0) {  // resident: kept for the element-wise pass
+            copy_dy[slot] = pdy;
+            copy_x[slot] = px;
+          }
+          add(pdy, px);
+        });
   }
   reduce_slots<A, NL>(acc, L == Layout::NCHW ? 1 : static_cast<int>(g.Wv), sm.sh, sm.out);
 }
@@ -506,7 +550,8 @@ __global__ void __launch_bounds__(kGroupThreads) bn_backward_partial_kernel(Grou
   GroupSmem<SumAcc<acc_t, 2>, acc_t> sm(g.cg);
   acc_t k[4][V];
   if (view.active(g)) load_backward_consts<T, L, V>(g, view, a, k);
-  backward_part_sums<T, L, V, false>(g, view, a, k, sm);
+  Pack<T, V> none[1];
+  backward_part_sums<T, L, V, 0>(g, view, a, k, sm, none, none);
   const int64_t c = view.c0 + threadIdx.x;
   if (static_cast<int>(threadIdx.x) < g.cg && c < g.C) sm.out[threadIdx.x].store(a.ws + blockIdx.y * 2 * g.C + c, g.C);
 }
@@ -516,12 +561,14 @@ template <typename T, Layout L, int V, bool Resident>
 __global__ void __launch_bounds__(kGroupThreads) bn_train_backward_kernel(GroupGeometry g, TrainBackwardArgs<T> a) {
   using acc_t = AccT<T>;
   using A = SumAcc<acc_t, 2>;
+  constexpr int R = Resident ? kRegVecsBackward : 0;
   GroupView<L, V> view(g);
   GroupSmem<A, acc_t> sm(g.cg);
   acc_t k[4][V];
   if (view.active(g)) load_backward_consts<T, L, V>(g, view, a, k);
+  Pack<T, V> regs_dy[R > 0 ? R : 1], regs_x[R > 0 ? R : 1];
   if constexpr (Resident) {
-    backward_part_sums<T, L, V, true>(g, view, a, k, sm);
+    backward_part_sums<T, L, V, R>(g, view, a, k, sm, regs_dy, regs_x);
   } else {
     const int64_t c = view.c0 + threadIdx.x;
     if (static_cast<int>(threadIdx.x) < g.cg && c < g.C) {
@@ -550,11 +597,11 @@ __global__ void __launch_bounds__(kGroupThreads) bn_train_backward_kernel(GroupG
     mean_dz_xhat[j] = sm.consts[2 * view.slot(g, j) + 1];
   }
   const T* copy_dy = reinterpret_cast<const T*>(sm.data);
-  const T* copy_x = copy_dy + (view.ke - view.kb) * V;
-  view.for_each(g, [&](int64_t off, int64_t i) {
+  const T* copy_x = copy_dy + smem_vectors<R>(view) * V;
+  auto apply = [&](int64_t off, const T* in_dy, const T* in_x) {
     acc_t vdy[V], vx[V], out[V];
-    load_vec<V>(Resident ? copy_dy + i * V : a.dy + off, vdy);
-    load_vec<V>(Resident ? copy_x + i * V : a.x + off, vx);
+    load_vec<V>(in_dy, vdy);
+    load_vec<V>(in_x, vx);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       acc_t dz = swish_grad(vdy[j], vx[j] * k[0][j] + k[1][j]);
@@ -562,7 +609,12 @@ __global__ void __launch_bounds__(kGroupThreads) bn_train_backward_kernel(GroupG
       out[j] = dz * k[0][j];
     }
     store_vec<V>(a.dx + off, out);
-  });
+  };
+  view.template for_each<R>(
+      g, [&](int64_t off, int i) { apply(off, regs_dy[i].v, regs_x[i].v); },
+      [&](int64_t off, int64_t slot) {
+        apply(off, Resident ? copy_dy + slot * V : a.dy + off, Resident ? copy_x + slot * V : a.x + off);
+      });
 }
 
 // The plan of a training call: which kernels, the group geometry and the launch runs.
@@ -585,8 +637,13 @@ BNPlan bn_plan(Layout layout, int64_t N, int64_t C, int64_t HW, size_t elem, boo
   p.V = aligned && (layout == Layout::NCHW ? HW % vv == 0 : C % vv == 0) ? vv : 1;
   const int64_t n = N * HW;
   const size_t budget = max_dynamic_smem_optin();
+  const int64_t reg_vecs = static_cast<int64_t>(inputs == 1 ? kRegVecsForward : kRegVecsBackward) * kGroupThreads;
+  // Shared memory of a resident block of cg channels: the vectors beyond the registers' share.
   auto resident_bytes = [&](int cg) {
-    return Smem::scratch(cg) + static_cast<size_t>(inputs) * static_cast<size_t>(n) * cg * elem;
+    const int v = layout == Layout::NCHW || cg % p.V == 0 ? p.V : 1;
+    const int64_t vectors = n * cg / v;
+    return Smem::scratch(cg) +
+           static_cast<size_t>(inputs) * static_cast<size_t>(std::max<int64_t>(0, vectors - reg_vecs)) * v * elem;
   };
   int cg = 1;
   if (layout == Layout::NHWC) {

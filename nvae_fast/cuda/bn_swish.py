@@ -11,16 +11,16 @@ training forward / a backward without a process group, at most two launches each
 Statistics and backward sums are deterministic (fixed-order reductions, Welford/Chan merges for the
 statistics).
 
-Plans (``csrc/bn_swish.cu``) of the two training ops, by the bytes of the slices one block would keep
-in shared memory (forward: x; backward: dy and x; n = N*H*W values per channel, in x's dtype):
-``"resident"`` when they fit the device's opt-in dynamic shared memory per block (227 KiB on sm_90, 163
-KiB on sm_80; the emulation models sm_90): every input is read once; ``"l2_blocked"`` otherwise: two
+Plans (``csrc/bn_swish.cu``) of the two training ops, by the bytes of the slices one block of 512
+threads would keep on chip (forward: x; backward: dy and x; n = N*H*W values per channel, in x's dtype):
+``"resident"`` when what its registers do not take (16 16-byte vectors per thread forward, 8 each of dy
+and x backward: 128 KiB) fits the device's opt-in dynamic shared memory per block (227 KiB on sm_90,
+163 KiB on sm_80; the emulation models sm_90): every input is read once; ``"l2_blocked"`` otherwise: two
 launches per run of channel groups, the second re-reading inputs that the first left in L2 (runs of at
 most half of an assumed 50 MB L2, the H100/H200's). In NCHW a group is one channel; in channels_last up
-to 32 consecutive channels (fewer until they fit). With float32 on sm_90 the forward is resident up to
-n = 57K, the backward up to n = 28K; bfloat16 doubles both (the cifar10 and celeba64 slices, n <= 64K,
-are resident except the float32 forward at n = 64K and the float32 backward at n >= 32K, and the
-bfloat16 backward at n = 64K).
+to 32 consecutive channels (fewer until they fit). With 16-byte vectors on sm_90 the forward is resident up to
+n = 88K float32 values (176K bfloat16), the backward up to n = 44K (88K): every cifar10 and celeba64
+slice (n <= 64K) is, except the float32 backward at n = 64K (celeba64 16x64x64x64 and alike).
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ __all__ = [
 #: Threads per block, NHWC channels per group and the assumed L2 of the training kernels (bn_swish.cu).
 GROUP_THREADS = 32 * 16
 MAX_GROUP_CHANNELS = 32
+#: 16-byte vectors of each input a thread of a resident block keeps in registers (forward, backward).
+REG_VECS_FORWARD = 16
+REG_VECS_BACKWARD = 8
 ASSUMED_L2_BYTES = 50 << 20
 #: Opt-in dynamic shared memory per block of the emulated device (sm_90), csrc/emulation/emulation.h.
 EMULATED_SMEM_OPTIN = 227 * 1024
@@ -73,14 +76,18 @@ def plan(x, backward: bool = False) -> str:
     e, acc = x.element_size(), torch.empty((), dtype=acc_dtype(x.dtype)).element_size()
     inputs = 2 if backward else 1
     slot = (2 if backward else 3) * acc  # SumAcc<acc, 2> / WelfordAcc<acc>
+    nhwc = memory_format(x) == torch.channels_last
+    vv = 16 // e
+    vec = vv if x.data_ptr() % 16 == 0 and (c if nhwc else h * w) % vv == 0 else 1
+    reg_vecs = (REG_VECS_BACKWARD if backward else REG_VECS_FORWARD) * GROUP_THREADS
 
     def resident_bytes(cg: int) -> int:
+        v = vec if not nhwc or cg % vec == 0 else 1
         scratch = _align16(slot * GROUP_THREADS // 32 * cg) + _align16(slot * cg) + _align16(2 * acc * cg)
-        return scratch + inputs * n * h * w * cg * e
+        return scratch + inputs * max(0, n * h * w * cg // v - reg_vecs) * v * e
 
     cg = 1
-    if memory_format(x) == torch.channels_last:
-        vec = 16 // e if c % (16 // e) == 0 and x.data_ptr() % 16 == 0 else 1
+    if nhwc:
         cg = max(vec, min(MAX_GROUP_CHANNELS, 1 << max(c - 1, 0).bit_length()))
         while cg > 1 and resident_bytes(cg) > _smem_optin(x.device):
             cg //= 2
