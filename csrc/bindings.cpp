@@ -37,6 +37,9 @@ void register_kernels(torch::Library& m) {
   m.impl("se_backward_dx", &nvae_fast::se_backward_dx);
   m.impl("power_iteration_update", &nvae_fast::power_iteration_update);
   m.impl("power_iteration_sigmas", &nvae_fast::power_iteration_sigmas);
+  m.impl("power_iteration_forward", &nvae_fast::power_iteration_forward);
+  m.impl("power_iteration_backward", &nvae_fast::power_iteration_backward);
+  m.impl("power_iteration_plan", &nvae_fast::power_iteration_plan);
 }
 
 }  // namespace
@@ -82,6 +85,9 @@ TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {
   m.set_python_module("nvae_fast.cuda._library");
   m.def("power_iteration_update(Tensor[] mats, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter) -> ()");
   m.def("power_iteration_sigmas(Tensor[] mats, Tensor[] us, Tensor[] vs) -> Tensor");
+  m.def("power_iteration_forward(Tensor[] weights, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter) -> (Tensor, Tensor)");
+  m.def("power_iteration_backward(Tensor grad, Tensor saved, Tensor[] weights) -> Tensor[]");
+  m.def("power_iteration_plan(Tensor[] weights, Tensor[] us, Tensor[] vs) -> Tensor");
 }
 
 #ifdef NVAE_FAST_EMULATE

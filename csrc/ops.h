@@ -49,5 +49,10 @@ at::Tensor se_backward_dx(const at::Tensor& dy, const at::Tensor& gate, const at
 // power_iteration.cu
 void power_iteration_update(at::TensorList mats, at::TensorList us, at::TensorList vs, int64_t n_iter);
 at::Tensor power_iteration_sigmas(at::TensorList mats, at::TensorList us, at::TensorList vs);
+std::tuple<at::Tensor, at::Tensor> power_iteration_forward(at::TensorList weights, at::TensorList us,
+                                                           at::TensorList vs, int64_t n_iter);
+std::vector<at::Tensor> power_iteration_backward(const at::Tensor& grad, const at::Tensor& saved,
+                                                 at::TensorList weights);
+at::Tensor power_iteration_plan(at::TensorList weights, at::TensorList us, at::TensorList vs);
 
 }  // namespace nvae_fast

@@ -1,5 +1,8 @@
-// Batched power iteration over many matrices of different shapes
-// (torch.ops.nvae_fast.power_iteration_update / power_iteration_sigmas).
+// Batched power iteration over many matrices of different shapes. Two families of ops:
+// - power_iteration_update / power_iteration_sigmas (torch.ops.nvae_fast.*): the unplanned kernels on
+//   (R, K) matrices, one launch per half-step, described here;
+// - power_iteration_forward / power_iteration_backward / power_iteration_plan: the op's path, on the
+//   weights as given, with cached launch tables and the Gram iteration (section "Planned forward" below).
 //
 // mats[i]: (R_i, K_i), contiguous, one float dtype for all; us[i]: (R_i,), vs[i]: (K_i,), any float dtype.
 // Accumulation dtype: float64 for float64 mats, float32 otherwise. update runs n_iter steps of
@@ -16,7 +19,10 @@
 // write row sums of their columns (partials (column tiles, R)). A second launch, one block per matrix,
 // adds the partials in order, takes the norm and normalizes. No atomics: deterministic.
 
+#include <memory>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "checks.h"
@@ -180,6 +186,309 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Planned forward (power_iteration_forward) and backward (power_iteration_backward).
+//
+// Per weight W (R, K), d = min(R, K). With n_iter >= 2 the iteration runs on the Gram matrix of the
+// smaller side, computed once: "gram_out" (R <= K) G = W W^T (R x R), "gram_rest" (R > K) H = W^T W
+// (K x K). Since W normalize(W^T u) = G u / max(sqrt(u^T G u), eps) and
+// W^T normalize(W v) = H v / max(sqrt(v^T H v), eps), the alternating iteration's iterates are
+//
+//   gram_out:  u_k = normalize(G u_{k-1} / max(sqrt(u_{k-1}^T G u_{k-1}), eps)), k = 1..n;
+//              sigma = ||W v_n|| = ||G u_{n-1}|| / max(sqrt(u_{n-1}^T G u_{n-1}), eps) (= u_n^T W v_n);
+//              then one pass over W: v_n = normalize(W^T u_{n-1}).
+//   gram_rest: v_1 = normalize(W^T u_0) (accumulated while H is computed),
+//              v_k = normalize(H v_{k-1} / max(sqrt(v_{k-1}^T H v_{k-1}), eps)), k = 2..n;
+//              then one pass over W: s = W v_n, u_n = normalize(s), sigma = u_n^T s.
+//
+// Launches: Gram tiles (each W read ceil(d / kGram) times), the iteration (one block per weight, on G
+// only), the pass over W, the finalisation (one block per weight). n_iter = 1: W^T u pass, v, W v pass,
+// u and sigma; n_iter = 0: W v pass, sigma = u^T W v. The table of a set of weights is cached (see
+// plan_for), keyed by the weights' and vectors' addresses and shapes.
+
+constexpr int kGram = 128;    // rows/columns of a Gram tile
+constexpr int kChunk = 16;    // long-dimension elements per shared-memory stage of a Gram tile
+constexpr int kMicro = 8;     // kMicro x kMicro Gram entries per thread (kGram = 16 * kMicro)
+static_assert(kGram == 16 * kMicro && kThreads == 256, "Gram tile: 16 x 16 threads of kMicro^2 entries");
+
+// Fields of a weight entry of a plan table.
+enum PlanField : int {
+  pW, pR, pK, pU, pV, pRest, pD, pGOff, pXOff, pPaOff, pPbOff, pRowTiles, pColTiles, pVecOk, pSaveOff, pGradOff,
+  pFields
+};
+
+// Stages of pi_finish_kernel.
+enum Finish : int {
+  kSigmaOnly,  // sigma = u^T (W v) from the W v partials; saved = (u, v) as given
+  kFinishV,    // v = normalize(W^T u) from the W^T u partials: work, caller's v, saved v
+  kFinishU,    // u = normalize(W v), sigma = u^T W v from the W v partials: caller's u, saved u
+  kByMode,     // kFinishV for gram_out weights, kFinishU for gram_rest weights
+};
+
+// Block (i, a, b), a <= b: rows a and columns b of weight i's Gram matrix, both kGram wide, written
+// to G and mirrored. gram_out: G[p, q] = sum_k W[p, k] W[q, k]; gram_rest: H[p, q] = sum_r W[r, p] W[r, q].
+// A gram_rest diagonal tile also writes t = W^T u_0 for its columns into the work's v slot.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    pi_gram_kernel(const int64_t* __restrict__ table, const int64_t* __restrict__ tiles, AccT<T>* __restrict__ work) {
+  using acc_t = AccT<T>;
+  // One padding column: the gram_out loads write 16 consecutive l of one p per half-warp, which without
+  // it would all hit one bank.
+  __shared__ acc_t sa[kChunk][kGram + 1];
+  __shared__ acc_t sb[kChunk][kGram + 1];
+  const int64_t* tile = tiles + static_cast<int64_t>(blockIdx.x) * 3;
+  const int64_t* e = table + tile[0] * pFields;
+  const T* W = reinterpret_cast<const T*>(e[pW]);
+  const int64_t R = e[pR], K = e[pK], d = e[pD];
+  const bool rest = e[pRest] != 0;
+  const int64_t len = rest ? R : K;                 // the long (summed) dimension
+  const int64_t s_idx = rest ? 1 : K, s_len = rest ? K : 1;  // strides of W along the Gram index and along len
+  const int64_t a0 = tile[1] * kGram, b0 = tile[2] * kGram;
+  const bool diag = a0 == b0;
+  const bool want_t = rest && diag;
+  const acc_t* u0 = reinterpret_cast<const acc_t*>(e[pU]);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  acc_t acc[kMicro][kMicro];
+#pragma unroll
+  for (int m = 0; m < kMicro; ++m)
+#pragma unroll
+    for (int n = 0; n < kMicro; ++n) acc[m][n] = acc_t(0);
+  acc_t t = acc_t(0);
+  for (int64_t l0 = 0; l0 < len; l0 += kChunk) {
+    for (int j = threadIdx.x; j < kChunk * kGram; j += kThreads) {
+      // gram_rest: consecutive threads along the Gram index (contiguous in W); gram_out: along len.
+      const int p = rest ? j % kGram : j / kChunk, l = rest ? j / kGram : j % kChunk;
+      const int64_t ll = l0 + l;
+      const bool in_len = ll < len;
+      sa[l][p] = (in_len && a0 + p < d) ? static_cast<acc_t>(W[(a0 + p) * s_idx + ll * s_len]) : acc_t(0);
+      if (!diag) sb[l][p] = (in_len && b0 + p < d) ? static_cast<acc_t>(W[(b0 + p) * s_idx + ll * s_len]) : acc_t(0);
+    }
+    __syncthreads();
+    const acc_t(*B)[kGram + 1] = diag ? sa : sb;
+    if (want_t && threadIdx.x < kGram) {
+      for (int l = 0; l < kChunk && l0 + l < len; ++l) t += sa[l][threadIdx.x] * u0[l0 + l];
+    }
+#pragma unroll 4
+    for (int l = 0; l < kChunk; ++l) {
+      acc_t x[kMicro], y[kMicro];
+#pragma unroll
+      for (int m = 0; m < kMicro; ++m) {
+        x[m] = sa[l][ty + 16 * m];
+        y[m] = B[l][tx + 16 * m];
+      }
+#pragma unroll
+      for (int m = 0; m < kMicro; ++m)
+#pragma unroll
+        for (int n = 0; n < kMicro; ++n) acc[m][n] += x[m] * y[n];
+    }
+    __syncthreads();
+  }
+  acc_t* G = work + e[pGOff];
+#pragma unroll
+  for (int m = 0; m < kMicro; ++m) {
+    const int64_t p = a0 + ty + 16 * m;
+#pragma unroll
+    for (int n = 0; n < kMicro; ++n) {
+      const int64_t q = b0 + tx + 16 * n;
+      if (p < d && q < d) {
+        G[p * d + q] = acc[m][n];
+        if (!diag) G[q * d + p] = acc[m][n];
+      }
+    }
+  }
+  if (want_t && threadIdx.x < kGram && a0 + threadIdx.x < d) work[e[pXOff] + R + a0 + threadIdx.x] = t;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t inv_norm(acc_t sq, acc_t eps) {
+  const acc_t n = root(sq);
+  return acc_t(1) / (n > eps ? n : eps);
+}
+
+// z = G x for the d x d symmetric G (column j of G read as row j: coalesced over the block's threads).
+template <typename acc_t>
+__device__ __forceinline__ void gram_matvec(const acc_t* __restrict__ G, int64_t d, const acc_t* x, acc_t* z) {
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    acc_t s = acc_t(0);
+    for (int64_t c = 0; c < d; ++c) s += G[c * d + j] * x[c];
+    z[j] = s;
+  }
+  __syncthreads();
+}
+
+// One block per weight: the n_iter - 1 (gram_rest) or n_iter (gram_out) products with the Gram matrix
+// (see the section comment). x, the iterate, and z = G x live in the work's u/v slots of the weight.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    pi_gram_iterate_kernel(const int64_t* __restrict__ table, acc_t* __restrict__ work, int64_t n_iter,
+                           acc_t* __restrict__ sigma, acc_t* __restrict__ saved, acc_t eps) {
+  __shared__ acc_t sh[33];
+  const int64_t* e = table + static_cast<int64_t>(blockIdx.x) * pFields;
+  const int64_t R = e[pR], d = e[pD];
+  const bool rest = e[pRest] != 0;
+  const acc_t* G = work + e[pGOff];
+  acc_t* slot_u = work + e[pXOff];   // R entries
+  acc_t* slot_v = slot_u + R;        // K entries
+  acc_t* x = rest ? slot_v : slot_u;
+  acc_t* z = rest ? slot_u : slot_v;  // d <= the other side's length
+  if (rest) {  // x = t = W^T u_0 from the Gram tiles: v_1 = normalize(t)
+    acc_t sq = acc_t(0);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) sq += x[j] * x[j];
+    const acc_t sc = inv_norm(block_sum(sq, sh), eps);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) x[j] *= sc;
+  } else {
+    const acc_t* u0 = reinterpret_cast<const acc_t*>(e[pU]);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) x[j] = u0[j];
+  }
+  __syncthreads();
+  for (int64_t k = 1; k < n_iter; ++k) {
+    gram_matvec(G, d, x, z);
+    acc_t q = acc_t(0);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) q += x[j] * z[j];
+    const acc_t s1 = inv_norm(block_sum(q, sh), eps);  // 1 / max(||W^T u||, eps) (gram_rest: ||W v||)
+    acc_t sq = acc_t(0);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const acc_t y = z[j] * s1;
+      sq += y * y;
+    }
+    const acc_t s2 = inv_norm(block_sum(sq, sh), eps);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) x[j] = z[j] * s1 * s2;
+    __syncthreads();
+  }
+  acc_t* caller = reinterpret_cast<acc_t*>(rest ? e[pV] : e[pU]);
+  acc_t* keep = saved + e[pSaveOff] + (rest ? R : 0);
+  if (rest) {  // v_n: to the caller and the saved vectors; it stays in x for the W v pass
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) caller[j] = keep[j] = x[j];
+    return;
+  }
+  // gram_out: w = W v_n = G u_{n-1} / max(sqrt(u_{n-1}^T G u_{n-1}), eps); u_n = normalize(w), sigma = u_n^T w.
+  gram_matvec(G, d, x, z);
+  acc_t q = acc_t(0);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) q += x[j] * z[j];
+  const acc_t s1 = inv_norm(block_sum(q, sh), eps);
+  acc_t sq = acc_t(0);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const acc_t w = z[j] * s1;
+    sq += w * w;
+  }
+  const acc_t s2 = inv_norm(block_sum(sq, sh), eps);
+  acc_t dot = acc_t(0);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const acc_t w = z[j] * s1, u = w * s2;
+    caller[j] = keep[j] = u;
+    dot += u * w;
+  }
+  dot = block_sum(dot, sh);
+  if (threadIdx.x == 0) sigma[blockIdx.x] = dot;
+}
+
+// One block per tile of the table: partials of W^T u (gram_out weights under kByMode, or all when
+// transpose) into pa, else of W v into pb. from_caller: the vector is the caller's u (W^T u) or v (W v);
+// otherwise the work's u or v slot of the weight.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    pi_pass_kernel(const int64_t* __restrict__ table, const int64_t* __restrict__ tiles, AccT<T>* __restrict__ work,
+                   int stage, bool from_caller) {
+  using acc_t = AccT<T>;
+  constexpr int VV = kVec<T>;
+  __shared__ acc_t sh[kThreads * VV];
+  const int64_t* tile = tiles + static_cast<int64_t>(blockIdx.x) * 3;
+  const int64_t* e = table + tile[0] * pFields;
+  const int64_t rt = tile[1], ct = tile[2];
+  const T* W = reinterpret_cast<const T*>(e[pW]);
+  const int64_t R = e[pR], K = e[pK];
+  const int64_t r0 = rt * kRows, r1 = min(R, r0 + kRows), k0 = ct * kCols;
+  const bool vec = e[pVecOk] != 0;
+  const bool transpose = stage == kFinishV || (stage == kByMode && e[pRest] == 0);
+  acc_t* slot_u = work + e[pXOff];
+  if (transpose) {
+    const acc_t* u = from_caller ? reinterpret_cast<const acc_t*>(e[pU]) : slot_u;
+    acc_t* out = work + e[pPaOff] + rt * K;
+    if (vec) {
+      tile_wtu<VV>(W, K, r0, r1, k0, u, out, sh);
+    } else {
+      tile_wtu<1>(W, K, r0, r1, k0, u, out, sh);
+    }
+  } else {
+    const acc_t* v = from_caller ? reinterpret_cast<const acc_t*>(e[pV]) : slot_u + R;
+    acc_t* out = work + e[pPbOff] + ct * R;
+    if (vec) {
+      tile_wv<VV>(W, K, r0, r1, k0, v, out);
+    } else {
+      tile_wv<1>(W, K, r0, r1, k0, v, out);
+    }
+  }
+}
+
+// One block per weight: adds the partials of the pass in tile order and finishes the vector (Finish).
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    pi_finish_kernel(const int64_t* __restrict__ table, acc_t* __restrict__ work, int stage,
+                     acc_t* __restrict__ sigma, acc_t* __restrict__ saved, acc_t eps) {
+  __shared__ acc_t sh[33];
+  const int64_t* e = table + static_cast<int64_t>(blockIdx.x) * pFields;
+  const int64_t R = e[pR], K = e[pK];
+  if (stage == kByMode) stage = e[pRest] != 0 ? kFinishU : kFinishV;
+  const bool columns = stage == kFinishV;
+  const int64_t len = columns ? K : R, parts = columns ? e[pRowTiles] : e[pColTiles];
+  const acc_t* p = work + (columns ? e[pPaOff] : e[pPbOff]);
+  acc_t* slot = work + e[pXOff] + (columns ? R : 0);  // holds the sums
+  acc_t* caller_u = reinterpret_cast<acc_t*>(e[pU]);
+  acc_t* caller_v = reinterpret_cast<acc_t*>(e[pV]);
+  acc_t* keep = saved + e[pSaveOff];
+  acc_t sq = acc_t(0), dot = acc_t(0);
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
+    acc_t s = acc_t(0);
+    for (int64_t q = 0; q < parts; ++q) s += p[q * len + j];
+    slot[j] = s;
+    sq += s * s;
+    if (stage == kSigmaOnly) dot += caller_u[j] * s;
+  }
+  if (stage == kSigmaOnly) {
+    dot = block_sum(dot, sh);
+    for (int64_t j = threadIdx.x; j < R; j += blockDim.x) keep[j] = caller_u[j];
+    for (int64_t j = threadIdx.x; j < K; j += blockDim.x) keep[R + j] = caller_v[j];
+    if (threadIdx.x == 0) sigma[blockIdx.x] = dot;
+    return;
+  }
+  const acc_t sc = inv_norm(block_sum(sq, sh), eps);  // also orders the slot writes before the reads below
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
+    const acc_t s = slot[j], x = s * sc;
+    if (columns) {
+      slot[j] = caller_v[j] = keep[R + j] = x;
+    } else {
+      caller_u[j] = keep[j] = x;
+      dot += x * s;
+    }
+  }
+  if (!columns) {
+    dot = block_sum(dot, sh);
+    if (threadIdx.x == 0) sigma[blockIdx.x] = dot;
+  }
+}
+
+// One block per tile: dW[r, k] = g_i u_i[r] v_i[k] into the flat gradient buffer (each weight
+// contiguous at its offset), u_i, v_i from the saved vectors.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    pi_outer_kernel(const int64_t* __restrict__ table, const int64_t* __restrict__ tiles,
+                    const AccT<T>* __restrict__ grad, const AccT<T>* __restrict__ saved, T* __restrict__ out) {
+  using acc_t = AccT<T>;
+  const int64_t* tile = tiles + static_cast<int64_t>(blockIdx.x) * 3;
+  const int64_t i = tile[0];
+  const int64_t* e = table + i * pFields;
+  const int64_t R = e[pR], K = e[pK];
+  const int64_t r0 = tile[1] * kRows, r1 = min(R, r0 + kRows), k0 = tile[2] * kCols, k1 = min(K, k0 + kCols);
+  const acc_t g = grad[i];
+  const acc_t* u = saved + e[pSaveOff];
+  const acc_t* v = u + R;
+  T* dw = out + e[pGradOff];
+  for (int64_t r = r0; r < r1; ++r) {
+    const acc_t gu = g * u[r];
+    for (int64_t k = k0 + threadIdx.x; k < k1; k += blockDim.x) dw[r * K + k] = static_cast<T>(gu * v[k]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Host side.
 
 std::string indexed(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
@@ -288,6 +597,184 @@ void launch_normalize(const Batch& b, const at::Tensor& part, at::Tensor& vecs, 
                                      part.data_ptr<acc_t>(), vecs.data_ptr<acc_t>(), columns, static_cast<acc_t>(kEps));
 }
 
+
+// A cached plan: the device table of a set of weights and vectors, and the sizes its launches need.
+struct Plan {
+  std::vector<int64_t> key;  // device, dtype, then per weight: W, u, v addresses, R, K
+  at::Tensor host_table;     // n * pFields entries, then the pass tiles, then the Gram tiles (3 each)
+  at::Tensor table;          // its device copy
+  int64_t n = 0, pass_tiles = 0, gram_tiles = 0;
+  int64_t g_len = 0, x_len = 0, pa_len = 0, pb_len = 0, save_len = 0, grad_len = 0;
+  std::vector<int64_t> numels;  // per weight, for the gradient views
+};
+
+std::mutex plan_mutex;
+
+Plan build_plan(std::vector<int64_t> key, const std::vector<at::Tensor>& mats, const std::vector<int64_t>& u_ptrs,
+                const std::vector<int64_t>& v_ptrs) {
+  Plan p;
+  p.key = std::move(key);
+  p.n = static_cast<int64_t>(mats.size());
+  const int vec = 16 / static_cast<int>(mats[0].element_size());
+  // The work buffer of a call is [x | pa | pb | G] (G only with n_iter >= 2); the offsets count from its start.
+  int64_t pa_base = 0, pb_base = 0, g_base = 0;
+  for (const at::Tensor& m : mats) {
+    const int64_t R = m.size(0), K = m.numel() / R, d = std::min(R, K);
+    p.pass_tiles += ceil_div(R, kRows) * ceil_div(K, kCols);
+    const int64_t g = ceil_div(d, kGram);
+    p.gram_tiles += g * (g + 1) / 2;
+    pa_base += R + K;
+    pb_base += R + K + ceil_div(R, kRows) * K;
+    g_base += R + K + ceil_div(R, kRows) * K + ceil_div(K, kCols) * R;
+  }
+  TORCH_CHECK(p.n <= std::numeric_limits<int32_t>::max() && p.pass_tiles <= std::numeric_limits<int32_t>::max() &&
+                  p.gram_tiles <= std::numeric_limits<int32_t>::max(),
+              "nvae_fast power iteration: too many weights or tiles for one launch");
+  at::Tensor host = at::empty({p.n * pFields + (p.pass_tiles + p.gram_tiles) * 3}, staging_options().dtype(at::kLong));
+  int64_t* e = host.data_ptr<int64_t>();
+  int64_t* pass = e + p.n * pFields;
+  int64_t* gram = pass + p.pass_tiles * 3;
+  for (int64_t i = 0; i < p.n; ++i, e += pFields) {
+    const at::Tensor& m = mats[i];
+    const int64_t R = m.size(0), K = m.numel() / R, d = std::min(R, K);
+    const int64_t row_tiles = ceil_div(R, kRows), col_tiles = ceil_div(K, kCols), g = ceil_div(d, kGram);
+    e[pW] = reinterpret_cast<int64_t>(m.data_ptr());
+    e[pR] = R;
+    e[pK] = K;
+    e[pU] = u_ptrs[i];
+    e[pV] = v_ptrs[i];
+    e[pRest] = R > K ? 1 : 0;
+    e[pD] = d;
+    e[pGOff] = g_base + p.g_len;
+    e[pXOff] = p.x_len;
+    e[pPaOff] = pa_base + p.pa_len;
+    e[pPbOff] = pb_base + p.pb_len;
+    e[pRowTiles] = row_tiles;
+    e[pColTiles] = col_tiles;
+    e[pVecOk] = (K % vec == 0 && aligned16(m.data_ptr())) ? 1 : 0;
+    e[pSaveOff] = p.save_len;
+    e[pGradOff] = p.grad_len;
+    p.g_len += d * d;
+    p.x_len += R + K;
+    p.pa_len += row_tiles * K;
+    p.pb_len += col_tiles * R;
+    p.save_len += R + K;
+    p.grad_len += R * K;
+    p.numels.push_back(R * K);
+    for (int64_t rt = 0; rt < row_tiles; ++rt) {
+      for (int64_t ct = 0; ct < col_tiles; ++ct, pass += 3) {
+        pass[0] = i;
+        pass[1] = rt;
+        pass[2] = ct;
+      }
+    }
+    for (int64_t a = 0; a < g; ++a) {
+      for (int64_t b = a; b < g; ++b, gram += 3) {
+        gram[0] = i;
+        gram[1] = a;
+        gram[2] = b;
+      }
+    }
+  }
+  p.host_table = host;
+  p.table = host.to(mats[0].device(), at::kLong, /*non_blocking=*/true);
+  return p;
+}
+
+// The plan of these (already uniform and contiguous) weights and acc-dtype vectors: the cached one when
+// the key matches, else a new one replacing the oldest of kPlanCache. A table is a function of its key
+// alone (addresses and shapes), so a cached plan is valid for any tensors at those addresses.
+constexpr size_t kPlanCache = 4;
+
+std::shared_ptr<const Plan> plan_for(const std::vector<at::Tensor>& mats, const std::vector<int64_t>& u_ptrs,
+                                     const std::vector<int64_t>& v_ptrs) {
+  std::vector<int64_t> key;
+  key.reserve(3 + mats.size() * 5);
+  key.push_back(static_cast<int64_t>(mats[0].device().type()));
+  key.push_back(mats[0].device().index());
+  key.push_back(static_cast<int64_t>(mats[0].scalar_type()));
+  for (size_t i = 0; i < mats.size(); ++i) {
+    key.push_back(reinterpret_cast<int64_t>(mats[i].data_ptr()));
+    key.push_back(u_ptrs[i]);
+    key.push_back(v_ptrs[i]);
+    key.push_back(mats[i].size(0));
+    key.push_back(mats[i].numel());
+  }
+  // Leaked on purpose: device tensors must not be freed after the CUDA runtime shuts down at exit.
+  static auto* cache = new std::vector<std::shared_ptr<const Plan>>();
+  const std::lock_guard<std::mutex> lock(plan_mutex);
+  for (auto it = cache->begin(); it != cache->end(); ++it) {
+    if ((*it)->key == key) {
+      std::shared_ptr<const Plan> hit = *it;
+      cache->erase(it);
+      cache->push_back(hit);
+      return hit;
+    }
+  }
+  auto plan = std::make_shared<const Plan>(build_plan(std::move(key), mats, u_ptrs, v_ptrs));
+  if (cache->size() == kPlanCache) cache->erase(cache->begin());
+  cache->push_back(plan);
+  return plan;
+}
+
+void check_weights(const char* op, at::TensorList weights) {
+  TORCH_CHECK(!weights.empty(), op, ": weights must be a non-empty list of tensors");
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const std::string w = indexed("weights", i);
+    check_float(op, w.c_str(), weights[i]);
+    TORCH_CHECK(weights[i].dim() >= 2, op, ": ", w, " must have at least 2 dims, got shape ", weights[i].sizes());
+    TORCH_CHECK(weights[i].numel() > 0, op, ": ", w, " must not be empty, got shape ", weights[i].sizes());
+    TORCH_CHECK(weights[i].device() == weights[0].device(), op, ": ", w, " is on ", weights[i].device(),
+                " but weights[0] is on ", weights[0].device());
+  }
+  TORCH_CHECK(on_kernel_device(weights[0]), op, ": weights[0] must be ", kKernelDevice, ", got a tensor on ",
+              weights[0].device());
+}
+
+// The weights as the kernels read them: one dtype (their own when shared, else float32), contiguous.
+// Returns the originals (no copy) in the usual case.
+std::vector<at::Tensor> uniform(at::TensorList weights) {
+  bool same = true;
+  for (const at::Tensor& w : weights) same = same && w.scalar_type() == weights[0].scalar_type();
+  std::vector<at::Tensor> out;
+  out.reserve(weights.size());
+  for (const at::Tensor& w : weights) out.push_back((same ? w : w.to(at::kFloat)).contiguous());
+  return out;
+}
+
+// The vectors the kernels read and write: the caller's when contiguous in the acc dtype, else acc-dtype
+// copies (their indices in `copied`, copied back after the launches).
+void io_vectors(const char* op, const std::vector<at::Tensor>& mats, at::TensorList us, at::TensorList vs,
+                std::vector<at::Tensor>& u_io, std::vector<at::Tensor>& v_io, std::vector<size_t>& copied) {
+  TORCH_CHECK(us.size() == mats.size() && vs.size() == mats.size(), op, ": us and vs must have one entry per weight (",
+              mats.size(), "), got ", us.size(), " and ", vs.size());
+  const at::ScalarType acc = acc_dtype(mats[0].scalar_type());
+  for (size_t i = 0; i < mats.size(); ++i) {
+    const std::string u = indexed("us", i), v = indexed("vs", i);
+    check_float(op, u.c_str(), us[i]);
+    check_float(op, v.c_str(), vs[i]);
+    const int64_t R = mats[i].size(0), K = mats[i].numel() / R;
+    TORCH_CHECK(us[i].dim() == 1 && us[i].numel() == R, op, ": ", u, " must be 1-D with ", R, " elements, got shape ",
+                us[i].sizes());
+    TORCH_CHECK(vs[i].dim() == 1 && vs[i].numel() == K, op, ": ", v, " must be 1-D with ", K, " elements, got shape ",
+                vs[i].sizes());
+    TORCH_CHECK(us[i].device() == mats[0].device() && vs[i].device() == mats[0].device(), op, ": ", u, " and ", v,
+                " must be on ", mats[0].device());
+    const bool direct = us[i].scalar_type() == acc && vs[i].scalar_type() == acc && us[i].is_contiguous() &&
+                        vs[i].is_contiguous();
+    u_io.push_back(direct ? us[i] : us[i].to(acc).contiguous());
+    v_io.push_back(direct ? vs[i] : vs[i].to(acc).contiguous());
+    if (!direct) copied.push_back(i);
+  }
+}
+
+std::vector<int64_t> pointers(const std::vector<at::Tensor>& ts) {
+  std::vector<int64_t> out;
+  out.reserve(ts.size());
+  for (const at::Tensor& t : ts) out.push_back(reinterpret_cast<int64_t>(t.data_ptr()));
+  return out;
+}
+
 }  // namespace
 
 void power_iteration_update(at::TensorList mats, at::TensorList us, at::TensorList vs, int64_t n_iter) {
@@ -332,6 +819,113 @@ at::Tensor power_iteration_sigmas(at::TensorList mats, at::TensorList us, at::Te
                                    pb.data_ptr<acc_t>(), u.data_ptr<acc_t>(), sigma.data_ptr<acc_t>());
   });
   return sigma;
+}
+
+std::tuple<at::Tensor, at::Tensor> power_iteration_forward(at::TensorList weights, at::TensorList us,
+                                                           at::TensorList vs, int64_t n_iter) {
+  constexpr const char* op = "nvae_fast::power_iteration_forward";
+  TORCH_CHECK(n_iter >= 0, op, ": n_iter must be non-negative, got ", n_iter);
+  check_weights(op, weights);
+  const std::vector<at::Tensor> mats = uniform(weights);
+  const at::ScalarType acc = acc_dtype(mats[0].scalar_type());
+  std::vector<at::Tensor> u_io, v_io;
+  std::vector<size_t> copied;
+  io_vectors(op, mats, us, vs, u_io, v_io, copied);
+  const DeviceGuard guard(mats[0].device());
+  const cudaStream_t stream = current_stream();
+  const std::shared_ptr<const Plan> p = plan_for(mats, pointers(u_io), pointers(v_io));
+  const auto opts = mats[0].options().dtype(acc);
+  const bool gram = n_iter >= 2;
+  at::Tensor work = at::empty({p->x_len + p->pa_len + p->pb_len + (gram ? p->g_len : 0)}, opts);
+  at::Tensor saved = at::empty({p->save_len}, opts);
+  at::Tensor sigma = at::empty({p->n}, opts);
+  const int64_t* table = p->table.data_ptr<int64_t>();
+  const int64_t* pass_tiles = table + p->n * pFields;
+  const int64_t* gram_tiles = pass_tiles + p->pass_tiles * 3;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mats[0].scalar_type(), "power_iteration_forward", [&] {
+    using acc_t = AccT<scalar_t>;
+    acc_t* w = work.data_ptr<acc_t>();
+    acc_t* sg = sigma.data_ptr<acc_t>();
+    acc_t* sv = saved.data_ptr<acc_t>();
+    const acc_t eps = static_cast<acc_t>(kEps);
+    const auto pass = [&](int stage, bool from_caller) {
+      launch<pi_pass_kernel<scalar_t>>(static_cast<unsigned>(p->pass_tiles), kThreads, 0, stream, table, pass_tiles,
+                                       w, stage, from_caller);
+    };
+    const auto finish = [&](int stage) {
+      launch<pi_finish_kernel<acc_t>>(static_cast<unsigned>(p->n), kThreads, 0, stream, table, w, stage, sg, sv, eps);
+    };
+    if (n_iter == 0) {
+      pass(kSigmaOnly, true);
+      finish(kSigmaOnly);
+    } else if (n_iter == 1) {
+      pass(kFinishV, true);
+      finish(kFinishV);
+      pass(kFinishU, false);
+      finish(kFinishU);
+    } else {
+      launch<pi_gram_kernel<scalar_t>>(static_cast<unsigned>(p->gram_tiles), kThreads, 0, stream, table, gram_tiles, w);
+      launch<pi_gram_iterate_kernel<acc_t>>(static_cast<unsigned>(p->n), kThreads, 0, stream, table, w, n_iter, sg, sv,
+                                            eps);
+      pass(kByMode, false);
+      finish(kByMode);
+    }
+  });
+  for (size_t i : copied) {
+    us[i].copy_(u_io[i]);
+    vs[i].copy_(v_io[i]);
+  }
+  return {sigma, saved};
+}
+
+std::vector<at::Tensor> power_iteration_backward(const at::Tensor& grad, const at::Tensor& saved,
+                                                 at::TensorList weights) {
+  constexpr const char* op = "nvae_fast::power_iteration_backward";
+  check_weights(op, weights);
+  const std::vector<at::Tensor> mats = uniform(weights);
+  const at::ScalarType acc = acc_dtype(mats[0].scalar_type());
+  const int64_t n = static_cast<int64_t>(weights.size());
+  TORCH_CHECK(grad.dim() == 1 && grad.numel() == n && grad.scalar_type() == acc && grad.device() == mats[0].device(),
+              op, ": grad must be a (", n, ",) ", acc, " tensor on ", mats[0].device(), ", got ", grad.scalar_type(),
+              " of shape ", grad.sizes(), " on ", grad.device());
+  // The gradient kernel reads no u/v addresses (only offsets, a function of the shapes): its plan is
+  // cached under null vector addresses.
+  const std::vector<int64_t> none(mats.size(), 0);
+  const DeviceGuard guard(mats[0].device());
+  const std::shared_ptr<const Plan> p = plan_for(mats, none, none);
+  TORCH_CHECK(saved.dim() == 1 && saved.numel() == p->save_len && saved.scalar_type() == acc, op,
+              ": saved must be the (", p->save_len, ",) ", acc, " vectors of power_iteration_forward, got shape ",
+              saved.sizes(), " ", saved.scalar_type());
+  at::Tensor flat = at::empty({p->grad_len}, mats[0].options());
+  const at::Tensor g = grad.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mats[0].scalar_type(), "power_iteration_backward", [&] {
+    const int64_t* table = p->table.data_ptr<int64_t>();
+    launch<pi_outer_kernel<scalar_t>>(static_cast<unsigned>(p->pass_tiles), kThreads, 0, current_stream(), table,
+                                      table + p->n * pFields, g.data_ptr<AccT<scalar_t>>(),
+                                      saved.contiguous().data_ptr<AccT<scalar_t>>(), flat.data_ptr<scalar_t>());
+  });
+  std::vector<at::Tensor> grads;
+  grads.reserve(weights.size());
+  int64_t off = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const at::IntArrayRef sizes = weights[i].sizes();
+    std::vector<int64_t> strides(sizes.size(), 1);
+    for (int64_t j = static_cast<int64_t>(sizes.size()) - 2; j >= 0; --j) strides[j] = strides[j + 1] * sizes[j + 1];
+    at::Tensor gi = flat.as_strided(sizes, strides, off);
+    off += p->numels[i];
+    grads.push_back(gi.scalar_type() == weights[i].scalar_type() ? gi : gi.to(weights[i].scalar_type()));
+  }
+  return grads;
+}
+
+at::Tensor power_iteration_plan(at::TensorList weights, at::TensorList us, at::TensorList vs) {
+  constexpr const char* op = "nvae_fast::power_iteration_plan";
+  check_weights(op, weights);
+  const std::vector<at::Tensor> mats = uniform(weights);
+  std::vector<at::Tensor> u_io, v_io;
+  std::vector<size_t> copied;
+  io_vectors(op, mats, us, vs, u_io, v_io, copied);
+  return plan_for(mats, pointers(u_io), pointers(v_io))->host_table;
 }
 
 }  // namespace nvae_fast

@@ -26,7 +26,8 @@ buffers. Two schedules share these tables:
 ``sigmas`` takes two launches (per-row-block partial sums, then a fixed-order sum per weight). Weights
 whose storage dtypes (of W, u, v) differ get launches per dtype combination. No atomics anywhere: results
 are bit-identical from run to run. W_i with non-contiguous rows (column stride != 1) are read from a
-contiguous copy; any other strides are read in place.
+contiguous copy; any other strides are read in place. The device tables are cached across calls, keyed by
+the tensors' addresses, shapes, strides and dtypes (see ``_groups``).
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ import triton
 import triton.language as tl
 
 from nvae_fast._accumulation import acc_dtype, shared_acc_dtype
+from nvae_fast._power_iteration import forward_via, outer_grads
 
 from ._aot import aot_spec, ptr
 from ._host import TL_DTYPES, interpreting, num_warps
 
-__all__ = ["supports", "update", "sigmas", "aot_specs"]
+__all__ = ["supports", "update", "sigmas", "forward", "backward", "aot_specs"]
 
 EPS = 1e-12  # as nvae_fast.ops.power_iteration.EPS
 GPU_BLOCKS = (32, 128)  # (BLOCK_R, BLOCK_K): a 4096-element tile, rows of 128 contiguous columns
@@ -379,8 +381,8 @@ def _blocks() -> tuple[int, int]:
     return INTERPRETER_BLOCKS if interpreting() else GPU_BLOCKS
 
 
-def supports(mats):
-    """``None``: the kernels run every set of matrices that :func:`nvae_fast.ops.power_iteration` accepts."""
+def supports(weights):
+    """``None``: the kernels run every set of weights that :func:`nvae_fast.ops.power_iteration` accepts."""
     return None
 
 
@@ -393,10 +395,12 @@ class _Group:
     def __init__(self, index, mats, us, vs, acc):
         block_r, block_k = _blocks()
         self.dtypes = tuple(TL_DTYPES[t.dtype] for t in (mats[0], us[0], vs[0]))
-        self.mats = [_readable(m) for m in mats]  # keeps any copies alive while the kernels read them
+        readable = [_readable(m) for m in mats]
+        # keeps any copies alive while the kernels read them (a cached group holds no tensors)
+        self.copies = [r for r, m in zip(readable, mats) if r is not m]
         addr, meta, row_items, col_items = [], [], [], []
         sizes = [0, 0]
-        for i, (out, m, u, v) in enumerate(zip(index, self.mats, us, vs)):
+        for i, (out, m, u, v) in enumerate(zip(index, readable, us, vs)):
             rows, cols = m.shape
             n_rows, n_cols = triton.cdiv(rows, block_r), triton.cdiv(cols, block_k)
             addr += [m.data_ptr(), u.data_ptr(), v.data_ptr(), 0]
@@ -427,16 +431,36 @@ class _Group:
         return torch.split(torch.empty(sum(sizes), dtype=self.acc, device=self.meta.device), sizes)
 
 
+_GROUP_CACHE: dict[tuple, list] = {}  # key of a call's weights -> its groups, the most recent last
+GROUP_CACHE_SIZE = 16  # group lists kept (a call uses up to 5: resident, streamed, items, and sigmas' 2)
+
+
 def _groups(mats, us, vs, index):
-    """One :class:`_Group` per (W, u, v) dtype combination among the weights ``index``."""
+    """One :class:`_Group` per (W, u, v) dtype combination among the weights ``index``.
+
+    Cached: the tables are a function of the tensors' addresses, shapes, strides and dtypes (and the
+    call's accumulation dtype and tile), so a call on the same tensors reuses them. Weights read through a
+    contiguous copy (rows with a column stride) have new addresses every call and are never cached.
+    """
     acc = shared_acc_dtype(mats)
-    members: dict[tuple, list[int]] = {}
-    for i in index:
-        members.setdefault((mats[i].dtype, us[i].dtype, vs[i].dtype), []).append(i)
-    return [
-        _Group(idx, [mats[i] for i in idx], [us[i] for i in idx], [vs[i] for i in idx], acc)
-        for idx in members.values()
-    ]
+    key = (acc, _blocks(), mats[0].device) + tuple(
+        (i, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for i in index for t in (mats[i], us[i], vs[i])
+    )
+    cached = _GROUP_CACHE.pop(key, None)
+    if cached is None:
+        members: dict[tuple, list[int]] = {}
+        for i in index:
+            members.setdefault((mats[i].dtype, us[i].dtype, vs[i].dtype), []).append(i)
+        cached = [
+            _Group(idx, [mats[i] for i in idx], [us[i] for i in idx], [vs[i] for i in idx], acc)
+            for idx in members.values()
+        ]
+        if any(g.copies for g in cached):
+            return cached
+    _GROUP_CACHE[key] = cached
+    while len(_GROUP_CACHE) > GROUP_CACHE_SIZE:
+        del _GROUP_CACHE[next(iter(_GROUP_CACHE))]
+    return cached
 
 
 def update(mats, us, vs, n_iter):
@@ -504,6 +528,16 @@ def sigmas(mats, us, vs):
         )
         _sigma_sum_kernel[(g.n_weights,)](g.meta, part, out, BLOCK=SUM_BLOCK, num_warps=1)
     return out
+
+
+def forward(weights, us, vs, n_iter):
+    """:func:`update` then :func:`sigmas` on the weights' (out, rest) matrices: (sigma, saved final u, v)."""
+    return forward_via(update, sigmas, weights, us, vs, n_iter)
+
+
+def backward(saved, grad, weights):
+    """dW_i = grad_i u_i v_i^T for every weight, in its shape and dtype (batched by shape)."""
+    return outer_grads(saved, grad, weights)
 
 
 # --------------------------------------------------------------------------------- ahead-of-time specs

@@ -1,30 +1,49 @@
 """CUDA kernel set of :mod:`nvae_fast.ops.power_iteration` (contract: :class:`nvae_fast.ops.power_iteration.PowerIterationKernels`).
 
-All matrices go to the kernels in one dtype: their own when they share one, float32 otherwise (the
-accumulation dtype is float64 only when every matrix is float64). Each matrix must be contiguous
-(views of contiguous weights are); others are copied. One launch per half-step serves every matrix of
-every shape (ragged batch described by an offsets table); u/v are updated in place.
+``forward``/``backward`` (the op's path) take the weights as they are (any rank, viewed as (out, rest)):
+one custom-op call each, no per-weight work in Python. The C++ side caches the launch table of a set of
+weights and vectors (keyed by their addresses and shapes, a few plans deep), so a repeated call builds
+nothing. With ``n_iter >= 2`` each weight iterates on its Gram matrix, W W^T ("gram_out", out <= rest) or
+W^T W ("gram_rest"), and W is read ceil(min(out, rest) / 128) + 1 times in 4 launches; ``n_iter = 1``
+takes 4 launches and 2 reads, ``n_iter = 0`` 2 launches and 1 read; the backward one launch (see
+``csrc/power_iteration.cu``). Weights of mixed dtypes run in float32, non-contiguous ones from contiguous
+copies; u/v not contiguous in the accumulation dtype through copies.
 
-Custom ops (``torch.ops.nvae_fast``): ``power_iteration_update`` (mutates ``us`` and ``vs``) and
-``power_iteration_sigmas``; their fake implementations are registered here.
+``update``/``sigmas`` are the unplanned kernels on (out, rest) matrices (one launch per half-step).
+
+Custom ops (``torch.ops.nvae_fast``): ``power_iteration_update`` (mutates ``us`` and ``vs``),
+``power_iteration_sigmas``, ``power_iteration_forward`` (mutates ``us`` and ``vs``),
+``power_iteration_backward``, ``power_iteration_plan``; their fake implementations are registered here.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .._accumulation import acc_dtype
 from . import _library
 
-__all__ = ["supports", "update", "sigmas"]
+__all__ = ["VALIDATES", "supports", "update", "sigmas", "forward", "backward", "plan", "GRAM_TILE", "PLAN_FIELDS"]
+
+GRAM_TILE = 128  # csrc kGram
+PASS_TILE = (64, 256)  # csrc (kRows, kCols)
+#: Fields of a weight's entry in the plan table (csrc PlanField), in order.
+PLAN_FIELDS = ("w", "rows", "cols", "u", "v", "gram_rest", "gram_dim", "g_off", "x_off", "pa_off", "pb_off",
+               "row_tiles", "col_tiles", "vec_ok", "save_off", "grad_off")
 
 
-def supports(mats):
-    """``None`` when the kernels can run these (R_i, K_i) matrices, else the reason."""
-    for i, m in enumerate(mats):
-        if m.numel() == 0:
-            return f"matrix {i} has no elements (shape {tuple(m.shape)})"
-    return None
+#: The C++ ops check every weight and vector (the op skips its per-weight checks in Python).
+VALIDATES = True
+
+
+def supports(weights):
+    """``None`` when the kernels can run these weights (any rank), else the reason (an empty weight)."""
+    if min(map(torch.Tensor.numel, weights)) > 0:  # one C-level pass; the loop below only on a miss
+        return None
+    i = next(i for i, w in enumerate(weights) if w.numel() == 0)
+    return f"weight {i} has no elements (shape {tuple(weights[i].shape)})"
 
 
 def _uniform(mats):
@@ -44,6 +63,35 @@ def sigmas(mats, us, vs):
     return _library.ops().power_iteration_sigmas(_uniform(mats), list(us), list(vs))
 
 
+def forward(weights, us, vs, n_iter):
+    """``n_iter`` steps for every weight (us/vs in place), then sigma: returns (sigma (n,), saved), saved
+    the packed final (u_i, v_i) in the accumulation dtype for :func:`backward`."""
+    return _library.ops().power_iteration_forward(weights, us, vs, n_iter)
+
+
+def backward(saved, grad, weights):
+    """dW_i = grad_i u_i v_i^T for every weight, in its shape and dtype (views of one buffer)."""
+    return _library.ops().power_iteration_backward(grad, saved, weights)
+
+
+def plan(weights, us, vs, n_iter):
+    """What :func:`forward` runs for these tensors: per weight its mode (``gram_out``/``gram_rest`` for
+    ``n_iter >= 2``, else ``alternate``), Gram size and reads of W, and the launches of forward and backward.
+    The table comes from the C++ plan cache (built there if missing)."""
+    table = _library.ops().power_iteration_plan(weights, us, vs)
+    n = len(weights)
+    entries = table[: n * len(PLAN_FIELDS)].view(n, len(PLAN_FIELDS))
+    rest = entries[:, PLAN_FIELDS.index("gram_rest")].tolist()
+    dims = entries[:, PLAN_FIELDS.index("gram_dim")].tolist()
+    gram = n_iter >= 2
+    modes = [("gram_rest" if r else "gram_out") if gram else "alternate" for r in rest]
+    reads = [math.ceil(d / GRAM_TILE) + 1 if gram else max(1, 2 * n_iter) for d in dims]
+    launches = {0: ["pass", "finish"], 1: ["pass", "finish", "pass", "finish"]}.get(
+        n_iter, ["gram", "gram_iterate", "pass", "finish"])
+    return {"modes": modes, "gram_dims": dims, "weight_reads": reads, "forward_launches": launches,
+            "backward_launches": ["outer"], "table": table}
+
+
 def _update_fake(mats, us, vs, n_iter):
     return None
 
@@ -52,9 +100,42 @@ def _sigmas_fake(mats, us, vs):
     return mats[0].new_empty(len(mats), dtype=acc_dtype(mats[0].dtype))
 
 
+def _shared_dtype(weights):
+    return weights[0].dtype if len({w.dtype for w in weights}) == 1 else torch.float32
+
+
+def _forward_fake(weights, us, vs, n_iter):
+    acc = acc_dtype(_shared_dtype(weights))
+    vectors = sum(w.shape[0] + w.numel() // w.shape[0] for w in weights)
+    return weights[0].new_empty(len(weights), dtype=acc), weights[0].new_empty(vectors, dtype=acc)
+
+
+def _backward_fake(grad, saved, weights):
+    dtype = _shared_dtype(weights)
+    flat = weights[0].new_empty(sum(w.numel() for w in weights), dtype=dtype)
+    grads, offset = [], 0
+    for w in weights:  # views of one buffer, as the kernel returns them
+        view = flat.narrow(0, offset, w.numel()).view(w.shape)
+        grads.append(view if w.dtype == dtype else view.to(w.dtype))
+        offset += w.numel()
+    return grads
+
+
+def _plan_fake(weights, us, vs):
+    tiles = 0
+    for w in weights:
+        rows, cols = w.shape[0], w.numel() // w.shape[0]
+        g = -(-min(rows, cols) // GRAM_TILE)
+        tiles += -(-rows // PASS_TILE[0]) * -(-cols // PASS_TILE[1]) + g * (g + 1) // 2
+    return torch.empty(len(weights) * len(PLAN_FIELDS) + 3 * tiles, dtype=torch.int64)
+
+
 _library.register_fakes(
     {
         "power_iteration_update": _update_fake,
         "power_iteration_sigmas": _sigmas_fake,
+        "power_iteration_forward": _forward_fake,
+        "power_iteration_backward": _backward_fake,
+        "power_iteration_plan": _plan_fake,
     }
 )

@@ -53,10 +53,17 @@ class SpectralNormRegularizer(nn.Module):
             self.register_buffer(f"v{i}", v.to(w.device))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.long))
         self._warm = False  # steps > 0 once seen; avoids reading the buffer (a GPU sync) on every call
+        self._vectors = None  # ([u_i], [v_i]): the buffers, gathered once (again after _apply replaces them)
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._vectors = None
+        return out
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._warm = False  # the loaded step count decides again
+        self._vectors = None  # load_state_dict(assign=True) replaces the buffers
 
     @property
     def names(self) -> list[str]:
@@ -66,9 +73,10 @@ class SpectralNormRegularizer(nn.Module):
     def sigmas(self) -> torch.Tensor:
         """Run the power iteration and return every sigma_i, a 1-D tensor differentiable w.r.t. the weights."""
         weights = [conv_weight(m) for _, m in self._targets]
-        n = len(weights)
-        us = [getattr(self, f"u{i}") for i in range(n)]
-        vs = [getattr(self, f"v{i}") for i in range(n)]
+        if self._vectors is None:
+            n = len(weights)
+            self._vectors = ([getattr(self, f"u{i}") for i in range(n)], [getattr(self, f"v{i}") for i in range(n)])
+        us, vs = self._vectors
         n_iter = self.n_iter if self._warm or int(self.steps) > 0 else self.init_iter
         self.steps.add_(1)
         self._warm = True

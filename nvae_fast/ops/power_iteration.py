@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .. import backend, selfcheck
 from .._accumulation import shared_acc_dtype
+from .._power_iteration import forward_via, matrices, outer_grads
 from ._checks import check_tensor
 
 __all__ = [
@@ -38,13 +39,9 @@ _OP = "power_iteration"
 EPS = 1e-12
 
 
-def _matrices(weights):
-    return [w.reshape(w.shape[0], -1) for w in weights]
-
-
 def power_iteration_reference(weights, us, vs, n_iter):
     """One weight at a time, plain PyTorch: the definition of the op."""
-    mats = _matrices(weights)
+    mats = matrices(weights)
     acc = shared_acc_dtype(mats)
     sig = []
     for w, u_buf, v_buf in zip(mats, us, vs):
@@ -78,8 +75,8 @@ class PowerIterationKernels(Protocol):
     ``us[i]`` (out_i,), ``vs[i]`` (rest_i,).
     """
 
-    def supports(self, mats) -> str | None:
-        """Why the kernels cannot run these matrices (beyond the op's own checks), or ``None``."""
+    def supports(self, weights) -> str | None:
+        """Why the kernels cannot run these weights (as given, any rank; beyond the op's own checks), or ``None``."""
 
     def update(self, mats, us, vs, n_iter: int) -> None:
         """``n_iter`` steps of v <- normalize(W^T u), u <- normalize(W v) per matrix; us, vs in place."""
@@ -87,12 +84,20 @@ class PowerIterationKernels(Protocol):
     def sigmas(self, mats, us, vs) -> torch.Tensor:
         """sigma_i = u_i^T W_i v_i: (len(mats),) in the accumulation dtype."""
 
+    def forward(self, weights, us, vs, n_iter: int) -> tuple[torch.Tensor, object]:
+        """The op's forward on the weights as given (any rank >= 2, each read as (out_i, rest_i)):
+        ``update`` then ``sigmas``; returns (sigma (len(weights),) in the accumulation dtype, saved), saved
+        whatever :meth:`backward` needs (the final u_i, v_i)."""
+
+    def backward(self, saved, grad, weights) -> list:
+        """dW_i = grad_i u_i v_i^T for every weight, in the weight's shape and dtype; ``grad`` (len(weights),)."""
+
 
 class TorchKernels:
     """ATen kernel set: stack the weights of each shape and run batched mat-vecs (``torch.bmm``)."""
 
     @staticmethod
-    def supports(mats):
+    def supports(weights):
         return None
 
     @staticmethod
@@ -110,6 +115,14 @@ class TorchKernels:
                 vs[i].copy_(v[k])
 
     @staticmethod
+    def forward(weights, us, vs, n_iter):
+        return forward_via(TorchKernels.update, TorchKernels.sigmas, weights, us, vs, n_iter)
+
+    @staticmethod
+    def backward(saved, grad, weights):
+        return outer_grads(saved, grad, weights)
+
+    @staticmethod
     def sigmas(mats, us, vs):
         acc = shared_acc_dtype(mats)
         out = torch.empty(len(mats), dtype=acc, device=mats[0].device)
@@ -122,36 +135,25 @@ class TorchKernels:
 
 
 class PowerIterationFunction(torch.autograd.Function):
-    """sigma_i = u_i^T W_i v_i for every weight; backward gives dW_i = g_i u_i v_i^T, batched by shape."""
+    """sigma_i = u_i^T W_i v_i for every weight; backward gives dW_i = g_i u_i v_i^T (the kernel set's
+    ``forward``/``backward``: for cuda one custom-op call each, nothing per weight in Python)."""
 
     @staticmethod
     def forward(ctx, kernels, us, vs, n_iter, *weights):
-        mats = _matrices(weights)
         with torch.no_grad():
-            kernels.update(mats, us, vs, n_iter)
-            sig = kernels.sigmas(mats, us, vs)
-        ctx.save_for_backward(*[u.clone() for u in us], *[v.clone() for v in vs])
-        ctx.shapes = [w.shape for w in weights]
-        ctx.keys = _keys(mats)
+            sig, saved = kernels.forward(list(weights), us, vs, n_iter)
+        ctx.kernels, ctx.saved = kernels, saved
+        ctx.save_for_backward(*weights)
         return sig
 
     @staticmethod
     def backward(ctx, grad):
-        n = len(ctx.shapes)
-        saved = ctx.saved_tensors
-        us, vs = saved[:n], saved[n:]
-        grads = [None] * n
-        for idx in _groups(ctx.keys):
-            u = torch.stack([us[i] for i in idx]).to(grad.dtype)
-            v = torch.stack([vs[i] for i in idx]).to(grad.dtype)
-            outer = grad[idx].view(-1, 1, 1) * u.unsqueeze(2) * v.unsqueeze(1)
-            for k, i in enumerate(idx):
-                if ctx.needs_input_grad[4 + i]:
-                    grads[i] = outer[k].reshape(ctx.shapes[i]).to(ctx.keys[i][1])
+        grads = ctx.kernels.backward(ctx.saved, grad.contiguous(), list(ctx.saved_tensors))
         return (None, None, None, None, *grads)
 
 
-def _check(weights, us, vs, n_iter):
+def _check_call(weights, us, vs, n_iter):
+    """The checks of one call that do not look at each weight."""
     if isinstance(weights, torch.Tensor) or not len(weights):
         raise TypeError("power_iteration: weights must be a non-empty list of tensors")
     if len(us) != len(weights) or len(vs) != len(weights):
@@ -160,7 +162,12 @@ def _check(weights, us, vs, n_iter):
         )
     if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 0:
         raise ValueError(f"power_iteration: n_iter must be a non-negative int, got {n_iter!r}")
-    device = weights[0].device if isinstance(weights[0], torch.Tensor) else None
+    check_tensor("power_iteration", "weights[0]", weights[0])
+
+
+def _check_each(weights, us, vs):
+    """Every weight and vector: float tensors of matching sizes on weights[0]'s device."""
+    device = weights[0].device
     for i, (w, u, v) in enumerate(zip(weights, us, vs)):
         check_tensor("power_iteration", f"weights[{i}]", w)
         check_tensor("power_iteration", f"us[{i}]", u, ndim=1)
@@ -184,12 +191,17 @@ def power_iteration(weights, us, vs, n_iter):
     ``weights``: list of tensors of any shapes (each viewed as (out, -1)); ``us[i]``: (out_i,);
     ``vs[i]``: (rest_i,). Returns a 1-D float32 (float64 for all-float64 weights) tensor, differentiable
     w.r.t. the weights.
+
+    A kernel set with ``VALIDATES = True`` (cuda) checks every weight and vector itself, in one compiled
+    loop, with errors that name the argument; the per-weight checks here run for the others.
     """
-    _check(weights, us, vs, n_iter)
-    name, kernels = backend.resolve(OP, weights[0].device, _matrices(weights))
+    _check_call(weights, us, vs, n_iter)
+    name, kernels = backend.resolve(OP, weights[0].device, weights)
+    if not getattr(kernels, "VALIDATES", False):
+        _check_each(weights, us, vs)
     if name == "reference":
         return power_iteration_reference(weights, us, vs, n_iter)
-    return PowerIterationFunction.apply(kernels, list(us), list(vs), n_iter, *weights)
+    return PowerIterationFunction.apply(kernels, us, vs, n_iter, *weights)
 
 
 OP = backend.Op(_OP, TorchKernels, lambda name, device, dtype: selfcheck.run(_OP, power_iteration, name, device, dtype))

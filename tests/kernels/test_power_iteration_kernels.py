@@ -148,3 +148,24 @@ def test_default_schedule_uses_registers_and_streaming():
 def test_supports():
     mats, _, _ = _inputs(SHAPES[:3], torch.bfloat16)
     assert pi.supports(mats) is None
+
+
+def test_tables_cached_across_calls(schedule):
+    """A second call on the same tensors reuses the device tables (and computes the same as one call of
+    two steps); a replaced weight gets new ones; weights read through a copy are not cached."""
+    mats, us, vs = _inputs(SHAPES, torch.float32, seed=4)
+    reference = _reference(mats, us, vs, 2)
+    pi._GROUP_CACHE.clear()
+    pi.update(mats, us, vs, 1)
+    built = {k: [id(g) for g in groups] for k, groups in pi._GROUP_CACHE.items()}
+    assert built
+    pi.update(mats, us, vs, 1)
+    assert {k: [id(g) for g in groups] for k, groups in pi._GROUP_CACHE.items()} == built
+    _check((pi.sigmas(mats, us, vs), us, vs), reference, TOL[torch.float32])
+    ids = {i for groups in pi._GROUP_CACHE.values() for i in map(id, groups)}
+    mats[2] = mats[2].clone()
+    pi.update(mats, us, vs, 1)
+    assert {i for groups in pi._GROUP_CACHE.values() for i in map(id, groups)} - ids  # new tables
+    pi._GROUP_CACHE.clear()
+    pi.update([m.t().contiguous().t() if m.shape[1] > 1 else m for m in mats], us, vs, 1)
+    assert all(not any(g.copies for g in groups) for groups in pi._GROUP_CACHE.values())

@@ -68,3 +68,15 @@ def test_can_be_an_attribute_of_the_model_it_regularises():
 def test_rejects_a_model_without_convolutions():
     with pytest.raises(ValueError, match="no convolution weights"):
         SpectralNormRegularizer(nn.Linear(3, 3))
+
+
+def test_updates_the_buffers_after_they_are_replaced():
+    """The gathered u/v lists follow .double() (which replaces every buffer): the new buffers are updated."""
+    conv = nn.Conv2d(3, 4, 3)
+    reg = SpectralNormRegularizer(conv, n_iter=1, init_iter=1)
+    reg()
+    conv.double()
+    reg.double()
+    before = reg.u0.clone()
+    reg()
+    assert reg.u0.dtype == torch.float64 and not torch.equal(reg.u0, before)

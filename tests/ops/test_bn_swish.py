@@ -16,8 +16,8 @@ SHAPES = [(2, 3, 5, 7), (1, 5, 3, 4), (3, 6, 1, 1), (4, 7, 9, 11)]
 def _inputs(shape, dtype, kind, device, seed=0, param_dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     c = shape[1]
-    x = in_layout(randn(*shape, dtype=dtype, generator=g, scale=2.0, shift=0.5), kind).to(device)
-    dy = in_layout(randn(*shape, dtype=dtype, generator=g), kind).to(device)
+    x = in_layout(randn(*shape, dtype=dtype, generator=g, scale=2.0, shift=0.5, device=device), kind)
+    dy = in_layout(randn(*shape, dtype=dtype, generator=g, device=device), kind)
     weight = randn(c, dtype=param_dtype, generator=g, scale=0.5, shift=1.0).to(device)
     bias = randn(c, dtype=param_dtype, generator=g, scale=0.5).to(device)
     running_mean = randn(c, generator=g, scale=0.3).to(device)

@@ -31,7 +31,7 @@ def _inputs(shape, conv, dtype, kind, device, seed=0, bias=True):
     c = shape[1]
     cout = c if cout is None else cout
     groups = c if groups is None else groups
-    x = in_layout(randn(*shape, dtype=dtype, generator=g, scale=2.0, shift=0.5), kind).to(device)
+    x = in_layout(randn(*shape, dtype=dtype, generator=g, scale=2.0, shift=0.5, device=device), kind)
     bn_w = randn(c, generator=g, scale=0.5, shift=1.0).to(device)
     bn_b = randn(c, generator=g, scale=0.5).to(device)
     rm = randn(c, generator=g, scale=0.3).to(device)

@@ -30,7 +30,7 @@ def _case_id(case):
 def _inputs(shape, k, dtype, kind, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     c = shape[1]
-    x = in_layout(randn(*shape, dtype=dtype, generator=g), kind).to(device)
+    x = in_layout(randn(*shape, dtype=dtype, generator=g, device=device), kind)
     weight = randn(c, 1, k, k, dtype=torch.float32, generator=g, scale=0.3).to(device)
     bias = randn(c, dtype=torch.float32, generator=g).to(device)
     return x, weight, bias
@@ -39,7 +39,7 @@ def _inputs(shape, k, dtype, kind, device, seed=0):
 def _grads(fn, x, weight, bias, dy_gen, dy_dtype, kind):
     leaves = [x.detach().requires_grad_(), weight.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()]
     y = fn(*leaves)
-    dy = in_layout(randn(*y.shape, dtype=dy_dtype, generator=torch.Generator().manual_seed(dy_gen)), kind).to(y.device)
+    dy = in_layout(randn(*y.shape, dtype=dy_dtype, generator=torch.Generator().manual_seed(dy_gen), device=y.device), kind)
     return y, torch.autograd.grad(y, leaves, dy)
 
 
@@ -92,7 +92,7 @@ def _check_matches_reference(backend, dtype, kind, case, seed=0):
 def test_gradcheck_float64(backend, kind, stride):
     device = require(backend)
     g = torch.Generator().manual_seed(0)
-    x = in_layout(randn(2, 3, 7, 6, dtype=torch.float64, generator=g), kind).to(device).requires_grad_()
+    x = in_layout(randn(2, 3, 7, 6, dtype=torch.float64, generator=g, device=device), kind).requires_grad_()
     w = randn(3, 1, 5, 5, dtype=torch.float64, generator=g).to(device).requires_grad_()
     b = randn(3, dtype=torch.float64, generator=g).to(device).requires_grad_()
     # fast_mode checks random directional derivatives instead of the full Jacobian: the full one runs the

@@ -20,8 +20,8 @@ CASES = [((2, 6, 5, 7), 4), ((1, 9, 3, 3), 4), ((3, 5, 1, 1), 2), ((2, 17, 11, 1
 def _inputs(shape, hidden, dtype, kind, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     c = shape[1]
-    x = in_layout(randn(*shape, dtype=dtype, generator=g, shift=0.3), kind).to(device)
-    dy = in_layout(randn(*shape, dtype=dtype, generator=g), kind).to(device)
+    x = in_layout(randn(*shape, dtype=dtype, generator=g, shift=0.3, device=device), kind)
+    dy = in_layout(randn(*shape, dtype=dtype, generator=g, device=device), kind)
     params = [
         randn(hidden, c, generator=g, scale=0.7).to(device),
         randn(hidden, generator=g, scale=0.5).to(device),

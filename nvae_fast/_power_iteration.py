@@ -1,0 +1,40 @@
+"""The forward and backward of the power iteration built from a kernel set's ``update`` and ``sigmas``
+(for kernel sets without planned whole-call kernels: torch and triton). Shared by those sets; the
+kernel packages may import it (it imports nothing of the ops)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+
+def matrices(weights):
+    """Every weight as its (out, rest) matrix."""
+    return [w.reshape(w.shape[0], -1) for w in weights]
+
+
+def forward_via(update, sigmas, weights, us, vs, n_iter):
+    """``update`` then ``sigmas`` on the weights' matrices: (sigma, saved), saved = copies of the final
+    u_i, v_i (the caller's buffers change on the next call)."""
+    mats = matrices(weights)
+    update(mats, us, vs, n_iter)
+    sig = sigmas(mats, us, vs)
+    return sig, [u.clone() for u in us] + [v.clone() for v in vs]
+
+
+def outer_grads(saved, grad, weights):
+    """dW_i = grad_i u_i v_i^T in each weight's shape and dtype, batched over weights of one shape."""
+    n = len(weights)
+    us, vs = saved[:n], saved[n:]
+    groups = defaultdict(list)
+    for i, w in enumerate(weights):
+        groups[(tuple(w.shape), w.dtype)].append(i)
+    grads = [None] * n
+    for (shape, dtype), idx in groups.items():
+        u = torch.stack([us[i] for i in idx]).to(grad.dtype)
+        v = torch.stack([vs[i] for i in idx]).to(grad.dtype)
+        outer = grad[idx].view(-1, 1, 1) * u.unsqueeze(2) * v.unsqueeze(1)
+        for k, i in enumerate(idx):
+            grads[i] = outer[k].reshape(shape).to(dtype)
+    return grads
