@@ -26,6 +26,8 @@ void register_kernels(torch::Library& m) {
   m.impl("bn_swish_normalize", &nvae_fast::bn_swish_normalize);
   m.impl("bn_swish_backward_reduce", &nvae_fast::bn_swish_backward_reduce);
   m.impl("bn_swish_backward_dx", &nvae_fast::bn_swish_backward_dx);
+  m.impl("bn_swish_train_forward", &nvae_fast::bn_swish_train_forward);
+  m.impl("bn_swish_backward", &nvae_fast::bn_swish_backward);
   m.impl("dwconv2d_forward", &nvae_fast::dwconv2d_forward);
   m.impl("dwconv2d_backward_input", &nvae_fast::dwconv2d_backward_input);
   m.impl("dwconv2d_backward_weight", &nvae_fast::dwconv2d_backward_weight);
@@ -51,6 +53,12 @@ TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {
   m.def(
       "bn_swish_backward_dx(Tensor dy, Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor bias, "
       "Tensor sum_dz, Tensor sum_dz_xhat, int? count) -> Tensor");
+  m.def(
+      "bn_swish_train_forward(Tensor x, Tensor weight, Tensor bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, float momentum, float eps) -> (Tensor y, Tensor mean, Tensor invstd)");
+  m.def(
+      "bn_swish_backward(Tensor dy, Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor bias, int? count) "
+      "-> (Tensor dx, Tensor sum_dz, Tensor sum_dz_xhat)");
 }
 
 TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {

@@ -22,6 +22,15 @@ std::tuple<at::Tensor, at::Tensor> bn_swish_backward_reduce(const at::Tensor& dy
 at::Tensor bn_swish_backward_dx(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
                                 const at::Tensor& invstd, const at::Tensor& weight, const at::Tensor& bias,
                                 const at::Tensor& sum_dz, const at::Tensor& sum_dz_xhat, std::optional<int64_t> count);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_train_forward(const at::Tensor& x, const at::Tensor& weight,
+                                                                      const at::Tensor& bias,
+                                                                      const std::optional<at::Tensor>& running_mean,
+                                                                      const std::optional<at::Tensor>& running_var,
+                                                                      double momentum, double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_swish_backward(const at::Tensor& dy, const at::Tensor& x,
+                                                                 const at::Tensor& mean, const at::Tensor& invstd,
+                                                                 const at::Tensor& weight, const at::Tensor& bias,
+                                                                 std::optional<int64_t> count);
 
 // depthwise_conv2d.cu
 at::Tensor dwconv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

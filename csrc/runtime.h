@@ -35,6 +35,7 @@ inline cudaStream_t current_stream() { return nullptr; }
 inline int multiprocessors() { return emu::multiprocessors(); }
 // Options of a host buffer that is copied to the device.
 inline at::TensorOptions staging_options() { return at::TensorOptions(); }
+inline size_t max_dynamic_smem_optin() { return emu::kMaxDynamicSmemOptin; }
 
 template <typename... Params, typename... Args>
 void emulate_launch(const char* signature, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
@@ -50,6 +51,7 @@ using DeviceGuard = c10::cuda::CUDAGuard;
 inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
 inline int multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 inline at::TensorOptions staging_options() { return at::TensorOptions().pinned_memory(true); }
+inline size_t max_dynamic_smem_optin() { return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin; }
 #endif
 
 // kernel<<<grid, block, smem, stream>>>(args...), then the launch check.
@@ -71,6 +73,17 @@ inline void zero_async(void* p, size_t bytes, cudaStream_t stream) {
   std::memset(p, 0, bytes);
 #else
   C10_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
+#endif
+}
+
+// Lets `kernel` be launched with up to `bytes` (at most max_dynamic_smem_optin()) of dynamic shared
+// memory; without it a launch may use 48 KiB.
+template <auto kernel>
+void allow_dynamic_smem(size_t bytes) {
+#ifdef NVAE_FAST_EMULATE
+  emu::set_max_dynamic_smem(emu::kernel_name(__PRETTY_FUNCTION__), bytes);
+#else
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 #endif
 }
 

@@ -11,7 +11,8 @@ for float64 x, float32 otherwise)::
     backward_dx:      dx = weight_c invstd_c (dz - sum_dz_c / n - xhat sum_dz_xhat_c / n)   (training)
                       dx = weight_c invstd_c dz                                          (eval)
     train_forward:    batch_stats and normalize in one read of x, invstd_c = 1 / sqrt(var_c + eps),
-                      or ``None`` when a channel's slice does not fit one program (see below)
+                      running_mean/running_var updated in the kernel, when a channel's slice fits one
+                      program (see below; else batch_stats, normalize and ATen ops for the rest)
 
 Layouts: NCHW-contiguous and channels_last tensors are read in place (see :mod:`._host`); any other
 strides are copied to NCHW first, and ``dy`` is copied to ``x``'s layout when it differs. Outputs have the
@@ -33,6 +34,11 @@ Each program loads its slice once, computes the mean and then the centred sum of
 (exact two-pass), and writes y. The grid is only C programs (NCHW) or C / block (channels_last): it
 fills a GPU for NVAE's widths (C = 32 ... 768) only partly at the low end; channels_last tiles
 narrower than a sector fetch each sector once per program (from L2 after the first).
+
+One-read backward. ``backward`` does the same with dy and x (half the tile each, so N*H*W <= 8192, 4096
+for float64): one program per channel (block) loads both once, stores sum dz and sum dz xhat and dx.
+Past the limits the training forward and backward fall back to two passes (a reduction, then an
+element-wise kernel that reads the inputs again); :func:`plan` says which a given x takes.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from . import _host
 from ._aot import aot_spec, ones, ptr
 
 __all__ = [
-    "supports", "train_forward", "batch_stats", "normalize", "backward", "backward_reduce", "backward_dx", "aot_specs",
+    "supports", "plan", "train_forward", "batch_stats", "normalize", "backward", "backward_reduce", "backward_dx", "aot_specs",
 ]
 
 MAX_COLS_NCHW = 1024  # widest tile along H*W
@@ -318,24 +324,34 @@ def _bn_backward_dx_kernel(
 
 
 @triton.jit
-def _centred_swish(d, var, w, b, eps, ACC: tl.constexpr):
-    """silu(w d / sqrt(var + eps) + b) for centred values d = x - mean (operands broadcast); the square
-    root is correctly rounded (``sqrt_rn`` takes float32 only; float64 ``sqrt`` rounds correctly)."""
+def _train_stats(mean, m2, n, eps, ch, chmask, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, momentum, unbiased,
+                 HAS_RUNNING: tl.constexpr, ACC: tl.constexpr):
+    """invstd = 1 / sqrt(M2 / n + eps) (square root correctly rounded: ``sqrt_rn`` takes float32 only;
+    float64 ``sqrt`` rounds correctly); stores mean and invstd of channels ``ch`` and, with
+    HAS_RUNNING, r <- (1 - momentum) r + momentum s for s = mean and var * unbiased (unbiased = n / (n - 1))."""
+    var = m2 / n
     if ACC == tl.float64:
-        std = tl.sqrt(var + eps)
+        invstd = 1.0 / tl.sqrt(var + eps)
     else:
-        std = tl.sqrt_rn(var + eps)
-    z = d * (w / std) + b
-    return z * tl.sigmoid(z)
+        invstd = 1.0 / tl.sqrt_rn(var + eps)
+    tl.store(mean_ptr + ch, mean, mask=chmask)
+    tl.store(invstd_ptr + ch, invstd, mask=chmask)
+    if HAS_RUNNING:
+        rm = tl.load(rm_ptr + ch, mask=chmask, other=0).to(ACC)
+        rv = tl.load(rv_ptr + ch, mask=chmask, other=0).to(ACC)
+        tl.store(rm_ptr + ch, (1 - momentum) * rm + momentum * mean, mask=chmask)
+        tl.store(rv_ptr + ch, (1 - momentum) * rv + momentum * (var * unbiased), mask=chmask)
+    return invstd
 
 
 @triton.jit
 def _bn_train_forward_nchw_kernel(
-    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, N, C, HW, eps,
-    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, N, C, HW, eps, momentum, unbiased,
+    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, HAS_RUNNING: tl.constexpr, ACC: tl.constexpr,
 ):
     """Grid (C,). Program c loads channel c's whole N x HW slice (BLOCK_N >= N, BLOCK_HW >= HW), stores
-    mean_c, var_c = E[x], E[(x - mean_c)^2] and y = silu(weight_c (x - mean_c) / sqrt(var_c + eps) + bias_c)."""
+    mean_c = E[x], invstd_c = 1 / sqrt(E[(x - mean_c)^2] + eps), updates the running statistics (see
+    :func:`_train_stats`) and y = silu(weight_c (x - mean_c) invstd_c + bias_c)."""
     c = tl.program_id(0)
     rows = tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_HW)
@@ -344,19 +360,18 @@ def _bn_train_forward_nchw_kernel(
     v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
     n = tl.cast(N * HW, ACC)
     mean, d, m2 = _centre(v, mask, n, None)
-    var = m2 / n
+    invstd = _train_stats(mean, m2, n, eps, c, True, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, momentum, unbiased,
+                          HAS_RUNNING, ACC)
     w = tl.load(w_ptr + c).to(ACC)
     b = tl.load(b_ptr + c).to(ACC)
-    y = _centred_swish(d, var, w, b, eps, ACC)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + c, mean)
-    tl.store(var_ptr + c, var)
+    z = d * (w * invstd) + b
+    tl.store(y_ptr + offs, (z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _bn_train_forward_nhwc_kernel(
-    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, var_ptr, R, C, eps,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, R, C, eps, momentum, unbiased,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, HAS_RUNNING: tl.constexpr, ACC: tl.constexpr,
 ):
     """Grid (cdiv(C, BLOCK_C),) over the (R = N*H*W) x C matrix, BLOCK_R >= R. Program j does what the
     NCHW one does for channels j*BLOCK_C + [0, BLOCK_C), reducing its tile along the rows."""
@@ -368,13 +383,77 @@ def _bn_train_forward_nhwc_kernel(
     v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
     n = tl.cast(R, ACC)
     mean, d, m2 = _centre(v, mask, n, 0)
-    var = m2 / n
+    invstd = _train_stats(mean, m2, n, eps, cols, cmask, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, momentum, unbiased,
+                          HAS_RUNNING, ACC)
     w = tl.load(w_ptr + cols, mask=cmask, other=0).to(ACC)
     b = tl.load(b_ptr + cols, mask=cmask, other=0).to(ACC)
-    y = _centred_swish(d, var[None, :], w[None, :], b[None, :], eps, ACC)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + cols, mean, mask=cmask)
-    tl.store(var_ptr + cols, var, mask=cmask)
+    z = d * (w * invstd)[None, :] + b[None, :]
+    tl.store(y_ptr + offs, (z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _one_read_backward(dy, x, mask, mean, invstd, w, b, sdz_ptr, sdzx_ptr, ch, chmask, inv_count,
+                       AXIS: tl.constexpr, TRAINING: tl.constexpr):
+    """dx of a tile that holds whole channel slices (dy, x in acc, 0 outside ``mask``; per-channel
+    operands broadcast against the tile), storing sum dz and sum dz xhat (reduced along AXIS) of
+    channels ``ch``."""
+    xhat = tl.where(mask, (x - mean) * invstd, 0)
+    dz = tl.where(mask, _swish_grad(dy, xhat * w + b), 0)
+    sdz = tl.sum(dz, AXIS)
+    sdzx = tl.sum(dz * xhat, AXIS)
+    tl.store(sdz_ptr + ch, sdz, mask=chmask)
+    tl.store(sdzx_ptr + ch, sdzx, mask=chmask)
+    if TRAINING:
+        if AXIS is None:
+            dz = dz - sdz * inv_count - xhat * (sdzx * inv_count)
+        else:
+            dz = dz - (sdz * inv_count)[None, :] - xhat * (sdzx * inv_count)[None, :]
+    return dz * (w * invstd)
+
+
+@triton.jit
+def _bn_backward_one_read_nchw_kernel(
+    dy_ptr, x_ptr, dx_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, N, C, HW, inv_count,
+    TRAINING: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (C,). Program c loads channel c's whole N x HW slice of dy and x once, stores
+    sum dz and sum dz xhat and dx = weight invstd (dz - sum dz / n - xhat sum dz xhat / n) (TRAINING;
+    else weight invstd dz), with inv_count = 1 / n."""
+    c = tl.program_id(0)
+    rows = tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_HW)
+    mask = (rows < N)[:, None] & (cols < HW)[None, :]
+    offs = c * HW + rows[:, None] * (C * HW) + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0).to(ACC)
+    mean = tl.load(mean_ptr + c).to(ACC)
+    invstd = tl.load(invstd_ptr + c).to(ACC)
+    w = tl.load(w_ptr + c).to(ACC)
+    b = tl.load(b_ptr + c).to(ACC)
+    dx = _one_read_backward(dy, x, mask, mean, invstd, w, b, sdz_ptr, sdzx_ptr, c, True, inv_count, None, TRAINING)
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bn_backward_one_read_nhwc_kernel(
+    dy_ptr, x_ptr, dx_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, R, C, inv_count,
+    TRAINING: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (cdiv(C, BLOCK_C),) over the (R = N*H*W) x C matrices, BLOCK_R >= R: the NCHW kernel for
+    channels j*BLOCK_C + [0, BLOCK_C)."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows = tl.arange(0, BLOCK_R)
+    cmask = cols < C
+    mask = (rows < R)[:, None] & cmask[None, :]
+    offs = rows[:, None] * C + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0).to(ACC)
+    mean = tl.load(mean_ptr + cols, mask=cmask, other=0).to(ACC)[None, :]
+    invstd = tl.load(invstd_ptr + cols, mask=cmask, other=0).to(ACC)[None, :]
+    w = tl.load(w_ptr + cols, mask=cmask, other=0).to(ACC)[None, :]
+    b = tl.load(b_ptr + cols, mask=cmask, other=0).to(ACC)[None, :]
+    dx = _one_read_backward(dy, x, mask, mean, invstd, w, b, sdz_ptr, sdzx_ptr, cols, cmask, inv_count, 0, TRAINING)
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------------ host wrappers
@@ -485,9 +564,31 @@ def backward_reduce(dy, x, mean, invstd, weight, bias):
 
 
 def backward(dy, x, mean, invstd, weight, bias, count):
-    """``(dx, sum_dz, sum_dz_xhat)``: :func:`backward_reduce`, then :func:`backward_dx` with its sums."""
-    sum_dz, sum_dz_xhat = backward_reduce(dy, x, mean, invstd, weight, bias)
-    return backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count), sum_dz, sum_dz_xhat
+    """``(dx, sum_dz, sum_dz_xhat)``: in one launch that reads dy and x once when a channel's slices of
+    both fit one program (:func:`_one_read_tile` with two inputs), else :func:`backward_reduce`, then
+    :func:`backward_dx` with its sums."""
+    layout = _host.layout_of(x) or _host.NCHW
+    tile = _one_read_tile(x, layout, inputs=2)
+    if tile is None or x.numel() == 0:
+        sum_dz, sum_dz_xhat = backward_reduce(dy, x, mean, invstd, weight, bias)
+        return backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count), sum_dz, sum_dz_xhat
+    x, _ = _host.dense(x, layout)
+    dy, _ = _host.dense(dy.to(x.dtype), layout)
+    n, c, h, w = x.shape
+    dx = torch.empty_like(x)
+    sum_dz = torch.empty(c, dtype=mean.dtype, device=x.device)
+    sum_dz_xhat = torch.empty(c, dtype=mean.dtype, device=x.device)
+    block_a, block_b = tile
+    args = (dy, x, dx, *_params(mean, invstd, weight, bias), sum_dz, sum_dz_xhat)
+    common = dict(TRAINING=count is not None, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(2 * block_a * block_b))
+    inv_count = 1.0 / count if count is not None else 1.0
+    if layout == _host.NCHW:
+        _bn_backward_one_read_nchw_kernel[(c,)](*args, n, c, h * w, inv_count, BLOCK_N=block_a, BLOCK_HW=block_b, **common)
+    else:
+        _bn_backward_one_read_nhwc_kernel[(triton.cdiv(c, block_b),)](
+            *args, n * h * w, c, inv_count, BLOCK_R=block_a, BLOCK_C=block_b, **common
+        )
+    return dx, sum_dz, sum_dz_xhat
 
 
 def backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count):
@@ -517,11 +618,12 @@ def _one_read_limit(dtype: torch.dtype) -> int:
     return ONE_READ_ELEMS * 4 // acc_dtype(dtype).itemsize
 
 
-def _one_read_tile(x: torch.Tensor, layout: str) -> tuple[int, int] | None:
-    """Tile (block_a, block_b) of the one-read forward for ``x`` in ``layout`` (NCHW: pow2(N) x pow2(H*W);
-    NHWC: pow2(N*H*W) x a block of channels), or ``None`` when it exceeds :func:`_one_read_limit`."""
+def _one_read_tile(x: torch.Tensor, layout: str, inputs: int = 1) -> tuple[int, int] | None:
+    """Tile (block_a, block_b) of the one-read forward (``inputs`` = 1: x) or backward (2: dy and x) for
+    ``x`` in ``layout`` (NCHW: pow2(N) x pow2(H*W); NHWC: pow2(N*H*W) x a block of channels), or ``None``
+    when its ``inputs`` tiles exceed :func:`_one_read_limit`."""
     n, c, h, w = x.shape
-    limit = _one_read_limit(x.dtype)
+    limit = _one_read_limit(x.dtype) // inputs
     if layout == _host.NCHW:
         block_a, block_b = _host.pow2(n), _host.pow2(h * w)
     else:
@@ -530,37 +632,72 @@ def _one_read_tile(x: torch.Tensor, layout: str) -> tuple[int, int] | None:
     return (block_a, block_b) if block_a * block_b <= limit else None
 
 
-def train_forward(x, weight, bias, eps):
-    """``(y, mean, var)`` of the training forward: in one read of x when a channel's slice fits one
-    program (see :func:`_one_read_tile`), else :func:`batch_stats` then :func:`normalize`.
+def _running(t, acc):
+    """A running statistic a kernel can update in place: ``t`` itself, or a copy of another dtype or
+    layout (copied back afterwards)."""
+    if t is None or (t.dtype == acc and t.is_contiguous()):
+        return t
+    return t.to(acc).contiguous()
 
-    y like x (dtype and dense layout); mean, var (C,) in the acc dtype, var biased;
-    y = silu(weight (x - mean) / sqrt(var + eps) + bias).
+
+def plan(x, backward: bool = False) -> str:
+    """The plan of the training forward (``backward=False``) or backward of x: ``"one_read"`` (one
+    program per channel slice, or block of channels, reads x (dy and x) once, see :func:`_one_read_tile`)
+    or ``"two_pass"`` (a reduction over x (dy and x), then an element-wise pass that reads them again)."""
+    tile = _one_read_tile(x, _host.layout_of(x) or _host.NCHW, inputs=2 if backward else 1)
+    return "one_read" if tile is not None and x.numel() > 0 else "two_pass"
+
+
+def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
+    """``(y, mean, invstd)`` of the training forward, running statistics updated in place: in one read of
+    x and one launch when a channel's slice fits one program (see :func:`_one_read_tile`; mean, invstd
+    and the running update are computed in the kernel), else :func:`batch_stats` then :func:`normalize`.
+
+    y like x (dtype and dense layout); mean, invstd (C,) in the acc dtype, invstd = 1 / sqrt(var + eps)
+    with the biased var; y = silu(weight (x - mean) invstd + bias); running_var gets var n / (n - 1).
     """
     layout = _host.layout_of(x) or _host.NCHW
     tile = _one_read_tile(x, layout)
+    count = x.numel() // x.shape[1]
     if tile is None or x.numel() == 0:
         mean, var = batch_stats(x)
-        return normalize(x, mean, torch.rsqrt(var + eps), weight, bias), mean, var
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            running_var.mul_(1 - momentum).add_((var * (count / (count - 1))).to(running_var.dtype), alpha=momentum)
+        invstd = torch.rsqrt(var + eps)
+        return normalize(x, mean, invstd, weight, bias), mean, invstd
     x, _ = _host.dense(x, layout)
     n, c, h, w = x.shape
     acc = acc_dtype(x.dtype)
     y = torch.empty_like(x)
     mean = torch.empty(c, dtype=acc, device=x.device)
-    var = torch.empty(c, dtype=acc, device=x.device)
+    invstd = torch.empty(c, dtype=acc, device=x.device)
+    rm, rv = _running(running_mean, acc), _running(running_var, acc)
+    # without running statistics the kernel leaves its pointers alone (HAS_RUNNING false)
+    has_running = rm is not None and rv is not None
+    if not has_running and (rm is not None or rv is not None):
+        rm = rm if rm is not None else torch.empty(c, dtype=acc, device=x.device)
+        rv = rv if rv is not None else torch.empty(c, dtype=acc, device=x.device)
+        has_running = True
+    running = (rm, rv) if has_running else (mean, invstd)
     block_a, block_b = tile
-    common = dict(ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_a * block_b))
+    common = dict(HAS_RUNNING=has_running, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_a * block_b))
+    scalars = (float(eps), float(momentum), count / (count - 1))
     if layout == _host.NCHW:
         _bn_train_forward_nchw_kernel[(c,)](
-            x, y, *_params(weight, bias), mean, var, n, c, h * w, float(eps),
+            x, y, *_params(weight, bias), mean, invstd, *running, n, c, h * w, *scalars,
             BLOCK_N=block_a, BLOCK_HW=block_b, **common,
         )
     else:
         _bn_train_forward_nhwc_kernel[(triton.cdiv(c, block_b),)](
-            x, y, *_params(weight, bias), mean, var, n * h * w, c, float(eps),
+            x, y, *_params(weight, bias), mean, invstd, *running, n * h * w, c, *scalars,
             BLOCK_R=block_a, BLOCK_C=block_b, **common,
         )
-    return y, mean, var
+    for t, updated in ((running_mean, rm), (running_var, rv)):
+        if t is not None and t is not updated:
+            t.copy_(updated)
+    return y, mean, invstd
 
 
 # ------------------------------------------------------------------------ ahead-of-time compile specs
@@ -607,13 +744,24 @@ def aot_specs():
                     "TRAINING": training, **tiles}))
         limit, sector = _one_read_limit(xdt), SECTOR_BYTES // xdt.itemsize  # the largest one-read tiles
         for q in param_dtypes:
-            common = {"x_ptr": x, "y_ptr": x, "w_ptr": ptr(q), "b_ptr": ptr(q), "mean_ptr": a, "var_ptr": a,
-                      "C": "i32", "eps": "fp32", **tacc}
+            for has_running in (True, False):
+                common = {"x_ptr": x, "y_ptr": x, "w_ptr": ptr(q), "b_ptr": ptr(q), "mean_ptr": a,
+                          "invstd_ptr": a, "rm_ptr": a, "rv_ptr": a, "C": "i32", "eps": "fp32",
+                          "momentum": "fp32", "unbiased": "fp32", "HAS_RUNNING": has_running, **tacc}
+                jobs += [
+                    (_bn_train_forward_nchw_kernel,
+                     {**common, "N": "i32", "HW": "i32", "BLOCK_N": limit // 1024, "BLOCK_HW": 1024}),
+                    (_bn_train_forward_nhwc_kernel,
+                     {**common, "R": "i32", "BLOCK_R": limit // sector, "BLOCK_C": sector}),
+                ]
+        for training in (True, False):
+            common = {"dy_ptr": x, "x_ptr": x, "dx_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p,
+                      "sdz_ptr": a, "sdzx_ptr": a, "C": "i32", "inv_count": "fp32", "TRAINING": training, **tacc}
             jobs += [
-                (_bn_train_forward_nchw_kernel,
-                 {**common, "N": "i32", "HW": "i32", "BLOCK_N": limit // 1024, "BLOCK_HW": 1024}),
-                (_bn_train_forward_nhwc_kernel,
-                 {**common, "R": "i32", "BLOCK_R": limit // sector, "BLOCK_C": sector}),
+                (_bn_backward_one_read_nchw_kernel,
+                 {**common, "N": "i32", "HW": "i32", "BLOCK_N": limit // 2048, "BLOCK_HW": 1024}),
+                (_bn_backward_one_read_nhwc_kernel,
+                 {**common, "R": "i32", "BLOCK_R": limit // 2 // sector, "BLOCK_C": sector}),
             ]
         finalize = {"part_ptr": a, "mean_ptr": a, "var_ptr": a, "C": "i32", "SPLIT": "i32", "BLOCK_C": 256, **tacc}
         if xdt in (torch.float32, torch.float64):

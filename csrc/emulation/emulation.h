@@ -16,7 +16,8 @@
 //
 // Errors that a GPU would report, or that are undefined behaviour there, raise c10::Error (RuntimeError
 // in Python) naming the kernel's launch: an invalid launch configuration (block size, grid limits,
-// more than 48 KiB of dynamic shared memory), a shuffle whose mask leaves out the calling lane or the
+// more than 48 KiB of dynamic shared memory for a kernel that has not opted in to more, more than the
+// opt-in maximum for one that has), a shuffle whose mask leaves out the calling lane or the
 // source lane, names a lane that does not exist or has exited, or that lanes reach with different masks,
 // and a block whose waiting threads can never be released (__syncthreads in divergent code).
 //
@@ -65,6 +66,14 @@ namespace nvae_fast {
 namespace emu {
 
 constexpr size_t kMaxDynamicSmem = 48 * 1024;
+// The opt-in maximum of dynamic shared memory per block of the emulated device (sm_90: 227 KiB), which a
+// kernel may use once set_max_dynamic_smem has raised its limit.
+constexpr size_t kMaxDynamicSmemOptin = 227 * 1024;
+
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) for the kernel that
+// kernel_name gives `kernel` (later launches of it may use up to `bytes`); raises c10::Error when bytes
+// exceeds kMaxDynamicSmemOptin.
+void set_max_dynamic_smem(const std::string& kernel, size_t bytes);
 
 // Multiprocessors of the emulated device, for the kernels' grid-size heuristics: 132 (an H100 SXM or
 // H200), or NVAE_FAST_EMULATE_SMS when set (read at every call; few SMs make small tensors take the

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <exception>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -172,6 +174,19 @@ struct Launch {
 
 thread_local Launch* t_launch = nullptr;
 
+// Dynamic shared memory limits raised by set_max_dynamic_smem, by kernel name.
+std::mutex smem_limits_mutex;
+std::map<std::string, size_t>& smem_limits() {
+  static std::map<std::string, size_t> limits;
+  return limits;
+}
+
+size_t dynamic_smem_limit(const std::string& kernel) {
+  const std::lock_guard<std::mutex> lock(smem_limits_mutex);
+  const auto it = smem_limits().find(kernel);
+  return it == smem_limits().end() ? kMaxDynamicSmem : std::max(kMaxDynamicSmem, it->second);
+}
+
 Launch& active(const char* what) {
   TORCH_CHECK(t_launch != nullptr && t_launch->current != nullptr, "nvae_fast CUDA emulation: ", what,
               " called outside a kernel");
@@ -285,8 +300,9 @@ void run_grid(const char* signature, dim3 grid, dim3 block, size_t smem, const s
   TORCH_CHECK(grid.x >= 1 && grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 &&
                   grid.z <= 65535,
               name, ": invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
-  TORCH_CHECK(smem <= kMaxDynamicSmem, name, ": ", smem, " bytes of dynamic shared memory (at most ",
-              kMaxDynamicSmem, " without an opt-in)");
+  const size_t smem_limit = dynamic_smem_limit(kernel);
+  TORCH_CHECK(smem <= smem_limit, name, ": ", smem, " bytes of dynamic shared memory (at most ", smem_limit,
+              smem_limit == kMaxDynamicSmem ? " without an opt-in)" : " as opted in)");
   TORCH_CHECK(t_launch == nullptr, name, ": launched from inside a kernel");
   static thread_local Stacks stacks;
 
@@ -350,6 +366,13 @@ uint64_t warp_exchange(unsigned mask, uint64_t bits, int src) {
   }
   suspend(l, State::AtShuffle, mask);
   return out;
+}
+
+void set_max_dynamic_smem(const std::string& kernel, size_t bytes) {
+  TORCH_CHECK(bytes <= kMaxDynamicSmemOptin, kernel, ": cannot opt in to ", bytes,
+              " bytes of dynamic shared memory (the device allows at most ", kMaxDynamicSmemOptin, ")");
+  const std::lock_guard<std::mutex> lock(smem_limits_mutex);
+  smem_limits()[kernel] = bytes;
 }
 
 unsigned char* dynamic_smem() { return active("dynamic shared memory").smem_aligned; }

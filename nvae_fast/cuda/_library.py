@@ -21,7 +21,14 @@ EXTENSION = "nvae_fast"
 
 #: Every custom op the extension registers, by kernel set.
 OPS: dict[str, tuple[str, ...]] = {
-    "bn_swish": ("bn_swish_stats", "bn_swish_normalize", "bn_swish_backward_reduce", "bn_swish_backward_dx"),
+    "bn_swish": (
+        "bn_swish_stats",
+        "bn_swish_normalize",
+        "bn_swish_backward_reduce",
+        "bn_swish_backward_dx",
+        "bn_swish_train_forward",
+        "bn_swish_backward",
+    ),
     "depthwise_conv2d": ("dwconv2d_forward", "dwconv2d_backward_input", "dwconv2d_backward_weight"),
     "squeeze_excite": ("se_plan", "se_forward", "se_backward"),
     "power_iteration": (

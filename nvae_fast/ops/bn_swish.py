@@ -52,9 +52,13 @@ class BNSwishKernels(Protocol):
     def supports(self, x: torch.Tensor) -> str | None:
         """Why the kernels cannot run ``x`` (beyond the op's own checks), or ``None``."""
 
-    def train_forward(self, x, weight, bias, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(y, mean, var)`` of a training step without a process group: y like x, the batch mean and
-        biased variance (C,); y = silu(weight (x - mean) / sqrt(var + eps) + bias)."""
+    def train_forward(
+        self, x, weight, bias, running_mean, running_var, momentum: float, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(y, mean, invstd)`` of a training step without a process group: y like x, the batch mean
+        and invstd = 1 / sqrt(var + eps) (C,, var biased); y = silu(weight (x - mean) invstd + bias).
+        ``running_mean``/``running_var`` (C,) or ``None`` are updated in place:
+        r <- (1 - momentum) r + momentum s with s = mean, and var n / (n - 1) (n = N*H*W)."""
 
     def batch_stats(self, x) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel ``(mean, biased var)`` over N, H, W (for SyncBN, which merges them across ranks)."""
@@ -107,9 +111,11 @@ class TorchKernels:
         return F.silu(z, inplace=True).to(x.dtype)
 
     @staticmethod
-    def train_forward(x, weight, bias, eps):
+    def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
         mean, var = TorchKernels.batch_stats(x)
-        return TorchKernels.normalize(x, mean, torch.rsqrt(var + eps), weight, bias), mean, var
+        count = x.numel() // x.shape[1]
+        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+        return TorchKernels.normalize(x, mean, torch.rsqrt(var + eps), weight, bias), mean, torch.rsqrt(var + eps)
 
     @staticmethod
     def _dz(dy, x, mean, invstd, weight, bias):
@@ -149,6 +155,16 @@ class TorchKernels:
         centered = x.to(mean.dtype) - _bcast(mean)
         rest = torch.addcmul(_bcast(-scale * sum_dz / count), centered, _bcast(-scale * invstd * sum_dz_xhat / count))
         return torch.addcmul(rest, dz, _bcast(scale)).to(x.dtype)
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, momentum) -> None:
+    """In place: r <- (1 - momentum) r + momentum s for s = mean (running_mean) and the unbiased
+    var * count / (count - 1) (running_var); either may be ``None``."""
+    if running_mean is not None:
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+    if running_var is not None:
+        unbiased = var * (count / (count - 1))
+        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
 
 
 def process_group_size(process_group) -> int:
@@ -194,22 +210,16 @@ def lean_forward(kernels, x, weight, bias, running_mean, running_var, training, 
         mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
         return kernels.normalize(x, mean, invstd, weight, bias), mean, invstd, None
     count = x.numel() // x.shape[1]
-    synced = process_group_size(process_group) > 1
-    if synced:
-        mean, var = kernels.batch_stats(x)
-        mean, var, count = _sync_stats(mean, var, count, process_group)
+    if process_group_size(process_group) <= 1:
+        _check_count(count, x)
+        y, mean, invstd = kernels.train_forward(x, weight, bias, running_mean, running_var, momentum, eps)
+        return y, mean, invstd, count
+    mean, var = kernels.batch_stats(x)
+    mean, var, count = _sync_stats(mean, var, count, process_group)
     _check_count(count, x)
-    if synced:
-        invstd = torch.rsqrt(var + eps)
-        y = kernels.normalize(x, mean, invstd, weight, bias)
-    else:
-        y, mean, var = kernels.train_forward(x, weight, bias, eps)
-        invstd = torch.rsqrt(var + eps)
-    if running_mean is not None:
-        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-    if running_var is not None:
-        unbiased = var * (count / (count - 1))
-        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    invstd = torch.rsqrt(var + eps)
+    y = kernels.normalize(x, mean, invstd, weight, bias)
+    update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return y, mean, invstd, count
 
 

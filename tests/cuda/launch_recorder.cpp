@@ -42,6 +42,8 @@ void run_grid(const char* signature, dim3 grid, dim3 block, size_t smem, const s
   records().push_back(Record{kernel_name(signature), grid, block, smem});
 }
 
+void set_max_dynamic_smem(const std::string&, size_t) {}  // launches record their shared memory instead
+
 void sync_block() { no_kernel_runs("__syncthreads"); }
 uint64_t warp_exchange(unsigned, uint64_t, int) { no_kernel_runs("a warp shuffle"); }
 unsigned char* dynamic_smem() { no_kernel_runs("dynamic shared memory"); }

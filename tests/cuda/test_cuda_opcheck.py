@@ -54,6 +54,8 @@ def _samples(dtype, kind):
         "bn_swish_normalize": [(x, mean, invstd, w, b)],
         "bn_swish_backward_reduce": [(dy, x, mean, invstd, w, b)],
         "bn_swish_backward_dx": [(dy, x, mean, invstd, w, b, s1, s2, 60), (dy, x, mean, invstd, w, b, s1, s2, None)],
+        "bn_swish_train_forward": [(x, w, b, s1.clone(), s2.abs() + 0.5, 0.1, 1e-5), (x, w, b, None, None, 0.1, 1e-5)],
+        "bn_swish_backward": [(dy, x, mean, invstd, w, b, 60), (dy, x, mean, invstd, w, b, None)],
         "dwconv2d_forward": [(x, dw, b, [2, 2], [1, 1]), (x, dw, None, [1, 1], [1, 1])],
         "dwconv2d_backward_input": [(y2, dw, [6, 5], [2, 2], [1, 1])],
         "dwconv2d_backward_weight": [(y2, x, [3, 3], [2, 2], [1, 1])],

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import nvae_fast
 from nvae_fast.kernels import _host
@@ -157,17 +159,34 @@ def test_plans_reach_multi_tile_and_multi_split_reductions(monkeypatch, kind):
 EPS = 1e-5
 
 
+MOMENTUM = 0.3
+
+
 def _check_train_forward(x, weight, bias, dtype):
-    """train_forward matches TorchKernels.batch_stats + normalize."""
-    y, m, v = K.train_forward(x, weight, bias, EPS)
+    """train_forward matches TorchKernels.batch_stats + normalize, and its in-place update of the running
+    statistics (float32 ones, and float64 ones that the kernel set updates through a copy) the formula
+    r <- (1 - m) r + m s with the unbiased variance."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    m_ref, v_ref = T.batch_stats(x)
-    assert m.dtype == v.dtype == acc and y.dtype == x.dtype
-    assert_same_layout(y, x, "train_forward")
-    assert_close(m, m_ref, acc, "train_forward mean")
-    assert_close(v, v_ref, acc, "train_forward var")
-    y_ref = T.normalize(x, m_ref, torch.rsqrt(v_ref + EPS), weight, bias)
-    assert_close(y, y_ref, dtype, "train_forward y")
+    c, n = x.shape[1], x.numel() // x.shape[1]
+    g = torch.Generator().manual_seed(11)
+    rm0 = randn((c,), dtype=torch.float64, generator=g)
+    rv0 = randn((c,), dtype=torch.float64, generator=g).abs() + 0.5
+    for running_dtype in (acc, torch.float64 if acc == torch.float32 else torch.float32):
+        rm, rv = rm0.to(running_dtype, copy=True), rv0.to(running_dtype, copy=True)
+        y, m, invstd = K.train_forward(x, weight, bias, rm, rv, MOMENTUM, EPS)
+        m_ref, v_ref = T.batch_stats(x)
+        assert m.dtype == invstd.dtype == acc and y.dtype == x.dtype
+        assert_same_layout(y, x, "train_forward")
+        assert_close(m, m_ref, acc, "train_forward mean")
+        assert_close(invstd, torch.rsqrt(v_ref + EPS), acc, "train_forward invstd")
+        y_ref = T.normalize(x, m_ref, torch.rsqrt(v_ref + EPS), weight, bias)
+        assert_close(y, y_ref, dtype, "train_forward y")
+        rm_ref = (1 - MOMENTUM) * rm0 + MOMENTUM * m_ref.double()
+        rv_ref = (1 - MOMENTUM) * rv0 + MOMENTUM * v_ref.double() * n / (n - 1)
+        assert rm.dtype == rv.dtype == running_dtype
+        tol = torch.float32 if torch.float32 in (acc, running_dtype) else torch.float64
+        assert_close(rm, rm_ref.to(running_dtype), tol, "running_mean")
+        assert_close(rv, rv_ref.to(running_dtype), tol, "running_var")
 
 
 # odd shapes; channels_last: C = 19 and 33 are no multiples of the channel block
@@ -194,10 +213,11 @@ def test_train_forward_statistics_are_exact_for_a_large_offset(kind):
     """float32 x = 3000 + N(0, 1): only a centred second pass keeps the variance's digits."""
     g = torch.Generator().manual_seed(6)
     x = in_layout(randn((4, 3, 15, 17), dtype=torch.float64, generator=g, shift=3000.0).float(), kind)
-    _, m, v = K.train_forward(x, torch.ones(3), torch.zeros(3), EPS)
+    _, m, invstd = K.train_forward(x, torch.ones(3), torch.zeros(3), None, None, 0.1, EPS)
     x64 = x.double()
     torch.testing.assert_close(m.double(), x64.mean(dim=(0, 2, 3)), atol=3000 * 1e-6, rtol=0)
-    torch.testing.assert_close(v.double(), x64.var(dim=(0, 2, 3), correction=0), atol=0, rtol=1e-4)
+    var = x64.var(dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(invstd.double(), (var + EPS).rsqrt(), atol=0, rtol=1e-4)
 
 
 # (shape, dtype, layout, fits): N*H*W at the limit (16384 float32 / 8192 float64 accumulators) and
@@ -225,13 +245,13 @@ def test_train_forward_reads_once_up_to_its_limit_only(monkeypatch, shape, dtype
     x, _, _, _, weight, bias = _inputs(shape, dtype, kind, seed=7)
     calls = _record_calls(monkeypatch, ("batch_stats", "normalize"))
     _check_train_forward(x, weight, bias, dtype)
-    assert calls == ([] if fits else ["batch_stats", "normalize"])
+    assert calls == ([] if fits else ["batch_stats", "normalize"] * 2)  # two calls: see _check_train_forward
 
 
 def test_train_forward_of_empty_x_takes_two_passes(monkeypatch):
     calls = _record_calls(monkeypatch, ("batch_stats", "normalize"))
-    y, mean, var = K.train_forward(torch.randn(0, 3, 4, 5), torch.ones(3), torch.zeros(3), EPS)
-    assert y.shape == (0, 3, 4, 5) and mean.shape == var.shape == (3,)
+    y, mean, invstd = K.train_forward(torch.randn(0, 3, 4, 5), torch.ones(3), torch.zeros(3), None, None, 0.1, EPS)
+    assert y.shape == (0, 3, 4, 5) and mean.shape == invstd.shape == (3,)
     assert calls == ["batch_stats", "normalize"]
 
 
@@ -279,3 +299,117 @@ def test_op_takes_the_one_read_path_exactly_when_it_fits(monkeypatch, kind, shap
     with nvae_fast.use_backend("triton"):
         bn_swish(x.detach(), weight, bias, rm, rv, False)
     assert calls == ["normalize"]
+
+
+# ------------------------------------------------------------------------- launches and plans of training
+
+
+def _count_launches(monkeypatch, run=True):
+    """Wrap every Triton kernel of the module so that each launch appends the kernel's name to the list
+    returned (and runs, unless ``run`` is false)."""
+    launched = []
+
+    class Counted:
+        def __init__(self, name, kernel):
+            self._name, self._kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launch = self._kernel[grid]
+
+            def record(*args, **kwargs):
+                launched.append(self._name)
+                return launch(*args, **kwargs) if run else None
+
+            return record
+
+    for name in dir(K):  # the launched kernels (jit or interpreted), not the device functions they call
+        if name.endswith("_kernel") and isinstance(getattr(K, name), triton.runtime.jit.KernelInterface):
+            monkeypatch.setattr(K, name, Counted(name, getattr(K, name)))
+    return launched
+
+
+# (shape, dtype, layout, forward plan, backward plan): the backward's one-read limit is half the forward's
+PLAN_CASES = [
+    ((2, 3, 64, 64), torch.float32, "contiguous", "one_read", "one_read"),
+    ((2, 3, 64, 65), torch.float32, "contiguous", "one_read", "two_pass"),
+    ((1, 2, 64, 128), torch.bfloat16, "channels_last", "one_read", "one_read"),
+    ((1, 2, 65, 128), torch.bfloat16, "channels_last", "one_read", "two_pass"),
+    ((2, 2, 32, 64), torch.float64, "contiguous", "one_read", "one_read"),
+    ((2, 2, 32, 65), torch.float64, "channels_last", "one_read", "two_pass"),
+    ((2, 3, 64, 129), torch.float32, "channels_last", "two_pass", "two_pass"),
+]
+
+
+@pytest.mark.parametrize("shape, dtype, kind, fwd_plan, bwd_plan", PLAN_CASES, ids=_case_id)
+def test_training_launches_follow_the_plan(monkeypatch, shape, dtype, kind, fwd_plan, bwd_plan):
+    """One launch per direction on the one_read plan (running statistics updated in it), the two passes
+    past it; dx and the sums match TorchKernels.backward either way."""
+    x, dy, _, _, weight, bias = _inputs(shape, dtype, kind, seed=12)
+    assert (K.plan(x), K.plan(x, backward=True)) == (fwd_plan, bwd_plan)
+    launched = _count_launches(monkeypatch)
+    c = shape[1]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    rm, rv = torch.zeros(c, dtype=acc), torch.ones(c, dtype=acc)
+    _, mean, invstd = K.train_forward(x, weight, bias, rm, rv, 0.1, EPS)
+    forward = list(launched)
+    launched.clear()
+    backward = []
+    for count in (x.numel() // c, None):
+        dx, sum_dz, sum_dz_xhat = K.backward(dy, x, mean, invstd, weight, bias, count)
+        backward = backward or list(launched)  # the training call's
+        ref = T.backward(dy, x, mean, invstd, weight, bias, count)
+        assert_same_layout(dx, x, "backward")
+        assert_close(dx, ref[0], dtype, "dx")
+        assert_close(sum_dz, ref[1], acc, "sum_dz")
+        assert_close(sum_dz_xhat, ref[2], acc, "sum_dz_xhat")
+    one = "nhwc" if kind == "channels_last" else "nchw"
+    if fwd_plan == "one_read":
+        assert forward == [f"_bn_train_forward_{one}_kernel"]
+    else:
+        assert len(forward) >= 2 and f"_bn_train_forward_{one}_kernel" not in forward
+    if bwd_plan == "one_read":
+        assert backward == [f"_bn_backward_one_read_{one}_kernel"]
+    else:
+        assert len(backward) >= 2 and not any("one_read" in name for name in backward)
+
+
+ALLOCATION = {"aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default"}
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_training_step_runs_only_the_kernels(monkeypatch, kind):
+    """A training forward and backward through ``bn_swish`` on the one_read plans: one launch each, no
+    ATen op besides allocating outputs (the interpreter's own tensor copies are kept out by not running
+    the kernels)."""
+    x, dy, _, _, _, _ = _inputs((4, 8, 6, 6), torch.float32, kind, seed=13)
+    dy = dy.contiguous(memory_format=x_format(x))
+    x.requires_grad_()
+    w, b = torch.ones(8, requires_grad=True), torch.zeros(8, requires_grad=True)
+    rm, rv = torch.zeros(8), torch.ones(8)
+    with nvae_fast.use_backend("triton"):
+        torch.autograd.grad(bn_swish(x, w, b, rm.clone(), rv.clone(), True), (x, w, b), dy)  # resolves the backend
+        launched = _count_launches(monkeypatch, run=False)
+        with _Ops() as fwd:
+            y = bn_swish(x, w, b, rm, rv, True)
+        forward = list(launched)
+        with _Ops() as bwd:
+            torch.autograd.grad(y, (x, w, b), dy)
+    one = "nhwc" if kind == "channels_last" else "nchw"
+    assert forward == [f"_bn_train_forward_{one}_kernel"]
+    assert launched[len(forward):] == [f"_bn_backward_one_read_{one}_kernel"]
+    for what, mode in (("forward", fwd), ("backward", bwd)):
+        assert [op for op in mode.seen if op not in ALLOCATION] == [], (what, mode.seen)
+
+
+def x_format(x):
+    return torch.channels_last if not x.is_contiguous() else torch.contiguous_format
