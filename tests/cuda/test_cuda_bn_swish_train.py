@@ -14,12 +14,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import nvae_fast
 import nvae_fast.cuda as nvcuda
 from nvae_fast.ops import bn_swish
 
+from .._dispatch import RecordedOps
 from .._tensors import in_layout, randn
 from ._cases import KERNEL_DEVICE, needs_kernels
 
@@ -244,16 +244,6 @@ def test_launches_follow_the_plan(record, shape, dtype, fmt):
 ALLOCATION = {"empty.memory_format", "empty_strided.default", "empty_like.default"}
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.seen.append(func)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("kind", ("contiguous", "channels_last"))
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 def test_training_step_runs_only_the_kernels(kind, dtype):
@@ -266,13 +256,13 @@ def test_training_step_runs_only_the_kernels(kind, dtype):
     x.requires_grad_()
     with nvae_fast.use_backend("cuda"):
         torch.autograd.grad(bn_swish(x, w, b, rm.clone(), rv.clone(), True), x, dy)  # resolves the backend first
-        with _Ops() as fwd:
+        with RecordedOps() as fwd:
             y = bn_swish(x, w, b, rm, rv, True)
-        with _Ops() as bwd:
+        with RecordedOps() as bwd:
             torch.autograd.grad(y, (x, w, b), dy)
     for what, mode, op in (("forward", fwd, "bn_swish_train_forward"), ("backward", bwd, "bn_swish_backward")):
         names = [f"{f.namespace}.{f._opname}" if f.namespace != "aten" else f"aten.{f._opname}.{f._overloadname}"
-                 for f in mode.seen]
+                 for f in mode.funcs]
         custom = [name for name in names if not name.startswith("aten.")]
         other = [name for name in names if name.startswith("aten.") and name[5:] not in ALLOCATION]
         assert [name.split(".")[1] for name in custom] == [op], (what, names)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 import triton
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import nvae_fast
 from nvae_fast.kernels import _host
@@ -20,6 +19,7 @@ from nvae_fast.kernels import bn_swish as K
 from nvae_fast.ops import bn_swish, bn_swish_reference
 from nvae_fast.ops.bn_swish import TorchKernels as T
 
+from .._dispatch import RecordedOps
 from .._tensors import LAYOUTS, OTHER_LAYOUT, in_layout, randn
 from ._plans import CONFIGS, PLANS, apply_plan, assert_close, assert_same_layout
 
@@ -376,16 +376,6 @@ def test_training_launches_follow_the_plan(monkeypatch, shape, dtype, kind, fwd_
 ALLOCATION = {"aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default"}
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.seen.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
 def test_training_step_runs_only_the_kernels(monkeypatch, kind):
     """A training forward and backward through ``bn_swish`` on the one_read plans: one launch each, no
@@ -399,16 +389,16 @@ def test_training_step_runs_only_the_kernels(monkeypatch, kind):
     with nvae_fast.use_backend("triton"):
         torch.autograd.grad(bn_swish(x, w, b, rm.clone(), rv.clone(), True), (x, w, b), dy)  # resolves the backend
         launched = _count_launches(monkeypatch, run=False)
-        with _Ops() as fwd:
+        with RecordedOps() as fwd:
             y = bn_swish(x, w, b, rm, rv, True)
         forward = list(launched)
-        with _Ops() as bwd:
+        with RecordedOps() as bwd:
             torch.autograd.grad(y, (x, w, b), dy)
     one = "nhwc" if kind == "channels_last" else "nchw"
     assert forward == [f"_bn_train_forward_{one}_kernel"]
     assert launched[len(forward):] == [f"_bn_backward_one_read_{one}_kernel"]
     for what, mode in (("forward", fwd), ("backward", bwd)):
-        assert [op for op in mode.seen if op not in ALLOCATION] == [], (what, mode.seen)
+        assert [op for op in mode.ops if op not in ALLOCATION] == [], (what, mode.ops)
 
 
 def x_format(x):

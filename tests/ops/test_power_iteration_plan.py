@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import nvae_fast
 from nvae_fast.ops import power_iteration, power_iteration_reference
 
+from .._dispatch import RecordedOps
 from .._tensors import randn
 from ._helpers import assert_close_scaled, dtype_id, require
 
@@ -157,25 +157,15 @@ def test_bad_inputs_name_the_argument():
         _cuda(weights, us, vs, -1)
 
 
-class _CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def _count(n_weights):
     shapes = [(16, 4, 3, 3), (32, 16, 1, 1), (12, 3, 5, 5)] * (n_weights // 3)
     weights, us, vs = _inputs(shapes, torch.float32, seed=2)
     leaves = [w.requires_grad_() for w in weights]
     _cuda(leaves, us, vs, 4)  # builds the plans
-    with _CountOps() as fwd:
+    with RecordedOps() as fwd:
         sig = _cuda(leaves, us, vs, 4)
     grad = torch.ones_like(sig)
-    with _CountOps() as bwd:
+    with RecordedOps() as bwd:
         torch.autograd.grad(sig, leaves, grad)
     return fwd.ops, bwd.ops
 

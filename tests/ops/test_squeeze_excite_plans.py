@@ -12,11 +12,11 @@ MLP), around allocations only.
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import nvae_fast
 from nvae_fast.ops import squeeze_excite, squeeze_excite_reference
 
+from .._dispatch import RecordedOps
 from .._tensors import in_layout, randn
 from ._helpers import assert_close_scaled, dtype_id, require
 
@@ -95,18 +95,6 @@ def test_cuda_scale_items_match_reference(monkeypatch, case, dtype, activation):
     _check("cuda", leaves, dy, activation, dtype)
 
 
-class _Dispatched(TorchDispatchMode):
-    """The dispatcher ops that run inside the mode, by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
 def test_cuda_dispatches_one_custom_op_per_direction(kind, bias):
@@ -115,9 +103,9 @@ def test_cuda_dispatches_one_custom_op_per_direction(kind, bias):
     leaves, dy = _leaves((2, 6, 5, 7), 3, torch.float32, kind, device, bias, seed=5)
     present = [t for t in leaves if t is not None]
     with nvae_fast.use_backend("cuda"):
-        with _Dispatched() as forward:
+        with RecordedOps() as forward:
             y = squeeze_excite(*leaves, activation="silu")
-        with _Dispatched() as backward:
+        with RecordedOps() as backward:
             torch.autograd.grad(y, present, dy)
     assert [op.split(".", 1)[1] for op in forward.ops] == ["se_forward.default"], forward.ops
     assert [op.split(".", 1)[1] for op in backward.ops] == ["se_backward.default"], backward.ops
@@ -137,7 +125,7 @@ def test_triton_dispatches_only_allocations(kind, bias):
     leaves, dy = _leaves((2, 6, 5, 7), 3, torch.float32, kind, device, bias, seed=7)
     allowed = TRITON_ALLOCATIONS | (INTERPRETER_COPIES if device.type == "cpu" else set())
     with nvae_fast.use_backend("triton"):
-        with _Dispatched() as dispatched:
+        with RecordedOps() as dispatched:
             y = squeeze_excite(*leaves, activation="silu")
             torch.autograd.grad(y, [t for t in leaves if t is not None], dy)
     names = {op.split(".", 1)[1] for op in dispatched.ops}
