@@ -80,4 +80,8 @@ def _backward_fake(dy, x, mean, gate, w1, b1, w2, b2, activation):
     )
 
 
-_library.register_fakes({"se_forward": _forward_fake, "se_backward": _backward_fake})
+def _plan_fake(x):
+    raise NotImplementedError("se_plan reports the launch plan of a real tensor; it cannot be traced")
+
+
+_library.register_fakes({"se_plan": _plan_fake, "se_forward": _forward_fake, "se_backward": _backward_fake})
