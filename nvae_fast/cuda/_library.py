@@ -27,12 +27,22 @@ OPS: dict[str, tuple[str, ...]] = {
     "power_iteration": ("power_iteration_update", "power_iteration_sigmas"),
 }
 
-try:
-    from .. import _C  # noqa: F401  (loading the library registers the ops)
-except ImportError as exc:
-    _IMPORT_ERROR: ImportError | None = exc
-else:
-    _IMPORT_ERROR = None
+
+
+def _load_extension() -> ImportError | None:
+    """Import ``nvae_fast._C`` (which registers its ops); why it cannot serve, or ``None``. An extension
+    built from older sources lacks ops that the kernel sets call: it counts as not built."""
+    try:
+        from .. import _C  # noqa: F401
+    except ImportError as exc:
+        return exc
+    lacking = [name for names in OPS.values() for name in names if not hasattr(torch.ops.nvae_fast, name)]
+    if lacking:
+        return ImportError(f"it was built from older sources and lacks {', '.join(lacking)}; rebuild it")
+    return None
+
+
+_IMPORT_ERROR: ImportError | None = _load_extension()
 
 
 #: The fake (meta) implementation of every custom op, by op name: filled by the kernel-set modules.

@@ -282,3 +282,11 @@ def test_kernel_sets_reject_cpu_tensors():
     for call in calls:
         with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
             call()
+
+
+def test_an_extension_lacking_ops_counts_as_not_built(monkeypatch):
+    monkeypatch.setitem(_library.OPS, "bn_swish", _library.OPS["bn_swish"] + ("bn_swish_not_an_op",))
+    reason = _library._load_extension()
+    if reason is not None and "older sources" not in str(reason):
+        pytest.skip(f"the extension is not built here: {reason}")
+    assert "lacks bn_swish_not_an_op" in str(reason) and str(reason).endswith("; rebuild it")
