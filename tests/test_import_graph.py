@@ -140,50 +140,37 @@ def _cycles(graph: dict[str, list[Edge]]) -> list[list[tuple[str, Edge]]]:
 
 
 def _cycle_through(graph, start: str, component: set[str]) -> list[tuple[str, Edge]]:
-    """A shortest cycle from ``start`` back to itself inside ``component`` (breadth first)."""
-    previous: dict[str, tuple[str, Edge]] = {}
-    frontier = [start]
-    while frontier:
-        following = []
-        for v in frontier:
-            for e in graph.get(v, []):
-                if e.target not in component or e.target in previous:
-                    continue
-                previous[e.target] = (v, e)
-                if e.target == start:
-                    steps, w = [], start
-                    while True:
-                        v_, e_ = previous[w]
-                        steps.append((v_, e_))
-                        w = v_
-                        if w == start:
-                            return steps[::-1]
-                following.append(e.target)
-        frontier = following
-    raise AssertionError(f"{start} is on no cycle of {sorted(component)}")
+    """A shortest cycle from ``start`` back to itself inside ``component``."""
+    cycle = _path(graph, start, lambda module: module == start, within=component)
+    if cycle is None:
+        raise AssertionError(f"{start} is on no cycle of {sorted(component)}")
+    return cycle
 
 
 def _describe(cycle: list[tuple[str, Edge]]) -> str:
     return " -> ".join(f"{v} ({e.where})" for v, e in cycle) + f" -> {cycle[0][0]}"
 
 
-def _path(graph, start: str, goal) -> list[tuple[str, Edge]] | None:
-    """A shortest import path from ``start`` to a module for which ``goal`` is true, or ``None``."""
+def _path(graph, start: str, goal, within: set[str] | None = None) -> list[tuple[str, Edge]] | None:
+    """A shortest import path (breadth first) from ``start`` to a module for which ``goal`` is true (which
+    may be ``start`` itself, for a cycle), through modules of ``within`` only when given; ``None`` if there
+    is none."""
     previous: dict[str, tuple[str, Edge]] = {}
     frontier = [start]
     while frontier:
         following = []
         for v in frontier:
             for e in graph.get(v, []):
-                if e.target == start or e.target in previous:
+                if e.target in previous or (within is not None and e.target not in within):
                     continue
                 previous[e.target] = (v, e)
                 if goal(e.target):
                     steps, w = [], e.target
-                    while w != start:
+                    while True:
                         steps.append(previous[w])
                         w = previous[w][0]
-                    return steps[::-1]
+                        if w == start:
+                            return steps[::-1]
                 following.append(e.target)
         frontier = following
     return None
