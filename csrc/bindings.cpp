@@ -38,6 +38,7 @@ void register_kernels(torch::Library& m) {
   m.impl("power_iteration_sigmas", &nvae_fast::power_iteration_sigmas);
   m.impl("power_iteration_forward", &nvae_fast::power_iteration_forward);
   m.impl("power_iteration_backward", &nvae_fast::power_iteration_backward);
+  m.impl("power_iteration_layout", &nvae_fast::power_iteration_layout);
   m.impl("power_iteration_plan", &nvae_fast::power_iteration_plan);
 }
 
@@ -86,7 +87,8 @@ TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {
   m.def("power_iteration_update(Tensor[] mats, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter) -> ()");
   m.def("power_iteration_sigmas(Tensor[] mats, Tensor[] us, Tensor[] vs) -> Tensor");
   m.def("power_iteration_forward(Tensor[] weights, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter) -> (Tensor, Tensor)");
-  m.def("power_iteration_backward(Tensor grad, Tensor saved, Tensor[] weights) -> Tensor[]");
+  m.def("power_iteration_layout(Tensor[] weights) -> int[]");
+  m.def("power_iteration_backward(Tensor grad, Tensor saved, int[] layout) -> Tensor[]");
   m.def("power_iteration_plan(Tensor[] weights, Tensor[] us, Tensor[] vs) -> Tensor");
 }
 

@@ -56,8 +56,9 @@ void power_iteration_update(at::TensorList mats, at::TensorList us, at::TensorLi
 at::Tensor power_iteration_sigmas(at::TensorList mats, at::TensorList us, at::TensorList vs);
 std::tuple<at::Tensor, at::Tensor> power_iteration_forward(at::TensorList weights, at::TensorList us,
                                                            at::TensorList vs, int64_t n_iter);
+std::vector<int64_t> power_iteration_layout(at::TensorList weights);
 std::vector<at::Tensor> power_iteration_backward(const at::Tensor& grad, const at::Tensor& saved,
-                                                 at::TensorList weights);
+                                                 at::IntArrayRef layout);
 at::Tensor power_iteration_plan(at::TensorList weights, at::TensorList us, at::TensorList vs);
 
 }  // namespace nvae_fast

@@ -19,6 +19,8 @@
 // write row sums of their columns (partials (column tiles, R)). A second launch, one block per matrix,
 // adds the partials in order, takes the norm and normalizes. No atomics: deterministic.
 
+#include <algorithm>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -598,6 +600,21 @@ void launch_normalize(const Batch& b, const at::Tensor& part, at::Tensor& vecs, 
 }
 
 
+// One weight as the plan sees it: its address (0 when only the shape matters) and (R, K) matrix shape.
+struct Matrix {
+  int64_t w = 0, R = 0, K = 0;
+};
+
+std::vector<Matrix> matrices(const std::vector<at::Tensor>& mats) {
+  std::vector<Matrix> out;
+  out.reserve(mats.size());
+  for (const at::Tensor& m : mats) {
+    const int64_t R = m.size(0);
+    out.push_back({reinterpret_cast<int64_t>(m.data_ptr()), R, m.numel() / R});
+  }
+  return out;
+}
+
 // A cached plan: the device table of a set of weights and vectors, and the sizes its launches need.
 struct Plan {
   std::vector<int64_t> key;  // device, dtype, then per weight: W, u, v addresses, R, K
@@ -610,16 +627,16 @@ struct Plan {
 
 std::mutex plan_mutex;
 
-Plan build_plan(std::vector<int64_t> key, const std::vector<at::Tensor>& mats, const std::vector<int64_t>& u_ptrs,
-                const std::vector<int64_t>& v_ptrs) {
+Plan build_plan(std::vector<int64_t> key, const std::vector<Matrix>& mats, at::ScalarType dtype, at::Device device,
+                const std::vector<int64_t>& u_ptrs, const std::vector<int64_t>& v_ptrs) {
   Plan p;
   p.key = std::move(key);
   p.n = static_cast<int64_t>(mats.size());
-  const int vec = 16 / static_cast<int>(mats[0].element_size());
+  const int vec = 16 / static_cast<int>(c10::elementSize(dtype));
   // The work buffer of a call is [x | pa | pb | G] (G only with n_iter >= 2); the offsets count from its start.
   int64_t pa_base = 0, pb_base = 0, g_base = 0;
-  for (const at::Tensor& m : mats) {
-    const int64_t R = m.size(0), K = m.numel() / R, d = std::min(R, K);
+  for (const Matrix& m : mats) {
+    const int64_t R = m.R, K = m.K, d = std::min(R, K);
     p.pass_tiles += ceil_div(R, kRows) * ceil_div(K, kCols);
     const int64_t g = ceil_div(d, kGram);
     p.gram_tiles += g * (g + 1) / 2;
@@ -635,10 +652,10 @@ Plan build_plan(std::vector<int64_t> key, const std::vector<at::Tensor>& mats, c
   int64_t* pass = e + p.n * pFields;
   int64_t* gram = pass + p.pass_tiles * 3;
   for (int64_t i = 0; i < p.n; ++i, e += pFields) {
-    const at::Tensor& m = mats[i];
-    const int64_t R = m.size(0), K = m.numel() / R, d = std::min(R, K);
+    const Matrix& m = mats[i];
+    const int64_t R = m.R, K = m.K, d = std::min(R, K);
     const int64_t row_tiles = ceil_div(R, kRows), col_tiles = ceil_div(K, kCols), g = ceil_div(d, kGram);
-    e[pW] = reinterpret_cast<int64_t>(m.data_ptr());
+    e[pW] = m.w;
     e[pR] = R;
     e[pK] = K;
     e[pU] = u_ptrs[i];
@@ -651,7 +668,7 @@ Plan build_plan(std::vector<int64_t> key, const std::vector<at::Tensor>& mats, c
     e[pPbOff] = pb_base + p.pb_len;
     e[pRowTiles] = row_tiles;
     e[pColTiles] = col_tiles;
-    e[pVecOk] = (K % vec == 0 && aligned16(m.data_ptr())) ? 1 : 0;
+    e[pVecOk] = (K % vec == 0 && m.w % 16 == 0) ? 1 : 0;
     e[pSaveOff] = p.save_len;
     e[pGradOff] = p.grad_len;
     p.g_len += d * d;
@@ -677,28 +694,29 @@ Plan build_plan(std::vector<int64_t> key, const std::vector<at::Tensor>& mats, c
     }
   }
   p.host_table = host;
-  p.table = host.to(mats[0].device(), at::kLong, /*non_blocking=*/true);
+  p.table = host.to(device, at::kLong, /*non_blocking=*/true);
   return p;
 }
 
-// The plan of these (already uniform and contiguous) weights and acc-dtype vectors: the cached one when
-// the key matches, else a new one replacing the oldest of kPlanCache. A table is a function of its key
-// alone (addresses and shapes), so a cached plan is valid for any tensors at those addresses.
+// The plan of these weights (uniform in `dtype`, contiguous, on `device`) and acc-dtype vectors: the
+// cached one when the key matches, else a new one replacing the oldest of kPlanCache. A table is a
+// function of its key alone (addresses and shapes), so a cached plan is valid for any tensors at those
+// addresses.
 constexpr size_t kPlanCache = 4;
 
-std::shared_ptr<const Plan> plan_for(const std::vector<at::Tensor>& mats, const std::vector<int64_t>& u_ptrs,
-                                     const std::vector<int64_t>& v_ptrs) {
+std::shared_ptr<const Plan> plan_for(const std::vector<Matrix>& mats, at::ScalarType dtype, at::Device device,
+                                     const std::vector<int64_t>& u_ptrs, const std::vector<int64_t>& v_ptrs) {
   std::vector<int64_t> key;
   key.reserve(3 + mats.size() * 5);
-  key.push_back(static_cast<int64_t>(mats[0].device().type()));
-  key.push_back(mats[0].device().index());
-  key.push_back(static_cast<int64_t>(mats[0].scalar_type()));
+  key.push_back(static_cast<int64_t>(device.type()));
+  key.push_back(device.index());
+  key.push_back(static_cast<int64_t>(dtype));
   for (size_t i = 0; i < mats.size(); ++i) {
-    key.push_back(reinterpret_cast<int64_t>(mats[i].data_ptr()));
+    key.push_back(mats[i].w);
     key.push_back(u_ptrs[i]);
     key.push_back(v_ptrs[i]);
-    key.push_back(mats[i].size(0));
-    key.push_back(mats[i].numel());
+    key.push_back(mats[i].R);
+    key.push_back(mats[i].K);
   }
   // Leaked on purpose: device tensors must not be freed after the CUDA runtime shuts down at exit.
   static auto* cache = new std::vector<std::shared_ptr<const Plan>>();
@@ -711,7 +729,7 @@ std::shared_ptr<const Plan> plan_for(const std::vector<at::Tensor>& mats, const 
       return hit;
     }
   }
-  auto plan = std::make_shared<const Plan>(build_plan(std::move(key), mats, u_ptrs, v_ptrs));
+  auto plan = std::make_shared<const Plan>(build_plan(std::move(key), mats, dtype, device, u_ptrs, v_ptrs));
   if (cache->size() == kPlanCache) cache->erase(cache->begin());
   cache->push_back(plan);
   return plan;
@@ -821,6 +839,61 @@ at::Tensor power_iteration_sigmas(at::TensorList mats, at::TensorList us, at::Te
   return sigma;
 }
 
+// What the backward needs to know of the weights, so that the forward keeps none of them: [n, then per
+// weight: dtype code, rank, sizes...], dtype codes indexing kLayoutDtypes.
+constexpr at::ScalarType kLayoutDtypes[] = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
+
+std::vector<int64_t> power_iteration_layout(at::TensorList weights) {
+  check_weights("nvae_fast::power_iteration_layout", weights);
+  std::vector<int64_t> layout{static_cast<int64_t>(weights.size())};
+  for (const at::Tensor& w : weights) {
+    const auto code = std::find(std::begin(kLayoutDtypes), std::end(kLayoutDtypes), w.scalar_type());
+    layout.push_back(code - std::begin(kLayoutDtypes));
+    layout.push_back(w.dim());
+    layout.insert(layout.end(), w.sizes().begin(), w.sizes().end());
+  }
+  return layout;
+}
+
+// A layout read back: the weights' (R, K) matrices (no addresses), sizes and dtypes, and the dtype the
+// kernels used for them (their own when shared, else float32, as `uniform`).
+struct WeightLayout {
+  std::vector<Matrix> mats;
+  std::vector<std::vector<int64_t>> sizes;
+  std::vector<at::ScalarType> dtypes;
+  at::ScalarType dtype = at::kFloat;
+};
+
+WeightLayout read_layout(const char* op, at::IntArrayRef layout) {
+  constexpr int64_t codes = sizeof(kLayoutDtypes) / sizeof(kLayoutDtypes[0]);
+  const int64_t len = static_cast<int64_t>(layout.size());
+  TORCH_CHECK(len >= 1 && layout[0] >= 1, op, ": layout must be power_iteration_layout of the weights");
+  WeightLayout out;
+  int64_t at = 1;
+  for (int64_t i = 0; i < layout[0]; ++i) {
+    TORCH_CHECK(at + 2 <= len && layout[at] >= 0 && layout[at] < codes && layout[at + 1] >= 2 &&
+                    at + 2 + layout[at + 1] <= len,
+                op, ": layout must be power_iteration_layout of the weights (entry ", i, " is malformed)");
+    out.dtypes.push_back(kLayoutDtypes[layout[at]]);
+    const int64_t rank = layout[at + 1];
+    std::vector<int64_t> sizes(layout.begin() + at + 2, layout.begin() + at + 2 + rank);
+    int64_t numel = 1;
+    for (int64_t d : sizes) {
+      TORCH_CHECK(d > 0, op, ": layout must be power_iteration_layout of the weights (entry ", i,
+                  " has an empty size)");
+      numel *= d;
+    }
+    out.mats.push_back({0, sizes[0], numel / sizes[0]});
+    out.sizes.push_back(std::move(sizes));
+    at += 2 + rank;
+  }
+  TORCH_CHECK(at == len, op, ": layout must be power_iteration_layout of the weights (", len - at,
+              " trailing entries)");
+  const bool same = std::all_of(out.dtypes.begin(), out.dtypes.end(), [&](at::ScalarType t) { return t == out.dtypes[0]; });
+  out.dtype = same ? out.dtypes[0] : at::kFloat;
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> power_iteration_forward(at::TensorList weights, at::TensorList us,
                                                            at::TensorList vs, int64_t n_iter) {
   constexpr const char* op = "nvae_fast::power_iteration_forward";
@@ -833,7 +906,8 @@ std::tuple<at::Tensor, at::Tensor> power_iteration_forward(at::TensorList weight
   io_vectors(op, mats, us, vs, u_io, v_io, copied);
   const DeviceGuard guard(mats[0].device());
   const cudaStream_t stream = current_stream();
-  const std::shared_ptr<const Plan> p = plan_for(mats, pointers(u_io), pointers(v_io));
+  const std::shared_ptr<const Plan> p =
+      plan_for(matrices(mats), mats[0].scalar_type(), mats[0].device(), pointers(u_io), pointers(v_io));
   const auto opts = mats[0].options().dtype(acc);
   const bool gram = n_iter >= 2;
   at::Tensor work = at::empty({p->x_len + p->pa_len + p->pb_len + (gram ? p->g_len : 0)}, opts);
@@ -879,41 +953,41 @@ std::tuple<at::Tensor, at::Tensor> power_iteration_forward(at::TensorList weight
 }
 
 std::vector<at::Tensor> power_iteration_backward(const at::Tensor& grad, const at::Tensor& saved,
-                                                 at::TensorList weights) {
+                                                 at::IntArrayRef layout) {
   constexpr const char* op = "nvae_fast::power_iteration_backward";
-  check_weights(op, weights);
-  const std::vector<at::Tensor> mats = uniform(weights);
-  const at::ScalarType acc = acc_dtype(mats[0].scalar_type());
-  const int64_t n = static_cast<int64_t>(weights.size());
-  TORCH_CHECK(grad.dim() == 1 && grad.numel() == n && grad.scalar_type() == acc && grad.device() == mats[0].device(),
-              op, ": grad must be a (", n, ",) ", acc, " tensor on ", mats[0].device(), ", got ", grad.scalar_type(),
+  const WeightLayout l = read_layout(op, layout);
+  const at::ScalarType acc = acc_dtype(l.dtype);
+  const int64_t n = static_cast<int64_t>(l.mats.size());
+  TORCH_CHECK(on_kernel_device(saved), op, ": saved must be ", kKernelDevice, ", got a tensor on ", saved.device());
+  TORCH_CHECK(grad.dim() == 1 && grad.numel() == n && grad.scalar_type() == acc && grad.device() == saved.device(),
+              op, ": grad must be a (", n, ",) ", acc, " tensor on ", saved.device(), ", got ", grad.scalar_type(),
               " of shape ", grad.sizes(), " on ", grad.device());
-  // The gradient kernel reads no u/v addresses (only offsets, a function of the shapes): its plan is
-  // cached under null vector addresses.
-  const std::vector<int64_t> none(mats.size(), 0);
-  const DeviceGuard guard(mats[0].device());
-  const std::shared_ptr<const Plan> p = plan_for(mats, none, none);
+  // The gradient kernel reads no weight or u/v addresses (only offsets, a function of the shapes): its
+  // plan is cached under null addresses.
+  const std::vector<int64_t> none(l.mats.size(), 0);
+  const DeviceGuard guard(saved.device());
+  const std::shared_ptr<const Plan> p = plan_for(l.mats, l.dtype, saved.device(), none, none);
   TORCH_CHECK(saved.dim() == 1 && saved.numel() == p->save_len && saved.scalar_type() == acc, op,
               ": saved must be the (", p->save_len, ",) ", acc, " vectors of power_iteration_forward, got shape ",
               saved.sizes(), " ", saved.scalar_type());
-  at::Tensor flat = at::empty({p->grad_len}, mats[0].options());
+  at::Tensor flat = at::empty({p->grad_len}, saved.options().dtype(l.dtype));
   const at::Tensor g = grad.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mats[0].scalar_type(), "power_iteration_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.dtype, "power_iteration_backward", [&] {
     const int64_t* table = p->table.data_ptr<int64_t>();
     launch<pi_outer_kernel<scalar_t>>(static_cast<unsigned>(p->pass_tiles), kThreads, 0, current_stream(), table,
                                       table + p->n * pFields, g.data_ptr<AccT<scalar_t>>(),
                                       saved.contiguous().data_ptr<AccT<scalar_t>>(), flat.data_ptr<scalar_t>());
   });
   std::vector<at::Tensor> grads;
-  grads.reserve(weights.size());
+  grads.reserve(l.mats.size());
   int64_t off = 0;
-  for (size_t i = 0; i < weights.size(); ++i) {
-    const at::IntArrayRef sizes = weights[i].sizes();
+  for (size_t i = 0; i < l.mats.size(); ++i) {
+    const std::vector<int64_t>& sizes = l.sizes[i];
     std::vector<int64_t> strides(sizes.size(), 1);
     for (int64_t j = static_cast<int64_t>(sizes.size()) - 2; j >= 0; --j) strides[j] = strides[j + 1] * sizes[j + 1];
     at::Tensor gi = flat.as_strided(sizes, strides, off);
     off += p->numels[i];
-    grads.push_back(gi.scalar_type() == weights[i].scalar_type() ? gi : gi.to(weights[i].scalar_type()));
+    grads.push_back(l.dtypes[i] == l.dtype ? gi : gi.to(l.dtypes[i]));
   }
   return grads;
 }
@@ -925,7 +999,7 @@ at::Tensor power_iteration_plan(at::TensorList weights, at::TensorList us, at::T
   std::vector<at::Tensor> u_io, v_io;
   std::vector<size_t> copied;
   io_vectors(op, mats, us, vs, u_io, v_io, copied);
-  return plan_for(mats, pointers(u_io), pointers(v_io))->host_table;
+  return plan_for(matrices(mats), mats[0].scalar_type(), mats[0].device(), pointers(u_io), pointers(v_io))->host_table;
 }
 
 }  // namespace nvae_fast

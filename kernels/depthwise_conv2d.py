@@ -25,10 +25,15 @@ pays per operation, not per element.) Outputs (y, dx) are allocated dense in the
 follow (x, respectively dy): channels_last when that tensor is channels_last (or, for a non-dense view,
 when its channel stride is smaller than its width stride), NCHW otherwise.
 
-Kernel size, stride and dilation are compile-time constants. A program loads the source pixels its tile
-needs once -- the tile's rows and columns times the stride plus the halo of the taps, ``X_PIX`` rows
-(a power of two) by the channels -- and gathers every tap's values from those registers (``tl.gather``),
-so global memory sees each source tile once instead of once per tap. The forward pass loops over the
+Kernel size, stride and dilation are compile-time constants. A channels_last program (and every program
+under the interpreter) stages the source pixels its tile needs once -- the tile's rows and columns times
+the stride plus the halo of the taps, ``X_PIX`` rows (a power of two) by the channels -- and gathers
+every tap's values from those registers (``tl.gather``), so global memory sees each source tile once
+instead of once per tap (``STAGED``). An NCHW program on a GPU holds one channel of a 32 x 32 tile,
+whose staged source (up to 65 x 65 pixels) would be a gather across every register of the warps (ptxas
+takes minutes and the shuffles outnumber the loads); it loads each tap's values from global memory
+instead: contiguous rows, the same lines for every tap, so beyond the first tap they are L1 hits and
+DRAM still sees the tile about once. The forward pass loops over the
 rows of taps and unrolls each row (unrolling all KH x KW taps makes 11 x 11 kernels take minutes to
 compile) into a register accumulator. The input gradient at stride 1 is the correlation of dy with the
 flipped taps and padding (K - 1) D - P: the forward kernel. For stride > 1 each program handles one
@@ -115,6 +120,20 @@ def _tap(tile, base, p, q, DH: tl.constexpr, DW: tl.constexpr, XW: tl.constexpr)
 
 
 @triton.jit
+def _tap_load(
+    src_ptr, n, oh, ow, c, cmask, pmask, p, q, H, W, PAD_H, PAD_W, ssn, ssc, ssh, ssw,
+    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, ACC: tl.constexpr,
+):
+    """The source values of tap (p, q) for output pixels (n, oh, ow) by channel, loaded from global memory
+    (zero outside the source)."""
+    ih = oh * SH - PAD_H + p * DH
+    iw = ow * SW - PAD_W + q * DW
+    ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    off = n.to(tl.int64)[:, None] * ssn + c[None, :] * ssc + (ih * ssh + iw * ssw)[:, None]
+    return tl.load(src_ptr + off, mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
+
+
+@triton.jit
 def _tap_base(
     SH: tl.constexpr, SW: tl.constexpr, XH: tl.constexpr, XW: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -131,14 +150,14 @@ def _forward_kernel(
     N, C, H, W, HO, WO, TILES_H, TILES_W, C_BLOCKS, PAD_H, PAD_W,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
-    DW: tl.constexpr, HAS_BIAS: tl.constexpr, FLIP: tl.constexpr, ACC: tl.constexpr, X_PIX: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    DW: tl.constexpr, HAS_BIAS: tl.constexpr, FLIP: tl.constexpr, ACC: tl.constexpr, STAGED: tl.constexpr,
+    X_PIX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """One y tile: BLOCK_N x BLOCK_H x BLOCK_W output pixels by BLOCK_C channels; grid: tiles x C_BLOCKS.
 
-    The tile's source pixels (with the halo) are loaded once; every tap adds w[c, p, q] times its
-    gathered values. FLIP takes the taps flipped in both axes (the input gradient at stride 1). The rows
-    of taps are a loop, each row is unrolled.
+    Every tap adds w[c, p, q] times its source values: gathered from the tile's source pixels (with the
+    halo), loaded once, when STAGED, else loaded tap by tap. FLIP takes the taps flipped in both axes
+    (the input gradient at stride 1). The rows of taps are a loop, each row is unrolled.
     """
     XH: tl.constexpr = (BLOCK_H - 1) * SH + (KH - 1) * DH + 1
     XW: tl.constexpr = (BLOCK_W - 1) * SW + (KW - 1) * DW + 1
@@ -149,16 +168,22 @@ def _forward_kernel(
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     pmask = (n < N) & (oh < HO) & (ow < WO)
-    xt = _source_tile(x_ptr, t, c, cmask, N, H, W, TILES_H, TILES_W, PAD_H, PAD_W, sxn, sxc, sxh, sxw,
-                      SH, SW, XH, XW, X_PIX, ACC, BLOCK_N, BLOCK_H, BLOCK_W)
-    base = _tap_base(SH, SW, XH, XW, BLOCK_N, BLOCK_H, BLOCK_W, BLOCK_C)
+    if STAGED:
+        xt = _source_tile(x_ptr, t, c, cmask, N, H, W, TILES_H, TILES_W, PAD_H, PAD_W, sxn, sxc, sxh, sxw,
+                          SH, SW, XH, XW, X_PIX, ACC, BLOCK_N, BLOCK_H, BLOCK_W)
+        base = _tap_base(SH, SW, XH, XW, BLOCK_N, BLOCK_H, BLOCK_W, BLOCK_C)
     w_c = w_ptr + c * (KH * KW)
     acc = tl.zeros([BLOCK_N * BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
     for p in range(KH):  # rows of taps: a loop (code size), columns: unrolled
         for q in tl.static_range(KW):
             k = (KH - 1 - p) * KW + (KW - 1 - q) if FLIP else p * KW + q
             wv = tl.load(w_c + k, mask=cmask, other=0.0)
-            acc += _tap(xt, base, p, q, DH, DW, XW) * wv.to(ACC)[None, :]
+            if STAGED:
+                xv = _tap(xt, base, p, q, DH, DW, XW)
+            else:
+                xv = _tap_load(x_ptr, n, oh, ow, c, cmask, pmask, p, q, H, W, PAD_H, PAD_W, sxn, sxc, sxh, sxw,
+                               SH, SW, DH, DW, ACC)
+            acc += xv * wv.to(ACC)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(ACC)[None, :]
     y_off = n.to(tl.int64)[:, None] * syn + c[None, :] * syc + (oh * syh + ow * syw)[:, None]
@@ -220,8 +245,8 @@ def _backward_weight_kernel(
     N, C, H, W, HO, WO, TILES_H, TILES_W, C_BLOCKS, NUM_TILES, TILES_PER_CHUNK, PAD_H, PAD_W,
     sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
-    DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, X_PIX: tl.constexpr, TAPS_P: tl.constexpr,
-    DIRECT: tl.constexpr,
+    DW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, STAGED: tl.constexpr, X_PIX: tl.constexpr,
+    TAPS_P: tl.constexpr, DIRECT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Partial sums over one chunk of dy tiles for one channel block; grid: chunks x C_BLOCKS. With one
@@ -229,8 +254,8 @@ def _backward_weight_kernel(
 
     part[chunk, k, c] = sum over the chunk's pixels of dy * x(tap k) for taps k = p KW + q < KH KW (dweight)
     and of dy alone for k = KH KW (dbias, when HAS_BIAS). Each dy tile and its x tile (with the halo)
-    are loaded once; every tap gathers its x values from registers, and the tile's sums go to row k of
-    a (TAPS_P, BLOCK_C) accumulator, written once.
+    are loaded once (STAGED; else every tap loads its x values); every tap gathers its x values from
+    registers, and the tile's sums go to row k of a (TAPS_P, BLOCK_C) accumulator, written once.
     """
     XH: tl.constexpr = (BLOCK_H - 1) * SH + (KH - 1) * DH + 1
     XW: tl.constexpr = (BLOCK_W - 1) * SW + (KW - 1) * DW + 1
@@ -250,10 +275,16 @@ def _backward_weight_kernel(
         ok = (n < N) & (oh < HO) & (ow < WO)
         dy_off = n.to(tl.int64)[:, None] * sdn + c[None, :] * sdc + (oh * sdh + ow * sdw)[:, None]
         g = tl.load(dy_ptr + dy_off, mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
-        xt = _source_tile(x_ptr, t, c, cmask, N, H, W, TILES_H, TILES_W, PAD_H, PAD_W, sxn, sxc, sxh, sxw,
-                          SH, SW, XH, XW, X_PIX, ACC, BLOCK_N, BLOCK_H, BLOCK_W)
+        if STAGED:
+            xt = _source_tile(x_ptr, t, c, cmask, N, H, W, TILES_H, TILES_W, PAD_H, PAD_W, sxn, sxc, sxh, sxw,
+                              SH, SW, XH, XW, X_PIX, ACC, BLOCK_N, BLOCK_H, BLOCK_W)
         for k in range(KH * KW):  # a loop, not unrolled: one body of code for all taps
-            s = tl.sum(g * _tap(xt, base, k // KW, k % KW, DH, DW, XW), axis=0)
+            if STAGED:
+                xv = _tap(xt, base, k // KW, k % KW, DH, DW, XW)
+            else:
+                xv = _tap_load(x_ptr, n, oh, ow, c, cmask, ok, k // KW, k % KW, H, W, PAD_H, PAD_W,
+                               sxn, sxc, sxh, sxw, SH, SW, DH, DW, ACC)
+            s = tl.sum(g * xv, axis=0)
             acc += tl.where(rows[:, None] == k, s[None, :], 0.0)
         if HAS_BIAS:
             acc += tl.where(rows[:, None] == KH * KW, tl.sum(g, axis=0)[None, :], 0.0)
@@ -384,6 +415,12 @@ def _geometry(kernel_hw, stride, padding, dilation) -> tuple[dict, tuple[int, in
     return dict(KH=int(kh), KW=int(kw), SH=int(sh), SW=int(sw), DH=int(dh), DW=int(dw)), (int(ph), int(pw))
 
 
+def _staging(meta: dict, consts: dict, staged: bool) -> dict:
+    """STAGED and X_PIX of a tile: the staged source of X_PIX rows, or tap-by-tap loads (X_PIX unused, 1).
+    Staged: channels_last tiles, and every tile under the interpreter; not: a GPU's NCHW tiles."""
+    return dict(STAGED=staged, X_PIX=_source_pixels(meta, consts) if staged else 1)
+
+
 def _source_pixels(meta: dict, consts: dict) -> int:
     """X_PIX: the rows of a tile's loaded source (BLOCK_N images of XH x XW pixels, see _source_tile), a
     power of two."""
@@ -394,9 +431,9 @@ def _source_pixels(meta: dict, consts: dict) -> int:
 
 def _forward_plan(n: int, c: int, ho: int, wo: int, channels_last: bool, consts: dict) -> dict:
     """The launch of _forward_kernel over an (n, c, ho, wo) output (forward, or the input gradient at
-    stride 1): :func:`_plan`'s tiles, X_PIX in its meta, and the grid."""
+    stride 1): :func:`_plan`'s tiles, STAGED and X_PIX in its meta, and the grid."""
     plan = _plan(n, ho, wo, c, channels_last)
-    plan["meta"]["X_PIX"] = _source_pixels(plan["meta"], consts)
+    plan["meta"].update(_staging(plan["meta"], consts, channels_last or interpreting()))
     plan.update(kernel="_forward_kernel", grid=(math.prod(plan["tiles"]) * plan["c_blocks"],))
     return plan
 
@@ -411,13 +448,14 @@ def _residue_plan(n: int, c: int, h: int, w: int, channels_last: bool, consts: d
 
 
 def _weight_plan(n: int, c: int, ho: int, wo: int, channels_last: bool, consts: dict, taps: int, device) -> dict:
-    """The launches of the weight gradient: _backward_weight_kernel over chunks of dy tiles (X_PIX, TAPS_P
-    and DIRECT in its meta) and, with more than one chunk, _reduce_partials_kernel over the taps x c
+    """The launches of the weight gradient: _backward_weight_kernel over chunks of dy tiles (STAGED, X_PIX,
+    TAPS_P and DIRECT in its meta) and, with more than one chunk, _reduce_partials_kernel over the taps x c
     partial sums (``reduce_grid``; None with one chunk, whose program writes dweight and dbias itself)."""
     plan = _plan(n, ho, wo, c, channels_last)
     num_tiles = math.prod(plan["tiles"])
     chunks, per_chunk = _chunks(num_tiles, plan["c_blocks"], device)
-    plan["meta"].update(X_PIX=_source_pixels(plan["meta"], consts), TAPS_P=pow2(taps), DIRECT=chunks == 1)
+    staging = _staging(plan["meta"], consts, channels_last or interpreting())
+    plan["meta"].update(staging, TAPS_P=pow2(taps), DIRECT=chunks == 1)
     reduce_grid = (triton.cdiv(taps * c, REDUCE_BLOCK),) if chunks > 1 else None
     plan.update(kernel="_backward_weight_kernel", num_tiles=num_tiles, chunks=chunks, tiles_per_chunk=per_chunk,
                 grid=(chunks * plan["c_blocks"],), reduce_grid=reduce_grid)
@@ -570,7 +608,7 @@ def aot_specs() -> list:
         args = {name: "i32" for name in ints if name in names}
         blocks = dict(zip(("BLOCK_N", "BLOCK_H", "BLOCK_W", "BLOCK_C"), consts.pop("blocks")))
         if "X_PIX" in names:
-            consts["X_PIX"] = _source_pixels(blocks, consts)
+            consts.update(_staging(blocks, consts, blocks["BLOCK_C"] > 1))
         warps = num_warps(blocks["BLOCK_N"] * blocks["BLOCK_H"] * blocks["BLOCK_W"] * blocks["BLOCK_C"])
         return aot_spec(fn, {**args, **pointers, **consts, **blocks}, warps)
 

@@ -531,13 +531,14 @@ def sigmas(mats, us, vs):
 
 
 def forward(weights, us, vs, n_iter):
-    """:func:`update` then :func:`sigmas` on the weights' (out, rest) matrices: (sigma, saved final u, v)."""
+    """:func:`update` then :func:`sigmas` on the weights' (out, rest) matrices: (sigma, saved final u and
+    v, the weights' shapes and dtypes)."""
     return forward_via(update, sigmas, weights, us, vs, n_iter)
 
 
-def backward(saved, grad, weights):
+def backward(saved, layout, grad):
     """dW_i = grad_i u_i v_i^T for every weight, in its shape and dtype (batched by shape)."""
-    return outer_grads(saved, grad, weights)
+    return outer_grads(saved, layout, grad)
 
 
 # --------------------------------------------------------------------------------- ahead-of-time specs

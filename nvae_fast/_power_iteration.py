@@ -15,21 +15,22 @@ def matrices(weights):
 
 
 def forward_via(update, sigmas, weights, us, vs, n_iter):
-    """``update`` then ``sigmas`` on the weights' matrices: (sigma, saved), saved = copies of the final
-    u_i, v_i (the caller's buffers change on the next call)."""
+    """``update`` then ``sigmas`` on the weights' matrices: (sigma, saved, layout), saved = copies of the
+    final u_i, v_i (the caller's buffers change on the next call), layout = each weight's (shape, dtype)."""
     mats = matrices(weights)
     update(mats, us, vs, n_iter)
     sig = sigmas(mats, us, vs)
-    return sig, [u.clone() for u in us] + [v.clone() for v in vs]
+    return sig, [u.clone() for u in us] + [v.clone() for v in vs], [(w.shape, w.dtype) for w in weights]
 
 
-def outer_grads(saved, grad, weights):
-    """dW_i = grad_i u_i v_i^T in each weight's shape and dtype, batched over weights of one shape."""
-    n = len(weights)
+def outer_grads(saved, layout, grad):
+    """dW_i = grad_i u_i v_i^T in each weight's shape and dtype (``layout``), batched over weights of one
+    shape."""
+    n = len(layout)
     us, vs = saved[:n], saved[n:]
     groups = defaultdict(list)
-    for i, w in enumerate(weights):
-        groups[(tuple(w.shape), w.dtype)].append(i)
+    for i, (shape, dtype) in enumerate(layout):
+        groups[(tuple(shape), dtype)].append(i)
     grads = [None] * n
     for (shape, dtype), idx in groups.items():
         u = torch.stack([us[i] for i in idx]).to(grad.dtype)

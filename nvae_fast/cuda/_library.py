@@ -33,7 +33,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "squeeze_excite": ("se_plan", "se_forward", "se_backward"),
     "power_iteration": (
         "power_iteration_update", "power_iteration_sigmas", "power_iteration_forward", "power_iteration_backward",
-        "power_iteration_plan",
+        "power_iteration_layout", "power_iteration_plan",
     ),
 }
 

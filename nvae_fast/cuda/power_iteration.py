@@ -13,7 +13,7 @@ copies; u/v not contiguous in the accumulation dtype through copies.
 
 Custom ops (``torch.ops.nvae_fast``): ``power_iteration_update`` (mutates ``us`` and ``vs``),
 ``power_iteration_sigmas``, ``power_iteration_forward`` (mutates ``us`` and ``vs``),
-``power_iteration_backward``, ``power_iteration_plan``; their fake implementations are registered here.
+``power_iteration_backward``, ``power_iteration_layout``, ``power_iteration_plan``; their fake implementations are registered here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import torch
 from .._accumulation import acc_dtype
 from . import _library
 
-__all__ = ["VALIDATES", "supports", "update", "sigmas", "forward", "backward", "plan", "GRAM_TILE", "PLAN_FIELDS"]
+__all__ = ["VALIDATES", "supports", "update", "sigmas", "forward", "backward", "plan", "GRAM_TILE", "PLAN_FIELDS",
+           "LAYOUT_DTYPES"]
 
 GRAM_TILE = 128  # csrc kGram
 PASS_TILE = (64, 256)  # csrc (kRows, kCols)
@@ -64,14 +65,18 @@ def sigmas(mats, us, vs):
 
 
 def forward(weights, us, vs, n_iter):
-    """``n_iter`` steps for every weight (us/vs in place), then sigma: returns (sigma (n,), saved), saved
-    the packed final (u_i, v_i) in the accumulation dtype for :func:`backward`."""
-    return _library.ops().power_iteration_forward(weights, us, vs, n_iter)
+    """``n_iter`` steps for every weight (us/vs in place), then sigma: returns (sigma (n,), [saved],
+    layout), saved the packed final (u_i, v_i) in the accumulation dtype and layout the weights' dtypes
+    and sizes as a list of ints (``[n, then per weight: dtype code, rank, sizes...]``), for
+    :func:`backward`."""
+    ops = _library.ops()
+    sigma, saved = ops.power_iteration_forward(weights, us, vs, n_iter)
+    return sigma, [saved], ops.power_iteration_layout(weights)
 
 
-def backward(saved, grad, weights):
+def backward(saved, layout, grad):
     """dW_i = grad_i u_i v_i^T for every weight, in its shape and dtype (views of one buffer)."""
-    return _library.ops().power_iteration_backward(grad, saved, weights)
+    return _library.ops().power_iteration_backward(grad, saved[0], layout)
 
 
 def plan(weights, us, vs, n_iter):
@@ -104,20 +109,44 @@ def _shared_dtype(weights):
     return weights[0].dtype if len({w.dtype for w in weights}) == 1 else torch.float32
 
 
+#: The dtypes of the layout codes (csrc kLayoutDtypes).
+LAYOUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _layout(weights):
+    layout = [len(weights)]
+    for w in weights:
+        layout += [LAYOUT_DTYPES.index(w.dtype), w.dim(), *w.shape]
+    return layout
+
+
+def _read_layout(layout):
+    """[(shape, dtype)] of a layout."""
+    out, at = [], 1
+    for _ in range(layout[0]):
+        rank = layout[at + 1]
+        out.append((tuple(layout[at + 2 : at + 2 + rank]), LAYOUT_DTYPES[layout[at]]))
+        at += 2 + rank
+    return out
+
+
 def _forward_fake(weights, us, vs, n_iter):
     acc = acc_dtype(_shared_dtype(weights))
     vectors = sum(w.shape[0] + w.numel() // w.shape[0] for w in weights)
     return weights[0].new_empty(len(weights), dtype=acc), weights[0].new_empty(vectors, dtype=acc)
 
 
-def _backward_fake(grad, saved, weights):
-    dtype = _shared_dtype(weights)
-    flat = weights[0].new_empty(sum(w.numel() for w in weights), dtype=dtype)
+def _backward_fake(grad, saved, layout):
+    entries = _read_layout(layout)
+    dtypes = {dtype for _, dtype in entries}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    numels = [math.prod(shape) for shape, _ in entries]
+    flat = saved.new_empty(sum(numels), dtype=dtype)
     grads, offset = [], 0
-    for w in weights:  # views of one buffer, as the kernel returns them
-        view = flat.narrow(0, offset, w.numel()).view(w.shape)
-        grads.append(view if w.dtype == dtype else view.to(w.dtype))
-        offset += w.numel()
+    for (shape, w_dtype), numel in zip(entries, numels):  # views of one buffer, as the kernel returns them
+        view = flat.narrow(0, offset, numel).view(shape)
+        grads.append(view if w_dtype == dtype else view.to(w_dtype))
+        offset += numel
     return grads
 
 
@@ -136,6 +165,7 @@ _library.register_fakes(
         "power_iteration_sigmas": _sigmas_fake,
         "power_iteration_forward": _forward_fake,
         "power_iteration_backward": _backward_fake,
+        "power_iteration_layout": _layout,
         "power_iteration_plan": _plan_fake,
     }
 )

@@ -84,12 +84,13 @@ class PowerIterationKernels(Protocol):
     def sigmas(self, mats, us, vs) -> torch.Tensor:
         """sigma_i = u_i^T W_i v_i: (len(mats),) in the accumulation dtype."""
 
-    def forward(self, weights, us, vs, n_iter: int) -> tuple[torch.Tensor, object]:
+    def forward(self, weights, us, vs, n_iter: int) -> tuple[torch.Tensor, list[torch.Tensor], object]:
         """The op's forward on the weights as given (any rank >= 2, each read as (out_i, rest_i)):
-        ``update`` then ``sigmas``; returns (sigma (len(weights),) in the accumulation dtype, saved), saved
-        whatever :meth:`backward` needs (the final u_i, v_i)."""
+        ``update`` then ``sigmas``; returns (sigma (len(weights),) in the accumulation dtype, saved,
+        layout): saved, the tensors :meth:`backward` needs (the final u_i, v_i; never the weights, which
+        the backward does not read); layout, what it needs to know of the weights (shapes and dtypes)."""
 
-    def backward(self, saved, grad, weights) -> list:
+    def backward(self, saved: list[torch.Tensor], layout, grad) -> list:
         """dW_i = grad_i u_i v_i^T for every weight, in the weight's shape and dtype; ``grad`` (len(weights),)."""
 
 
@@ -119,8 +120,8 @@ class TorchKernels:
         return forward_via(TorchKernels.update, TorchKernels.sigmas, weights, us, vs, n_iter)
 
     @staticmethod
-    def backward(saved, grad, weights):
-        return outer_grads(saved, grad, weights)
+    def backward(saved, layout, grad):
+        return outer_grads(saved, layout, grad)
 
     @staticmethod
     def sigmas(mats, us, vs):
@@ -141,14 +142,14 @@ class PowerIterationFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernels, us, vs, n_iter, *weights):
         with torch.no_grad():
-            sig, saved = kernels.forward(list(weights), us, vs, n_iter)
-        ctx.kernels, ctx.saved = kernels, saved
-        ctx.save_for_backward(*weights)
+            sig, saved, layout = kernels.forward(list(weights), us, vs, n_iter)
+        ctx.kernels, ctx.layout = kernels, layout
+        ctx.save_for_backward(*saved)
         return sig
 
     @staticmethod
     def backward(ctx, grad):
-        grads = ctx.kernels.backward(ctx.saved, grad.contiguous(), list(ctx.saved_tensors))
+        grads = ctx.kernels.backward(list(ctx.saved_tensors), ctx.layout, grad.contiguous())
         return (None, None, None, None, *grads)
 
 

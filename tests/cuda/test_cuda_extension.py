@@ -169,8 +169,8 @@ def test_symbolic_trace_of_every_kernel_set():
         nvcuda.power_iteration.update([w_mat], [u], [v], 1)
         y2, mean2, invstd2 = nvcuda.bn_swish.train_forward(x, bn_w, bn_w, None, None, 0.1, 1e-5)
         dx2 = nvcuda.bn_swish.backward(y2, x, mean2, invstd2, bn_w, bn_w, 10)[0]
-        sigma, saved = nvcuda.power_iteration.forward([w_mat], [u], [v], 2)
-        dw_mat = nvcuda.power_iteration.backward(saved, sigma, [w_mat])[0]
+        sigma, saved, layout = nvcuda.power_iteration.forward([w_mat], [u], [v], 2)
+        dw_mat = nvcuda.power_iteration.backward(saved, layout, sigma)[0]
         return out + dx2, gw, gb, nvcuda.power_iteration.sigmas([w_mat], [u], [v]), dw_mat
 
     args = (randn(2, 4, 6, 6), randn(4), randn(4, 1, 3, 3), randn(2, 4), randn(5, 7), randn(5), randn(7))
@@ -266,6 +266,10 @@ ERROR_CASES = {
     "pi_n_iter": (
         lambda: OPS.power_iteration_update([randn(3, 4)], [randn(3)], [randn(4)], -1),
         "n_iter must be non-negative",
+    ),
+    "pi_layout": (
+        lambda: OPS.power_iteration_backward(randn(1), randn(7), [1, 2, 2, 3]),  # entry 0 lacks its sizes
+        "layout must be power_iteration_layout of the weights",
     ),
     "pi_cpu": (
         lambda: OPS.power_iteration_sigmas([randn(3, 4)], [randn(3)], [randn(4)]),

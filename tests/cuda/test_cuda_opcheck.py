@@ -14,6 +14,7 @@ import torch
 from torch.testing._internal.optests.generate_tests import DEFAULT_TEST_UTILS
 
 from nvae_fast.cuda import _library
+from nvae_fast.cuda import power_iteration as nvcuda_power_iteration
 
 from .._tensors import in_layout, randn
 from ._cases import ALL_OPS, KERNEL_DEVICE, needs_kernels
@@ -49,6 +50,8 @@ def _samples(dtype, kind):
     if kind == "channels_last":
         weights = [w.contiguous(memory_format=torch.channels_last) for w in weights]
     saved = randn(5 + 27 + 16 + 8, dtype=acc, seed=17).to(KERNEL_DEVICE)
+    code = nvcuda_power_iteration.LAYOUT_DTYPES.index(dtype)
+    layout = [2, code, 4, 5, 3, 3, 3, code, 4, 16, 8, 1, 1]  # power_iteration_layout(weights)
     return {
         "bn_swish_stats": [(x,)],
         "bn_swish_normalize": [(x, mean, invstd, w, b)],
@@ -66,7 +69,8 @@ def _samples(dtype, kind):
         "power_iteration_update": [(mats, us, vs, 2)],
         "power_iteration_sigmas": [(mats, us, vs)],
         "power_iteration_forward": [(weights, us, vs, 3), (weights, us, vs, 1), (weights, us, vs, 0)],
-        "power_iteration_backward": [(randn(2, dtype=acc, seed=18).to(KERNEL_DEVICE), saved, weights)],
+        "power_iteration_backward": [(randn(2, dtype=acc, seed=18).to(KERNEL_DEVICE), saved, layout)],
+        "power_iteration_layout": [(weights,)],
         "power_iteration_plan": [(weights, us, vs)],
     }
 

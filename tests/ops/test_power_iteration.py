@@ -94,6 +94,25 @@ def test_gradcheck_float64(backend):
         assert torch.autograd.gradcheck(fn, leaves)
 
 
+@pytest.mark.parametrize("backend", LEAN_BACKENDS)
+def test_backward_keeps_no_weight(backend):
+    """The backward needs u, v and the weights' shapes only: the Function must not keep the weights
+    (in NVAE they are weight-normalised, computed tensors that nothing else keeps)."""
+    device = require(backend)
+    weights, us, vs = _inputs(torch.float32, device)
+    leaves = [w.requires_grad_() for w in weights]
+    kept = []
+    with nvae_fast.use_backend(backend), torch.autograd.graph.saved_tensors_hooks(
+        lambda t: kept.append(t) or t, lambda t: t
+    ):
+        sigma = power_iteration([w * 2 for w in leaves], us, vs, 2)
+    # w * 2 (a product with a Python number) saves nothing: every saved tensor is the Function's
+    assert kept, "the Function saved nothing (u and v are needed)"
+    assert all(t.dim() == 1 for t in kept), [tuple(t.shape) for t in kept]
+    grads = torch.autograd.grad(sigma.sum(), leaves)
+    assert [g.shape for g in grads] == [w.shape for w in weights]
+
+
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_bad_inputs_name_the_argument(backend):
     weights, us, vs = _inputs(torch.float32, "cpu", shapes=[(4, 3, 3, 3), (6, 5)])

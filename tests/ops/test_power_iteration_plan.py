@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import nvae_fast
+from nvae_fast.cuda.power_iteration import LAYOUT_DTYPES
 from nvae_fast.ops import power_iteration, power_iteration_reference
 
 from .._dispatch import RecordedOps
@@ -171,11 +172,14 @@ def _count(n_weights):
 
 
 def test_aten_ops_independent_of_weight_count():
-    """Once planned, forward and backward dispatch the same ops for 3 weights as for 30."""
+    """Once planned, forward and backward dispatch the same ops for 3 weights as for 30: the custom ops
+    alone (the forward, and the layout of the weights that the backward reads instead of keeping them)."""
     require("cuda")
     few, many = _count(3), _count(30)
     assert few == many, (few, many)
-    assert len(few[0]) == 1 and len(few[1]) == 1, few
+    forward, backward = ([name.split(".")[1] for name in names] for names in few)
+    assert forward == ["power_iteration_forward", "power_iteration_layout"], few
+    assert backward == ["power_iteration_backward"], few
 
 
 def _cifar10_weights():
@@ -203,7 +207,9 @@ def test_cifar10_launches():
     gram_tiles = sum(g * (g + 1) // 2 for g in (math.ceil(min(s[0], math.prod(s[1:])) / GRAM) for s in shapes))
     assert forward[0].blocks == gram_tiles and forward[1].blocks == len(shapes)
     saved = torch.empty(sum(s[0] + math.prod(s[1:]) for s in shapes))
-    backward = _launches.launches("power_iteration_backward", torch.empty(len(shapes)), saved, weights)
+    code = LAYOUT_DTYPES.index(torch.bfloat16)
+    layout = [len(shapes)] + [v for s in shapes for v in (code, len(s), *s)]  # the weights' dtypes and sizes
+    backward = _launches.launches("power_iteration_backward", torch.empty(len(shapes)), saved, layout)
     assert [launch.name for launch in backward] == ["pi_outer_kernel"]
     for n, count in ((0, 2), (1, 4)):
         assert len(_launches.launches("power_iteration_forward", weights, us, vs, n)) == count
