@@ -50,6 +50,9 @@ from .kernel_launch import Launch, plan, variants
 from .shapes import OpShape
 
 OVERRUN = 16  # how far above the budget a candidate may be to keep the full shape's kernels
+# First passes of the L2-blocked plans (cuda bn_swish): the next launch re-reads what they read while it
+# is still in L2 (runs of channel groups of at most half the assumed L2), so DRAM sees those bytes once.
+L2_FIRST_PASSES = ("bn_forward_partial_kernel", "bn_backward_partial_kernel")
 _CPU = torch.device("cpu")
 
 
@@ -245,8 +248,22 @@ def rows(shape: OpShape, counted: OpShape, full: dict[str, Call] | None, measure
                 row.ratio = round((row.bytes_read + row.bytes_written) / floor, 4)
             requested = (_total(launches, "read_requested"), _total(launches, "written_requested"))
             row.requested_bytes = None if None in requested else sum(requested)
+            if row.ratio is not None:
+                row.plan += _l2_model(launches, row.bytes_read + row.bytes_written, floor)
         out.append(row)
     return out
+
+
+def _l2_model(launches: list[Launch], counted: int, floor: int) -> str:
+    """The plan's note on an L2-blocked plan: the modelled DRAM ratio, counting the bytes that a first
+    pass (:data:`L2_FIRST_PASSES`) reads once, since the pass after it finds them in L2; "" otherwise."""
+    reread = sum(launch.read for launch in launches if launch.kernel.split("<")[0] in L2_FIRST_PASSES)
+    if not reread:
+        return ""
+    from nvae_fast.cuda.bn_swish import ASSUMED_L2_BYTES
+
+    return (f" [l2_blocked: modelled DRAM ratio {(counted - reread) / floor:.2f}, the second pass re-reading"
+            f" its inputs from a {ASSUMED_L2_BYTES >> 20} MB L2]")
 
 
 class CaseCounter:

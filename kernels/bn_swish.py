@@ -10,9 +10,9 @@ for float64 x, float32 otherwise)::
                       sum_dz_c = sum dz,   sum_dz_xhat_c = sum dz (x - mean_c) invstd_c
     backward_dx:      dx = weight_c invstd_c (dz - sum_dz_c / n - xhat sum_dz_xhat_c / n)   (training)
                       dx = weight_c invstd_c dz                                          (eval)
-    train_forward:    batch_stats and normalize in one read of x, invstd_c = 1 / sqrt(var_c + eps),
-                      running_mean/running_var updated in the kernel, when a channel's slice fits one
-                      program (see below; else batch_stats, normalize and ATen ops for the rest)
+    train_forward:    batch_stats and normalize, invstd_c = 1 / sqrt(var_c + eps), running_mean and
+                      running_var updated in the kernels: in one read of x when a channel's slice
+                      fits one program (see below), else in two passes
 
 Layouts: NCHW-contiguous and channels_last tensors are read in place (see :mod:`._host`); any other
 strides are copied to NCHW first, and ``dy`` is copied to ``x``'s layout when it differs. Outputs have the
@@ -37,8 +37,11 @@ narrower than a sector fetch each sector once per program (from L2 after the fir
 
 One-read backward. ``backward`` does the same with dy and x (half the tile each, so N*H*W <= 8192, 4096
 for float64): one program per channel (block) loads both once, stores sum dz and sum dz xhat and dx.
-Past the limits the training forward and backward fall back to two passes (a reduction, then an
-element-wise kernel that reads the inputs again); :func:`plan` says which a given x takes.
+Past the limits the training forward and backward take two passes, two launches: the reduction (its
+per-program partials), then an element-wise kernel that reads the inputs again, merges the partials of
+its channels in order and writes the per-channel outputs (mean, invstd, running statistics; sum dz, sum
+dz xhat) from the programs holding each channel's first element. No ATen op runs between them;
+:func:`plan` says which plan a given x takes.
 """
 
 from __future__ import annotations
@@ -169,29 +172,38 @@ def _bn_stats_nhwc_kernel(
 
 
 @triton.jit
-def _bn_stats_finalize_kernel(part_ptr, mean_ptr, var_ptr, C, SPLIT, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    """Grid cdiv(C, BLOCK_C). Merge the SPLIT partial (count, mean, M2) of each channel, in order:
-    mean = sum n_s mean_s / n,  var = sum (M2_s + n_s (mean_s - mean)^2) / n."""
-    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = cols < C
+def _merge_stats(part_ptr, ch, mask, C, SPLIT, ACC: tl.constexpr):
+    """(n, mean, M2) of channels ``ch`` (a vector) from their SPLIT partial (count, mean, M2), merged in
+    order: mean = sum n_s mean_s / n,  M2 = sum (M2_s + n_s (mean_s - mean)^2); 1, 0, 0 where not ``mask``."""
     plane = SPLIT * C
-    total = tl.zeros((BLOCK_C,), ACC)
-    weighted = tl.zeros((BLOCK_C,), ACC)
+    total = tl.zeros(ch.shape, ACC)
+    weighted = tl.zeros(ch.shape, ACC)
     for s in range(0, SPLIT):
-        n_s = tl.load(part_ptr + s * C + cols, mask=mask, other=0)
-        mean_s = tl.load(part_ptr + plane + s * C + cols, mask=mask, other=0)
+        n_s = tl.load(part_ptr + s * C + ch, mask=mask, other=0)
+        mean_s = tl.load(part_ptr + plane + s * C + ch, mask=mask, other=0)
         total += n_s
         weighted += n_s * mean_s
-    mean = weighted / tl.where(mask, total, 1)
-    m2 = tl.zeros((BLOCK_C,), ACC)
+    total = tl.where(mask, total, 1)
+    mean = weighted / total
+    m2 = tl.zeros(ch.shape, ACC)
     for s in range(0, SPLIT):
-        n_s = tl.load(part_ptr + s * C + cols, mask=mask, other=0)
-        mean_s = tl.load(part_ptr + plane + s * C + cols, mask=mask, other=0)
-        m2_s = tl.load(part_ptr + 2 * plane + s * C + cols, mask=mask, other=0)
+        n_s = tl.load(part_ptr + s * C + ch, mask=mask, other=0)
+        mean_s = tl.load(part_ptr + plane + s * C + ch, mask=mask, other=0)
+        m2_s = tl.load(part_ptr + 2 * plane + s * C + ch, mask=mask, other=0)
         d = mean_s - mean
         m2 += m2_s + n_s * d * d
+    return total, mean, m2
+
+
+@triton.jit
+def _bn_stats_finalize_kernel(part_ptr, mean_ptr, var_ptr, C, SPLIT, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Grid cdiv(C, BLOCK_C). Merge the SPLIT partial (count, mean, M2) of each channel (see
+    :func:`_merge_stats`); store mean and var = M2 / n."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = cols < C
+    total, mean, m2 = _merge_stats(part_ptr, cols, mask, C, SPLIT, ACC)
     tl.store(mean_ptr + cols, mean, mask=mask)
-    tl.store(var_ptr + cols, m2 / tl.where(mask, total, 1), mask=mask)
+    tl.store(var_ptr + cols, m2 / total, mask=mask)
 
 
 @triton.jit
@@ -392,6 +404,69 @@ def _bn_train_forward_nhwc_kernel(
 
 
 @triton.jit
+def _first_of_channel(ch, chmask, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Which of a :func:`_layout_tile` tile's channels ``ch`` this program writes the per-channel outputs
+    of: those whose first element it holds (NCHW: row c of column tile 0; NHWC: row tile 0)."""
+    if CHANNEL_ON_ROWS:
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        first = chmask & (r == ch) & (tl.program_id(1) == 0)
+    else:
+        first = chmask & (tl.program_id(0) == 0)
+    return first
+
+
+@triton.jit
+def _bn_train_normalize_kernel(
+    x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, ROWS, COLS, C, SPLIT,
+    eps, momentum, unbiased,
+    CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr, HAS_RUNNING: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The second launch of the two-pass training forward; grid and channel mapping as
+    :func:`_bn_normalize_kernel`. Merges its channels' partial statistics (``part`` of the statistics
+    kernels, :func:`_merge_stats`), writes y = silu(weight (x - mean) invstd + bias) and, for the channels
+    whose first element it holds, mean, invstd and the running statistics (:func:`_train_stats`)."""
+    offs, mask, ch, chmask = _layout_tile(ROWS, COLS, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    n, mean, m2 = _merge_stats(part_ptr, ch, chmask, C, SPLIT, ACC)
+    first = _first_of_channel(ch, chmask, CHANNEL_ON_ROWS, BLOCK_R)
+    invstd = _train_stats(mean, m2, n, eps, ch, first, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, momentum, unbiased,
+                          HAS_RUNNING, ACC)
+    scale = tl.load(w_ptr + ch, mask=chmask, other=0).to(ACC) * invstd
+    shift = tl.load(b_ptr + ch, mask=chmask, other=0).to(ACC) - mean * scale
+    z = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC) * _along(scale, CHANNEL_ON_ROWS) + _along(shift, CHANNEL_ON_ROWS)
+    tl.store(y_ptr + offs, (z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bn_train_backward_dx_kernel(
+    dy_ptr, x_ptr, dx_ptr, part_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, inv_count,
+    ROWS, COLS, C, SPLIT,
+    TRAINING: tl.constexpr, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The second launch of the two-pass backward; grid and channel mapping as :func:`_bn_backward_dx_kernel`.
+    Adds its channels' SPLIT partial sums (``part`` of the backward reduction, in order), writes dx and,
+    for the channels whose first element it holds, sum dz and sum dz xhat."""
+    offs, mask, ch, chmask = _layout_tile(ROWS, COLS, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, ACC)
+    sdz = tl.zeros(ch.shape, ACC)
+    sdzx = tl.zeros(ch.shape, ACC)
+    for s in range(0, SPLIT):
+        sdz += tl.load(part_ptr + s * C + ch, mask=chmask, other=0)
+        sdzx += tl.load(part_ptr + (SPLIT + s) * C + ch, mask=chmask, other=0)
+    first = _first_of_channel(ch, chmask, CHANNEL_ON_ROWS, BLOCK_R)
+    tl.store(sdz_ptr + ch, sdz, mask=first)
+    tl.store(sdzx_ptr + ch, sdzx, mask=first)
+    v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    g = tl.load(dy_ptr + offs, mask=mask, other=0).to(ACC)
+    dz = _swish_grad(g, v * _along(scale, CHANNEL_ON_ROWS) + _along(shift, CHANNEL_ON_ROWS))
+    if TRAINING:
+        xhat = (v - _along(mean, CHANNEL_ON_ROWS)) * _along(invstd, CHANNEL_ON_ROWS)
+        dz = dz - _along(sdz * inv_count, CHANNEL_ON_ROWS) - xhat * _along(sdzx * inv_count, CHANNEL_ON_ROWS)
+    tl.store(dx_ptr + offs, (dz * _along(scale, CHANNEL_ON_ROWS)).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _one_read_backward(dy, x, mask, mean, invstd, w, b, sdz_ptr, sdzx_ptr, ch, chmask, inv_count,
                        AXIS: tl.constexpr, TRAINING: tl.constexpr):
     """dx of a tile that holds whole channel slices (dy, x in acc, 0 outside ``mask``; per-channel
@@ -487,17 +562,12 @@ def _reduce_plan(x: torch.Tensor, layout: str):
     return block_r, block_c, (channel_blocks, split), split
 
 
-def batch_stats(x):
-    """Per-channel ``(mean, var)`` of x (N, C, H, W), biased variance, both (C,) in the acc dtype."""
-    x, layout = _host.dense(x)
+def _stat_partials(x, layout):
+    """The statistics launch over dense, non-empty x: (part, split), part (3, split, C) holding each
+    program's (count, mean, M2) per channel."""
     n, c, h, w = x.shape
-    acc = acc_dtype(x.dtype)
-    mean = torch.empty(c, dtype=acc, device=x.device)
-    var = torch.empty(c, dtype=acc, device=x.device)
-    if x.numel() == 0:
-        return mean.fill_(float("nan")), var.fill_(float("nan"))
     block_a, block_b, grid, split = _reduce_plan(x, layout)
-    part = torch.empty((3, split, c), dtype=acc, device=x.device)
+    part = torch.empty((3, split, c), dtype=acc_dtype(x.dtype), device=x.device)
     warps = _host.num_warps(block_a * block_b)
     if layout == _host.NCHW:
         _bn_stats_nchw_kernel[grid](
@@ -507,6 +577,19 @@ def batch_stats(x):
         _bn_stats_nhwc_kernel[grid](
             x, part, n * h * w, c, split, BLOCK_R=block_a, BLOCK_C=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps
         )
+    return part, split
+
+
+def batch_stats(x):
+    """Per-channel ``(mean, var)`` of x (N, C, H, W), biased variance, both (C,) in the acc dtype."""
+    x, layout = _host.dense(x)
+    n, c, h, w = x.shape
+    acc = acc_dtype(x.dtype)
+    mean = torch.empty(c, dtype=acc, device=x.device)
+    var = torch.empty(c, dtype=acc, device=x.device)
+    if x.numel() == 0:
+        return mean.fill_(float("nan")), var.fill_(float("nan"))
+    part, split = _stat_partials(x, layout)
     block_c = min(_host.pow2(c), 1024)
     _bn_stats_finalize_kernel[(triton.cdiv(c, block_c),)](
         part, mean, var, c, split, BLOCK_C=block_c, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_c)
@@ -545,9 +628,17 @@ def backward_reduce(dy, x, mean, invstd, weight, bias):
     if x.numel() == 0:
         zeros = torch.zeros(c, dtype=acc, device=x.device)
         return zeros, zeros.clone()
+    part, split = _backward_partials(dy, x, layout, _params(mean, invstd, weight, bias))
+    sums = part[:, 0] if split == 1 else part.sum(dim=1)
+    return sums[0], sums[1]
+
+
+def _backward_partials(dy, x, layout, params):
+    """The backward reduction over dense, non-empty dy and x: (part, split), part (2, split, C) holding
+    each program's sum dz and sum dz xhat per channel."""
+    n, c, h, w = x.shape
     block_a, block_b, grid, split = _reduce_plan(x, layout)
-    part = torch.empty((2, split, c), dtype=acc, device=x.device)
-    params = _params(mean, invstd, weight, bias)
+    part = torch.empty((2, split, c), dtype=acc_dtype(x.dtype), device=x.device)
     warps = _host.num_warps(block_a * block_b)
     if layout == _host.NCHW:
         _bn_backward_reduce_nchw_kernel[grid](
@@ -559,17 +650,16 @@ def backward_reduce(dy, x, mean, invstd, weight, bias):
             dy, x, *params, part, n * h * w, c, split,
             BLOCK_R=block_a, BLOCK_C=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
         )
-    sums = part[:, 0] if split == 1 else part.sum(dim=1)
-    return sums[0], sums[1]
+    return part, split
 
 
 def backward(dy, x, mean, invstd, weight, bias, count):
     """``(dx, sum_dz, sum_dz_xhat)``: in one launch that reads dy and x once when a channel's slices of
-    both fit one program (:func:`_one_read_tile` with two inputs), else :func:`backward_reduce`, then
-    :func:`backward_dx` with its sums."""
+    both fit one program (:func:`_one_read_tile` with two inputs), else in two launches: the backward
+    reduction, then :func:`_bn_train_backward_dx_kernel` (which adds the partial sums)."""
     layout = _host.layout_of(x) or _host.NCHW
     tile = _one_read_tile(x, layout, inputs=2)
-    if tile is None or x.numel() == 0:
+    if x.numel() == 0:
         sum_dz, sum_dz_xhat = backward_reduce(dy, x, mean, invstd, weight, bias)
         return backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count), sum_dz, sum_dz_xhat
     x, _ = _host.dense(x, layout)
@@ -578,10 +668,21 @@ def backward(dy, x, mean, invstd, weight, bias, count):
     dx = torch.empty_like(x)
     sum_dz = torch.empty(c, dtype=mean.dtype, device=x.device)
     sum_dz_xhat = torch.empty(c, dtype=mean.dtype, device=x.device)
-    block_a, block_b = tile
-    args = (dy, x, dx, *_params(mean, invstd, weight, bias), sum_dz, sum_dz_xhat)
-    common = dict(TRAINING=count is not None, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(2 * block_a * block_b))
+    params = _params(mean, invstd, weight, bias)
     inv_count = 1.0 / count if count is not None else 1.0
+    if tile is None:  # two passes: the reduction, then dx with the partial sums added in its programs
+        part, split = _backward_partials(dy, x, layout, params)
+        rows, cols, on_rows, max_cols = _matrix(x, layout)
+        block_r, block_col = _host.tile(rows, cols, max_cols)
+        _bn_train_backward_dx_kernel[(triton.cdiv(rows, block_r), triton.cdiv(cols, block_col))](
+            dy, x, dx, part, *params, sum_dz, sum_dz_xhat, inv_count, rows, cols, c, split,
+            TRAINING=count is not None, CHANNEL_ON_ROWS=on_rows, BLOCK_R=block_r, BLOCK_COL=block_col,
+            ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_r * block_col),
+        )
+        return dx, sum_dz, sum_dz_xhat
+    block_a, block_b = tile
+    args = (dy, x, dx, *params, sum_dz, sum_dz_xhat)
+    common = dict(TRAINING=count is not None, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(2 * block_a * block_b))
     if layout == _host.NCHW:
         _bn_backward_one_read_nchw_kernel[(c,)](*args, n, c, h * w, inv_count, BLOCK_N=block_a, BLOCK_HW=block_b, **common)
     else:
@@ -650,8 +751,9 @@ def plan(x, backward: bool = False) -> str:
 
 def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
     """``(y, mean, invstd)`` of the training forward, running statistics updated in place: in one read of
-    x and one launch when a channel's slice fits one program (see :func:`_one_read_tile`; mean, invstd
-    and the running update are computed in the kernel), else :func:`batch_stats` then :func:`normalize`.
+    x and one launch when a channel's slice fits one program (see :func:`_one_read_tile`), else in two
+    launches: the statistics kernel, then :func:`_bn_train_normalize_kernel`. Mean, invstd and the
+    running update are computed in the kernels.
 
     y like x (dtype and dense layout); mean, invstd (C,) in the acc dtype, invstd = 1 / sqrt(var + eps)
     with the biased var; y = silu(weight (x - mean) invstd + bias); running_var gets var n / (n - 1).
@@ -659,7 +761,7 @@ def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
     layout = _host.layout_of(x) or _host.NCHW
     tile = _one_read_tile(x, layout)
     count = x.numel() // x.shape[1]
-    if tile is None or x.numel() == 0:
+    if x.numel() == 0:
         mean, var = batch_stats(x)
         if running_mean is not None:
             running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
@@ -681,9 +783,19 @@ def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
         rv = rv if rv is not None else torch.empty(c, dtype=acc, device=x.device)
         has_running = True
     running = (rm, rv) if has_running else (mean, invstd)
+    scalars = (float(eps), float(momentum), count / (count - 1))
+    if tile is None:  # two passes: the statistics, then y with the partial statistics merged in its programs
+        part, split = _stat_partials(x, layout)
+        rows, cols, on_rows, max_cols = _matrix(x, layout)
+        block_r, block_col = _host.tile(rows, cols, max_cols)
+        _bn_train_normalize_kernel[(triton.cdiv(rows, block_r), triton.cdiv(cols, block_col))](
+            x, y, part, *_params(weight, bias), mean, invstd, *running, rows, cols, c, split, *scalars,
+            CHANNEL_ON_ROWS=on_rows, BLOCK_R=block_r, BLOCK_COL=block_col, HAS_RUNNING=has_running,
+            ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_r * block_col),
+        )
+        return _copy_back_running(running_mean, running_var, rm, rv, y, mean, invstd)
     block_a, block_b = tile
     common = dict(HAS_RUNNING=has_running, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_a * block_b))
-    scalars = (float(eps), float(momentum), count / (count - 1))
     if layout == _host.NCHW:
         _bn_train_forward_nchw_kernel[(c,)](
             x, y, *_params(weight, bias), mean, invstd, *running, n, c, h * w, *scalars,
@@ -694,10 +806,16 @@ def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
             x, y, *_params(weight, bias), mean, invstd, *running, n * h * w, c, *scalars,
             BLOCK_R=block_a, BLOCK_C=block_b, **common,
         )
+    return _copy_back_running(running_mean, running_var, rm, rv, y, mean, invstd)
+
+
+def _copy_back_running(running_mean, running_var, rm, rv, *outputs):
+    """Copy the kernel-updated running statistics rm, rv back where they are copies (see :func:`_running`);
+    return ``outputs``."""
     for t, updated in ((running_mean, rm), (running_var, rv)):
         if t is not None and t is not updated:
             t.copy_(updated)
-    return y, mean, invstd
+    return outputs
 
 
 # ------------------------------------------------------------------------ ahead-of-time compile specs
@@ -737,11 +855,21 @@ def aot_specs():
                 jobs.append((_bn_normalize_kernel, {
                     "x_ptr": x, "y_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": ptr(q), "b_ptr": ptr(q),
                     "ROWS": "i32", "COLS": "i32", "C": "i32", **tiles}))
+                for has_running in (True, False):
+                    jobs.append((_bn_train_normalize_kernel, {
+                        "x_ptr": x, "y_ptr": x, "part_ptr": a, "w_ptr": ptr(q), "b_ptr": ptr(q), "mean_ptr": a,
+                        "invstd_ptr": a, "rm_ptr": a, "rv_ptr": a, "ROWS": "i32", "COLS": "i32", "C": "i32",
+                        "SPLIT": "i32", "eps": "fp32", "momentum": "fp32", "unbiased": "fp32",
+                        "HAS_RUNNING": has_running, **tiles}))
             for training in (True, False):
                 jobs.append((_bn_backward_dx_kernel, {
                     "dy_ptr": x, "x_ptr": x, "dx_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p,
                     "sdz_ptr": a, "sdzx_ptr": a, "COUNT": "i32", "ROWS": "i32", "COLS": "i32", "C": "i32",
                     "TRAINING": training, **tiles}))
+                jobs.append((_bn_train_backward_dx_kernel, {
+                    "dy_ptr": x, "x_ptr": x, "dx_ptr": x, "part_ptr": a, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p,
+                    "b_ptr": p, "sdz_ptr": a, "sdzx_ptr": a, "inv_count": "fp32", "ROWS": "i32", "COLS": "i32",
+                    "C": "i32", "SPLIT": "i32", "TRAINING": training, **tiles}))
         limit, sector = _one_read_limit(xdt), SECTOR_BYTES // xdt.itemsize  # the largest one-read tiles
         for q in param_dtypes:
             for has_running in (True, False):

@@ -174,6 +174,16 @@ def test_plan_lists_kernels_in_order_with_counts():
     assert plan([]) == "(no kernels)"
 
 
+def test_l2_blocked_rows_model_the_second_pass_as_l2_hits():
+    from benchmarks.traffic_count import _l2_model
+
+    first = Launch("bn_forward_partial_kernel<float, Layout::NCHW, 4>", read=400, written=8)
+    second = Launch("bn_train_forward_kernel<float, Layout::NCHW, 4>", read=408, written=400)
+    note = _l2_model([first, second, first, second], 2432, 1600)
+    assert note.startswith(" [l2_blocked: modelled DRAM ratio 1.02,") and "50 MB L2" in note, note
+    assert _l2_model([second], 808, 800) == ""
+
+
 def test_traffic_command_writes_rows_with_exactly_the_listed_keys(tmp_path):
     out_json, out_md = tmp_path / "t.json", tmp_path / "t.md"
     _counting_subprocess(["-m", "benchmarks.traffic", "--ops", "squeeze_excite", "--presets", "cifar10", "--limit", "1",

@@ -241,11 +241,14 @@ def _case_id(value):
 
 @pytest.mark.parametrize("shape, dtype, kind, fits", LIMIT_CASES, ids=_case_id)
 def test_train_forward_reads_once_up_to_its_limit_only(monkeypatch, shape, dtype, kind, fits):
-    """Past the limit train_forward takes batch_stats + normalize (two reads of x); right either way."""
+    """Past the limit train_forward takes the statistics kernel and the training normalize (two reads of
+    x); right either way."""
     x, _, _, _, weight, bias = _inputs(shape, dtype, kind, seed=7)
-    calls = _record_calls(monkeypatch, ("batch_stats", "normalize"))
+    launched = _count_launches(monkeypatch)
     _check_train_forward(x, weight, bias, dtype)
-    assert calls == ([] if fits else ["batch_stats", "normalize"] * 2)  # two calls: see _check_train_forward
+    one = "nhwc" if kind == "channels_last" else "nchw"
+    expected = [f"_bn_train_forward_{one}_kernel"] if fits else [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"]
+    assert launched == expected * 2  # two calls: see _check_train_forward
 
 
 def test_train_forward_of_empty_x_takes_two_passes(monkeypatch):
@@ -271,10 +274,11 @@ def _record_calls(monkeypatch, names):
                          ids=["at_limit", "past_limit"])
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
 def test_op_takes_the_one_read_path_exactly_when_it_fits(monkeypatch, kind, shape, one_read):
-    """Through ``bn_swish`` on the triton backend: training calls train_forward, which takes
-    batch_stats + normalize past the one-read limit; eval never calls train_forward. Outputs, running statistics and gradients
+    """Through ``bn_swish`` on the triton backend: training calls train_forward, which takes two launches
+    past the one-read limit; eval never calls train_forward. Outputs, running statistics and gradients
     match the float64 reference on both paths (float32 tolerances of the op suite)."""
     calls = _record_calls(monkeypatch, ("train_forward", "batch_stats", "normalize"))
+    launched = _count_launches(monkeypatch)
     g = torch.Generator().manual_seed(8)
     x = in_layout(randn(shape, dtype=torch.float32, generator=g, scale=1.6, shift=0.7), kind).requires_grad_()
     weight = randn(3, dtype=torch.float32, generator=g, shift=1.0).requires_grad_()
@@ -283,7 +287,10 @@ def test_op_takes_the_one_read_path_exactly_when_it_fits(monkeypatch, kind, shap
     rm64, rv64 = rm.double(), rv.double()
     with nvae_fast.use_backend("triton"):
         y = bn_swish(x, weight, bias, rm, rv, True)
-    assert calls == (["train_forward"] if one_read else ["train_forward", "batch_stats", "normalize"])
+    assert calls == ["train_forward"]
+    one = "nhwc" if kind == "channels_last" else "nchw"
+    assert launched == ([f"_bn_train_forward_{one}_kernel"] if one_read
+                        else [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"])
     leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
     y_ref = bn_swish_reference(*leaves, rm64, rv64, True)
     dy = randn(shape, dtype=torch.float32, generator=g)
@@ -342,8 +349,8 @@ PLAN_CASES = [
 
 @pytest.mark.parametrize("shape, dtype, kind, fwd_plan, bwd_plan", PLAN_CASES, ids=_case_id)
 def test_training_launches_follow_the_plan(monkeypatch, shape, dtype, kind, fwd_plan, bwd_plan):
-    """One launch per direction on the one_read plan (running statistics updated in it), the two passes
-    past it; dx and the sums match TorchKernels.backward either way."""
+    """One launch per direction on the one_read plan (running statistics updated in it), two launches
+    past it; running statistics, dx and the sums match TorchKernels either way."""
     x, dy, _, _, weight, bias = _inputs(shape, dtype, kind, seed=12)
     assert (K.plan(x), K.plan(x, backward=True)) == (fwd_plan, bwd_plan)
     launched = _count_launches(monkeypatch)
@@ -352,6 +359,10 @@ def test_training_launches_follow_the_plan(monkeypatch, shape, dtype, kind, fwd_
     rm, rv = torch.zeros(c, dtype=acc), torch.ones(c, dtype=acc)
     _, mean, invstd = K.train_forward(x, weight, bias, rm, rv, 0.1, EPS)
     forward = list(launched)
+    rm_ref, rv_ref = torch.zeros(c, dtype=acc), torch.ones(c, dtype=acc)
+    T.train_forward(x, weight, bias, rm_ref, rv_ref, 0.1, EPS)
+    assert_close(rm, rm_ref, acc, "running_mean")
+    assert_close(rv, rv_ref, acc, "running_var")
     launched.clear()
     backward = []
     for count in (x.numel() // c, None):
@@ -366,22 +377,23 @@ def test_training_launches_follow_the_plan(monkeypatch, shape, dtype, kind, fwd_
     if fwd_plan == "one_read":
         assert forward == [f"_bn_train_forward_{one}_kernel"]
     else:
-        assert len(forward) >= 2 and f"_bn_train_forward_{one}_kernel" not in forward
+        assert forward == [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"]
     if bwd_plan == "one_read":
         assert backward == [f"_bn_backward_one_read_{one}_kernel"]
     else:
-        assert len(backward) >= 2 and not any("one_read" in name for name in backward)
+        assert backward == [f"_bn_backward_reduce_{one}_kernel", "_bn_train_backward_dx_kernel"]
 
 
 ALLOCATION = {"aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default"}
 
 
+@pytest.mark.parametrize("shape, one_read", [((4, 8, 6, 6), True), ((2, 8, 64, 129), False)], ids=["one_read", "two_pass"])
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
-def test_training_step_runs_only_the_kernels(monkeypatch, kind):
-    """A training forward and backward through ``bn_swish`` on the one_read plans: one launch each, no
-    ATen op besides allocating outputs (the interpreter's own tensor copies are kept out by not running
-    the kernels)."""
-    x, dy, _, _, _, _ = _inputs((4, 8, 6, 6), torch.float32, kind, seed=13)
+def test_training_step_runs_only_the_kernels(monkeypatch, kind, shape, one_read):
+    """A training forward and backward through ``bn_swish``: one launch each on the one_read plans, two on
+    the two-pass plans, no ATen op besides allocating outputs (the interpreter's own tensor copies are
+    kept out by not running the kernels)."""
+    x, dy, _, _, _, _ = _inputs(shape, torch.float32, kind, seed=13)
     dy = dy.contiguous(memory_format=x_format(x))
     x.requires_grad_()
     w, b = torch.ones(8, requires_grad=True), torch.zeros(8, requires_grad=True)
@@ -395,8 +407,12 @@ def test_training_step_runs_only_the_kernels(monkeypatch, kind):
         with RecordedOps() as bwd:
             torch.autograd.grad(y, (x, w, b), dy)
     one = "nhwc" if kind == "channels_last" else "nchw"
-    assert forward == [f"_bn_train_forward_{one}_kernel"]
-    assert launched[len(forward):] == [f"_bn_backward_one_read_{one}_kernel"]
+    if one_read:
+        assert forward == [f"_bn_train_forward_{one}_kernel"]
+        assert launched[len(forward):] == [f"_bn_backward_one_read_{one}_kernel"]
+    else:
+        assert forward == [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"]
+        assert launched[len(forward):] == [f"_bn_backward_reduce_{one}_kernel", "_bn_train_backward_dx_kernel"]
     for what, mode in (("forward", fwd), ("backward", bwd)):
         assert [op for op in mode.ops if op not in ALLOCATION] == [], (what, mode.ops)
 
