@@ -1,10 +1,11 @@
 """The plans of the Triton depthwise convolution (``plan``) at their boundaries, with the tiles a GPU gets,
 against the float64 ATen reference in the interpreter.
 
-Every tile loads its source once, with the halo of the taps (``X_PIX`` rows), and gathers each tap from
-registers: the forward pass and the input gradient at stride 1 (the forward kernel with flipped taps and
-padding (K - 1) D - P), and the weight gradient (dy and x once per tile). Strides above 1 take the
-residue-class input-gradient kernel. Each case asserts the plan it is meant to take.
+A channels_last tile loads its source once, with the halo of the taps (``X_PIX`` rows), and gathers each
+tap from registers (``STAGED``); an NCHW tile (one channel) loads every tap from memory. So do the
+forward pass and the input gradient at stride 1 (the forward kernel with flipped taps and padding
+(K - 1) D - P), and the weight gradient (dy once per tile). Strides above 1 take the residue-class
+input-gradient kernel. Each case asserts the plan it is meant to take.
 """
 
 import pytest
@@ -38,14 +39,14 @@ def _check_case(case):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("width, tiles", [(64, 1), (65, 2)])
 def test_row_tile_boundary(gpu_tiles, dtype, width, tiles):
-    """NCHW rows up to 64 wide are one tile; 65 takes two, whose source tiles share the halo."""
+    """NCHW rows up to 64 wide are one tile; 65 takes two, whose taps read across the tile border. NCHW
+    tiles load their taps from memory (no staged source)."""
     plan = _check_case(((1, 2, 5, width), 5, 1, 2, 1, "contiguous", dtype))
     for key in ("forward", "backward_input", "backward_weight"):
         assert plan[key]["tiles"][2] == tiles and plan[key]["meta"]["BLOCK_C"] == 1, plan[key]
     assert plan["backward_input"]["kernel"] == "_forward_kernel"
-    # the loaded source: (BLOCK_H + 4) x (BLOCK_W + 4) pixels, rounded up to a power of two
-    meta = plan["forward"]["meta"]
-    assert meta["X_PIX"] == dw.pow2((meta["BLOCK_H"] + 4) * (meta["BLOCK_W"] + 4)), meta
+    for key in ("forward", "backward_weight"):
+        assert plan[key]["meta"]["STAGED"] is False and plan[key]["meta"]["X_PIX"] == 1, plan[key]["meta"]
 
 
 @pytest.mark.parametrize(
@@ -75,13 +76,18 @@ def test_stride_one_gathers(gpu_tiles, case):
     ids=lambda case: f"{'x'.join(map(str, case[0]))}-k{case[1]}-s2-{case[5]}-{str(case[6])[6:]}",
 )
 def test_stride_two(gpu_tiles, case):
-    """Stride 2: strided source tiles for the forward pass and the weight gradient, the residue-class
-    kernel for the input gradient."""
+    """Stride 2: strided source tiles (channels_last) or strided tap loads (NCHW) for the forward pass and
+    the weight gradient, the residue-class kernel for the input gradient."""
     plan = _check_case(case)
     assert plan["backward_input"]["kernel"] == "_backward_input_kernel", plan
-    meta = plan["backward_weight"]["meta"]
     k = case[1]
-    assert meta["X_PIX"] == dw.pow2(((meta["BLOCK_H"] - 1) * 2 + k) * ((meta["BLOCK_W"] - 1) * 2 + k)), meta
+    for key in ("forward", "backward_weight"):
+        meta = plan[key]["meta"]
+        if case[5] == "channels_last":  # the staged source: the strided tile and the halo, a power of two
+            assert meta["STAGED"] is True, meta
+            assert meta["X_PIX"] == dw.pow2(((meta["BLOCK_H"] - 1) * 2 + k) * ((meta["BLOCK_W"] - 1) * 2 + k)), meta
+        else:
+            assert meta["STAGED"] is False and meta["X_PIX"] == 1, meta
 
 
 def test_weight_gradient_chunks_of_several_tiles(gpu_tiles, monkeypatch):

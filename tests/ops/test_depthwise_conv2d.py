@@ -61,31 +61,6 @@ def test_multi_tile_and_split_paths_match_reference(monkeypatch, backend, dtype,
     _check_matches_reference(backend, dtype, kind, case, seed=11)
 
 
-GPU_TILE_CASES = [((2, 3, 9, 7), 5, 1, "same"), ((1, 4, 8, 11), 3, 2, 1), ((1, 2, 34, 37), 5, 2, 2)]
-
-
-@pytest.mark.parametrize("case", GPU_TILE_CASES, ids=_case_id)
-@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
-def test_triton_gpu_tiles_match_reference(monkeypatch, dtype, kind, case):
-    """The Triton kernels with a GPU's tiles (the interpreter otherwise takes larger, always staged ones):
-    NCHW tiles of one channel that load every tap from memory, channels_last tiles that stage the source
-    and gather the taps; the (37-column) last case has several tiles per row and image."""
-    require("triton")
-    from nvae_fast.kernels import depthwise_conv2d as kernels
-
-    monkeypatch.setattr(kernels, "interpreting", lambda: False)
-    monkeypatch.setattr(kernels, "sm_count", lambda device: 4)
-    shape, k, stride, padding = case
-    x = in_layout(torch.empty(shape), kind)
-    pad = k // 2 if padding == "same" else padding
-    plans = kernels.plan(x, torch.empty(shape[1], 1, k, k), (stride, stride), (pad, pad), (1, 1))
-    staged = kind == "channels_last"
-    assert plans["forward"]["meta"]["STAGED"] is staged and plans["backward_weight"]["meta"]["STAGED"] is staged
-    assert (plans["forward"]["meta"]["BLOCK_C"] > 1) is staged  # channels by a spatial tile, or one channel
-    _check_matches_reference("triton", dtype, kind, case, seed=5)
-
-
 def _check_matches_reference(backend, dtype, kind, case, seed=0):
     device = require(backend)
     shape, k, stride, padding = case
