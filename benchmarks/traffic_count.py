@@ -50,9 +50,16 @@ from .kernel_launch import Launch, plan, variants
 from .shapes import OpShape
 
 OVERRUN = 16  # how far above the budget a candidate may be to keep the full shape's kernels
-# First passes of the L2-blocked plans (cuda bn_swish): the next launch re-reads what they read while it
-# is still in L2 (runs of channel groups of at most half the assumed L2), so DRAM sees those bytes once.
-L2_FIRST_PASSES = ("bn_forward_partial_kernel", "bn_backward_partial_kernel")
+# First passes of two-pass plans: the next launch of the call reads their inputs again, from L2 when those
+# stay in it in between. cuda bn_swish's L2-blocked plan sizes its runs of channel groups to half the
+# assumed L2 (True: by construction); for the others the call's inputs (x forward, dy and x backward)
+# must take at most half of it.
+L2_FIRST_PASSES = {
+    "bn_forward_partial_kernel": True, "bn_backward_partial_kernel": True,
+    "_bn_stats_nchw_kernel": False, "_bn_stats_nhwc_kernel": False,
+    "_bn_backward_reduce_nchw_kernel": False, "_bn_backward_reduce_nhwc_kernel": False,
+    "se_reduce_kernel": False, "_se_reduce_nchw_kernel": False, "_se_reduce_nhwc_kernel": False,
+}
 _CPU = torch.device("cpu")
 
 
@@ -249,21 +256,46 @@ def rows(shape: OpShape, counted: OpShape, full: dict[str, Call] | None, measure
             requested = (_total(launches, "read_requested"), _total(launches, "written_requested"))
             row.requested_bytes = None if None in requested else sum(requested)
             if row.ratio is not None:
-                row.plan += _l2_model(launches, row.bytes_read + row.bytes_written, floor)
+                modes = ("fwd", "bwd") if mode == "fwd+bwd" else (mode,)
+                hits = [_l2_hits(measured[m].launches, shape, m, DTYPES[dtype].itemsize) for m in modes]
+                row.plan += _l2_note([h for h in hits if h is not None], row.bytes_read + row.bytes_written, floor)
         out.append(row)
     return out
 
 
-def _l2_model(launches: list[Launch], counted: int, floor: int) -> str:
-    """The plan's note on an L2-blocked plan: the modelled DRAM ratio, counting the bytes that a first
-    pass (:data:`L2_FIRST_PASSES`) reads once, since the pass after it finds them in L2; "" otherwise."""
-    reread = sum(launch.read for launch in launches if launch.kernel.split("<")[0] in L2_FIRST_PASSES)
-    if not reread:
+def _l2_hits(launches: list[Launch], shape: OpShape, mode: str, itemsize: int) -> tuple[int, bool] | None:
+    """``(bytes, by_construction)`` that the launches after a first pass (:data:`L2_FIRST_PASSES`) of
+    ``mode`` find in L2, or None: no first pass, or the full shape's inputs take more than half the
+    assumed L2."""
+    from nvae_fast.cuda.bn_swish import ASSUMED_L2_BYTES
+
+    first = [launch for launch in launches if _base_name(launch.kernel) in L2_FIRST_PASSES]
+    if not first:
+        return None
+    planned = all(L2_FIRST_PASSES[_base_name(launch.kernel)] for launch in first)
+    inputs = math.prod(shape.x) * itemsize * (2 if mode == "bwd" else 1) if shape.x else 0
+    if not planned and inputs > ASSUMED_L2_BYTES // 2:
+        return None
+    return sum(launch.read for launch in first), planned
+
+
+def _base_name(kernel: str) -> str:
+    """A launch's kernel name without its template (cuda) or constexpr (triton) arguments."""
+    return kernel.split("<")[0].split("[")[0]
+
+
+def _l2_note(hits: list[tuple[int, bool]], counted: int, floor: int) -> str:
+    """The plan's note on the modelled DRAM ratio of two-pass plans whose second pass reads from L2 (the
+    counted bytes less the L2 hits, see :func:`_l2_hits`); "" when none does."""
+    if not hits:
         return ""
     from nvae_fast.cuda.bn_swish import ASSUMED_L2_BYTES
 
-    return (f" [l2_blocked: modelled DRAM ratio {(counted - reread) / floor:.2f}, the second pass re-reading"
-            f" its inputs from a {ASSUMED_L2_BYTES >> 20} MB L2]")
+    how = ("runs sized to half of it" if all(planned for _, planned in hits)
+           else "the inputs within half of it")
+    dram = counted - sum(reread for reread, _ in hits)
+    return (f" [modelled DRAM ratio {dram / floor:.2f}: the second pass re-reads its inputs from an assumed"
+            f" {ASSUMED_L2_BYTES >> 20} MB L2, {how}]")
 
 
 class CaseCounter:

@@ -174,14 +174,21 @@ def test_plan_lists_kernels_in_order_with_counts():
     assert plan([]) == "(no kernels)"
 
 
-def test_l2_blocked_rows_model_the_second_pass_as_l2_hits():
-    from benchmarks.traffic_count import _l2_model
+def test_two_pass_rows_model_the_second_pass_as_l2_hits():
+    from benchmarks.shapes import OpShape
+    from benchmarks.traffic_count import _l2_hits, _l2_note
 
     first = Launch("bn_forward_partial_kernel<float, Layout::NCHW, 4>", read=400, written=8)
     second = Launch("bn_train_forward_kernel<float, Layout::NCHW, 4>", read=408, written=400)
-    note = _l2_model([first, second, first, second], 2432, 1600)
-    assert note.startswith(" [l2_blocked: modelled DRAM ratio 1.02,") and "50 MB L2" in note, note
-    assert _l2_model([second], 808, 800) == ""
+    small, large = OpShape(op="bn_swish", x=(2, 3, 64, 64)), OpShape(op="bn_swish", x=(32, 768, 32, 32))
+    hits = _l2_hits([first, second, first, second], large, "fwd", 4)
+    assert hits == (800, True)  # runs sized to the L2 by the plan: any shape
+    note = _l2_note([hits], 2432, 1600)
+    assert note.startswith(" [modelled DRAM ratio 1.02:") and "50 MB L2, runs sized" in note, note
+    assert _l2_hits([second], small, "fwd", 4) is None and _l2_note([], 808, 800) == ""
+    stats = Launch("_bn_stats_nchw_kernel[BLOCK_N=4]", read=400, written=8)
+    assert _l2_hits([stats, second], small, "bwd", 4) == (400, False)  # dy and x: 196 KB
+    assert _l2_hits([stats, second], large, "fwd", 4) is None  # x: 96 MB, more than half the L2
 
 
 def test_traffic_command_writes_rows_with_exactly_the_listed_keys(tmp_path):
