@@ -889,7 +889,8 @@ WeightLayout read_layout(const char* op, at::IntArrayRef layout) {
   }
   TORCH_CHECK(at == len, op, ": layout must be power_iteration_layout of the weights (", len - at,
               " trailing entries)");
-  const bool same = std::all_of(out.dtypes.begin(), out.dtypes.end(), [&](at::ScalarType t) { return t == out.dtypes[0]; });
+  const bool same =
+      std::all_of(out.dtypes.begin(), out.dtypes.end(), [&](at::ScalarType t) { return t == out.dtypes[0]; });
   out.dtype = same ? out.dtypes[0] : at::kFloat;
   return out;
 }

@@ -26,10 +26,11 @@ pattern (per-program partials, then ``torch.sum`` over the partial axis): no ato
 are bit-identical.
 
 One-read forward. When the tile holding a channel's whole slice, padded to powers of two, has at
-most :data:`ONE_READ_ELEMS` float32 values (8 warps x 32 threads x 64 registers; half as many float64
-values), i.e. N*H*W <= 16384 (8192 for float64) up to that padding, ``train_forward`` launches one
-program per channel (NCHW: a pow2(N) x pow2(H*W) tile) or per block of channels (channels_last:
-pow2(N*H*W) rows by up to one 32-byte sector of channels, fewer when the rows need the registers).
+most :data:`ONE_READ_ELEMS` float32 values (16 warps x 32 threads x 32 registers, :func:`_one_read_warps`;
+half as many float64 values), i.e. N*H*W <= 16384 (8192 for float64) up to that padding, ``train_forward``
+launches one program per channel (NCHW: a pow2(N) x pow2(H*W) tile) or per block of channels
+(channels_last: pow2(N*H*W) rows by up to one 32-byte sector of channels, fewer when the rows need the
+registers).
 Each program loads its slice once, computes the mean and then the centred sum of squares in registers
 (exact two-pass), and writes y. The grid is only C programs (NCHW) or C / block (channels_last): it
 fills a GPU for NVAE's widths (C = 32 ... 768) only partly at the low end; channels_last tiles
@@ -61,7 +62,8 @@ __all__ = [
 
 MAX_COLS_NCHW = 1024  # widest tile along H*W
 MAX_COLS_NHWC = 128  # widest tile along C
-ONE_READ_ELEMS = 16384  # float32 values one program of the one-read forward holds: 8 warps x 32 x 64
+ONE_READ_ELEMS = 16384  # float32 values one program of the one-read forward holds: 16 warps x 32 x 32
+VALUES_PER_WARP = 1024  # one-read tiles: 32 float32 words in each thread's registers
 SECTOR_BYTES = 32  # channels_last one-read tiles are at most one memory sector of channels wide
 
 
@@ -433,7 +435,8 @@ def _bn_train_normalize_kernel(
                           HAS_RUNNING, ACC)
     scale = tl.load(w_ptr + ch, mask=chmask, other=0).to(ACC) * invstd
     shift = tl.load(b_ptr + ch, mask=chmask, other=0).to(ACC) - mean * scale
-    z = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC) * _along(scale, CHANNEL_ON_ROWS) + _along(shift, CHANNEL_ON_ROWS)
+    v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
+    z = v * _along(scale, CHANNEL_ON_ROWS) + _along(shift, CHANNEL_ON_ROWS)
     tl.store(y_ptr + offs, (z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -682,7 +685,8 @@ def backward(dy, x, mean, invstd, weight, bias, count):
         return dx, sum_dz, sum_dz_xhat
     block_a, block_b = tile
     args = (dy, x, dx, *params, sum_dz, sum_dz_xhat)
-    common = dict(TRAINING=count is not None, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(2 * block_a * block_b))
+    warps = _one_read_warps(2 * block_a * block_b, acc_dtype(x.dtype))
+    common = dict(TRAINING=count is not None, ACC=_host.tl_acc(x.dtype), num_warps=warps)
     if layout == _host.NCHW:
         _bn_backward_one_read_nchw_kernel[(c,)](*args, n, c, h * w, inv_count, BLOCK_N=block_a, BLOCK_HW=block_b, **common)
     else:
@@ -712,6 +716,14 @@ def backward_dx(dy, x, mean, invstd, weight, bias, sum_dz, sum_dz_xhat, count):
         ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_r * block_col),
     )
     return dx
+
+
+def _one_read_warps(elems: int, acc: torch.dtype) -> int:
+    """Warps of a one-read program holding ``elems`` values in ``acc``: the usual 16 per thread for small
+    tiles, 32 float32 words per thread for larger ones (16 warps at the limit). Twice as many words per
+    thread (32K values) would need 16 warps of 128 registers: ptxas spills the pointers and masks."""
+    words = elems * acc.itemsize // 4
+    return max(_host.num_warps(elems), min(16, words // VALUES_PER_WARP))
 
 
 def _one_read_limit(dtype: torch.dtype) -> int:
@@ -795,7 +807,7 @@ def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
         )
         return _copy_back_running(running_mean, running_var, rm, rv, y, mean, invstd)
     block_a, block_b = tile
-    common = dict(HAS_RUNNING=has_running, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_a * block_b))
+    common = dict(HAS_RUNNING=has_running, ACC=_host.tl_acc(x.dtype), num_warps=_one_read_warps(block_a * block_b, acc))
     if layout == _host.NCHW:
         _bn_train_forward_nchw_kernel[(c,)](
             x, y, *_params(weight, bias), mean, invstd, *running, n, c, h * w, *scalars,
@@ -819,6 +831,21 @@ def _copy_back_running(running_mean, running_var, rm, rv, *outputs):
 
 
 # ------------------------------------------------------------------------ ahead-of-time compile specs
+
+#: The one-read kernels: their tiles are sized to the registers (the AOT test checks that none spills).
+REGISTER_RESIDENT = ("_bn_train_forward_nchw_kernel", "_bn_train_forward_nhwc_kernel",
+                     "_bn_backward_one_read_nchw_kernel", "_bn_backward_one_read_nhwc_kernel")
+
+
+def _aot_warps(fn, args, warps):
+    """The warps the host launches ``fn`` with for the tile in ``args``."""
+    if fn is _bn_stats_finalize_kernel:
+        return _host.num_warps(256)
+    if fn.__name__ in REGISTER_RESIDENT:
+        rows, cols = (args["BLOCK_N"], args["BLOCK_HW"]) if "BLOCK_N" in args else (args["BLOCK_R"], args["BLOCK_C"])
+        acc = torch.float64 if args["ACC"] == tl.float64 else torch.float32
+        return _one_read_warps(rows * cols * (2 if "dy_ptr" in args else 1), acc)
+    return warps
 
 
 def aot_specs():
@@ -897,6 +924,5 @@ def aot_specs():
         if xdt == torch.float32:
             jobs += [(fn, ones(args, "SPLIT")) for fn, args in jobs if "SPLIT" in args] + [
                 (fn, ones(args)) for fn, args in jobs]
-        specs += [aot_spec(fn, args, _host.num_warps(256) if fn is _bn_stats_finalize_kernel else warps)
-                  for fn, args in jobs]
+        specs += [aot_spec(fn, args, _aot_warps(fn, args, warps)) for fn, args in jobs]
     return specs

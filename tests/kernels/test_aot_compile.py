@@ -31,6 +31,9 @@ whose name starts with ``_`` are helpers and are skipped):
 * ``aot_specs()`` must not touch a GPU and must work with and without the interpreter; importing a
   kernel module builds no specs.
 
+Kernels named in the module's ``REGISTER_RESIDENT`` (tiles sized to what the registers hold) must also
+compile without spilling registers (ptxas ``-v`` on their PTX).
+
 Pointer parameters are compiled with the 16-byte divisibility hint that the JIT gives aligned torch
 tensors, so the vectorised code paths that run on a GPU are the ones compiled here.
 """
@@ -81,7 +84,8 @@ def _compile_specs(module) -> dict:
 
     from nvae_fast.kernels._aot import compile_for
 
-    report = {"specs": 0, "compiled": 0, "max_shared": 0, "errors": []}
+    report = {"specs": 0, "compiled": 0, "max_shared": 0, "checked_spills": 0, "errors": []}
+    resident = set(getattr(module, "REGISTER_RESIDENT", ()))
     specs = module.aot_specs() if callable(getattr(module, "aot_specs", None)) else None
     if not isinstance(specs, (list, tuple)) or not specs:
         report["errors"].append("module's aot_specs() gives no non-empty list")
@@ -121,12 +125,33 @@ def _compile_specs(module) -> dict:
                     report["errors"].append(
                         f"{label} sm_{cc}: needs {shared} bytes of shared memory, the device allows {SHARED_LIMIT[cc]}"
                     )
+                if fn.__name__ in resident:
+                    report["checked_spills"] += 1
+                    spilled = _spill_bytes(compiled.asm["ptx"], cc)
+                    if spilled:
+                        report["errors"].append(f"{label} sm_{cc}: spills {spilled} bytes of registers to local memory")
             except Exception as exc:  # noqa: BLE001 - the report names the failure
                 report["errors"].append(f"{label} sm_{cc}: {type(exc).__name__}: {str(exc)[-1500:]}")
     covered = {fn.__name__ for _, fn, _, _, _ in jobs}
     for kernel in sorted(kernels - covered):
         report["errors"].append(f"kernel {kernel} has no entry in aot_specs()")
     return report
+
+
+def _spill_bytes(ptx: str, cc: int) -> int:
+    """Bytes of spill stores ptxas reports for ``ptx`` (Triton's own ptxas, ``-v``)."""
+    import re
+    import tempfile
+
+    from triton import knobs
+
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        arch = f"sm_{cc}a" if cc == 90 else f"sm_{cc}"  # Triton's sm_90 PTX targets sm_90a
+        proc = subprocess.run([knobs.nvidia.ptxas.path, f"-arch={arch}", "-v", f.name, "-o", os.devnull],
+                              capture_output=True, text=True, check=True)
+    return sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", proc.stderr))
 
 
 @triton.jit
@@ -155,21 +180,30 @@ def _greedy_kernel(a_ptr, b_ptr, c_ptr, K: tl.constexpr):
 
 
 @triton.jit
+def _spilling_kernel(x_ptr, BLOCK: tl.constexpr):
+    v = tl.load(x_ptr + tl.arange(0, BLOCK))
+    tl.store(x_ptr + tl.arange(0, BLOCK), v / tl.sum(v))  # BLOCK = 8192 live values on one warp: 256 per thread
+
+
+@triton.jit
 def _forgotten_kernel(x_ptr):
     tl.store(x_ptr, 1.0)
 
 
 def _selftest() -> dict:
     """The harness on a module with a good kernel, a broken one, one that breaks when an argument is
-    1, one that needs more shared memory than a block may have, and one without a spec."""
+    1, one that needs more shared memory than a block may have, a register-resident one that spills, and
+    one without a spec."""
     module = types.ModuleType(__name__)
-    for fn in (_copy_kernel, _broken_kernel, _count_kernel, _greedy_kernel, _forgotten_kernel):
+    for fn in (_copy_kernel, _broken_kernel, _count_kernel, _greedy_kernel, _spilling_kernel, _forgotten_kernel):
         setattr(module, fn.__name__, fn)
+    module.REGISTER_RESIDENT = ("_copy_kernel", "_spilling_kernel")
     module.aot_specs = lambda: [
         (_copy_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"}, {"BLOCK": 128}),
         (_broken_kernel, {"x_ptr": "*fp32", "BLOCK": "constexpr"}, {"BLOCK": 3}, {"num_warps": 1}),
         (_count_kernel, {"x_ptr": "*fp32", "n": "i32"}, {}),
         (_greedy_kernel, {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32", "K": "constexpr"}, {"K": 2048}),
+        (_spilling_kernel, {"x_ptr": "*fp32", "BLOCK": "constexpr"}, {"BLOCK": 8192}, {"num_warps": 1}),
     ]
     return _compile_specs(module)
 
@@ -201,19 +235,27 @@ def aot_report():
 
 def test_harness_reports_broken_and_uncovered_kernels(aot_report):
     report = aot_report[_SELFTEST]
-    # per target: _copy_kernel as listed and with n = 1, _count_kernel and _greedy_kernel as listed
-    assert report["compiled"] == 4 * len(TARGETS), report
+    # per target: _copy_kernel as listed and with n = 1, _count_kernel, _greedy_kernel, _spilling_kernel
+    assert report["compiled"] == 5 * len(TARGETS), report
+    assert report["checked_spills"] == 3 * len(TARGETS), report  # _copy_kernel twice, _spilling_kernel
     errors = report["errors"]
-    assert len(errors) == 3 * len(TARGETS) + 1, report
+    assert len(errors) == 4 * len(TARGETS) + 1, report
     t = len(TARGETS)
     assert all("_broken_kernel" in e for e in errors[:t]), report
     assert all("_greedy_kernel" in e and "shared memory" in e for e in errors[t : 2 * t]), report
-    assert all("_count_kernel" in e and "['n'] = 1" in e for e in errors[2 * t : -1]), report
+    assert all("_spilling_kernel" in e and "spills" in e for e in errors[2 * t : 3 * t]), report
+    assert all("_count_kernel" in e and "['n'] = 1" in e for e in errors[3 * t : -1]), report
     assert errors[-1] == "kernel _forgotten_kernel has no entry in aot_specs()", report
 
 
 def test_discovers_the_kernel_modules():
     assert {"bn_swish", "squeeze_excite"} <= set(MODULES), MODULES
+
+
+def test_register_resident_tiles_do_not_spill(aot_report):
+    """The kernels whose tiles are sized to the registers (``REGISTER_RESIDENT`` of their module) were
+    checked for spills (errors of test_every_kernel_compiles_for_sm80_and_sm90 otherwise)."""
+    assert aot_report["bn_swish"]["checked_spills"] >= 8 * len(TARGETS), aot_report["bn_swish"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -247,7 +247,8 @@ def test_train_forward_reads_once_up_to_its_limit_only(monkeypatch, shape, dtype
     launched = _count_launches(monkeypatch)
     _check_train_forward(x, weight, bias, dtype)
     one = "nhwc" if kind == "channels_last" else "nchw"
-    expected = [f"_bn_train_forward_{one}_kernel"] if fits else [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"]
+    two_pass = [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"]
+    expected = [f"_bn_train_forward_{one}_kernel"] if fits else two_pass
     assert launched == expected * 2  # two calls: see _check_train_forward
 
 
@@ -387,7 +388,8 @@ def test_training_launches_follow_the_plan(monkeypatch, shape, dtype, kind, fwd_
 ALLOCATION = {"aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default"}
 
 
-@pytest.mark.parametrize("shape, one_read", [((4, 8, 6, 6), True), ((2, 8, 64, 129), False)], ids=["one_read", "two_pass"])
+@pytest.mark.parametrize("shape, one_read", [((4, 8, 6, 6), True), ((2, 8, 64, 129), False)],
+                         ids=["one_read", "two_pass"])
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
 def test_training_step_runs_only_the_kernels(monkeypatch, kind, shape, one_read):
     """A training forward and backward through ``bn_swish``: one launch each on the one_read plans, two on
