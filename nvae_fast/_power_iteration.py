@@ -4,6 +4,7 @@ kernel packages may import it (it imports nothing of the ops)."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -15,19 +16,21 @@ def matrices(weights):
 
 
 def forward_via(update, sigmas, weights, us, vs, n_iter):
-    """``update`` then ``sigmas`` on the weights' matrices: (sigma, saved, layout), saved = copies of the
-    final u_i, v_i (the caller's buffers change on the next call), layout = each weight's (shape, dtype)."""
+    """``update`` then ``sigmas`` on the weights' matrices: (sigma, saved, layout), saved = [the final u_i
+    then v_i packed into one vector] (a copy: the caller's buffers change on the next call), layout = each
+    weight's (shape, dtype)."""
     mats = matrices(weights)
     update(mats, us, vs, n_iter)
     sig = sigmas(mats, us, vs)
-    return sig, [u.clone() for u in us] + [v.clone() for v in vs], [(w.shape, w.dtype) for w in weights]
+    return sig, [torch.cat((*us, *vs))], [(w.shape, w.dtype) for w in weights]
 
 
 def outer_grads(saved, layout, grad):
     """dW_i = grad_i u_i v_i^T in each weight's shape and dtype (``layout``), batched over weights of one
-    shape."""
+    shape; ``saved`` as :func:`forward_via` gives it."""
     n = len(layout)
-    us, vs = saved[:n], saved[n:]
+    parts = saved[0].split([shape[0] for shape, _ in layout] + [math.prod(shape[1:]) for shape, _ in layout])
+    us, vs = parts[:n], parts[n:]
     groups = defaultdict(list)
     for i, (shape, dtype) in enumerate(layout):
         groups[(tuple(shape), dtype)].append(i)
