@@ -79,6 +79,21 @@ def _last_program(ticket_ptr):
 
 
 @triton.jit
+def _matvec(w_ptr, row_stride, col_stride, x_ptr, rows, rmask, COLS, ACC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """sum_k W[r, k] x[k] for the rows ``rows`` (where ``rmask``) of a COLS-column matrix W with element
+    (r, k) at ``w_ptr + r row_stride + k col_stride``; x: COLS values; BLOCK_K columns at a time."""
+    ks = tl.arange(0, BLOCK_K)
+    out = tl.zeros(rows.shape, ACC)
+    for k0 in range(0, COLS, BLOCK_K):
+        k = k0 + ks
+        km = k < COLS
+        w = tl.load(w_ptr + rows[:, None] * row_stride + k[None, :] * col_stride, mask=rmask[:, None] & km[None, :],
+                    other=0).to(ACC)
+        out += tl.sum(w * tl.load(x_ptr + k, mask=km, other=0)[None, :], 1)
+    return out
+
+
+@triton.jit
 def _se_gate(
     part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, mean_ptr, gate_ptr, a_ptr, N, C, CH, HW, SPLIT,
     HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr,
@@ -99,12 +114,7 @@ def _se_gate(
         for j0 in range(0, CH, BLOCK_J):
             j = j0 + js
             jm = j < CH
-            q = tl.zeros((BLOCK_J,), ACC)
-            for c0 in range(0, C, BLOCK_C):
-                c = c0 + cs
-                cm = c < C
-                w = tl.load(w1_ptr + j[:, None] * C + c[None, :], mask=jm[:, None] & cm[None, :], other=0).to(ACC)
-                q += tl.sum(w * tl.load(mean_ptr + n * C + c, mask=cm, other=0)[None, :], 1)
+            q = _matvec(w1_ptr, C, 1, mean_ptr + n * C, j, jm, C, ACC, BLOCK_C)
             if HAS_B1:
                 q += tl.load(b1_ptr + j, mask=jm, other=0).to(ACC)
             tl.store(a_ptr + n * CH + j, _act(q, SILU), mask=jm)
@@ -113,12 +123,7 @@ def _se_gate(
         for c0 in range(0, C, BLOCK_C):
             c = c0 + cs
             cm = c < C
-            z = tl.zeros((BLOCK_C,), ACC)
-            for j0 in range(0, CH, BLOCK_J):
-                j = j0 + js
-                jm = j < CH
-                w = tl.load(w2_ptr + c[:, None] * CH + j[None, :], mask=cm[:, None] & jm[None, :], other=0).to(ACC)
-                z += tl.sum(w * tl.load(a_ptr + n * CH + j, mask=jm, other=0)[None, :], 1)
+            z = _matvec(w2_ptr, CH, 1, a_ptr + n * CH, c, cm, CH, ACC, BLOCK_J)
             if HAS_B2:
                 z += tl.load(b2_ptr + c, mask=cm, other=0).to(ACC)
             tl.store(gate_ptr + n * C + c, 1 / (1 + tl.exp(-z)), mask=cm)
@@ -147,16 +152,8 @@ def _se_gate_backward(
         for j0 in range(0, CH, BLOCK_J):
             j = j0 + js
             jm = j < CH
-            q = tl.zeros((BLOCK_J,), ACC)
-            da = tl.zeros((BLOCK_J,), ACC)
-            for c0 in range(0, C, BLOCK_C):
-                c = c0 + cs
-                cm = c < C
-                wm = jm[:, None] & cm[None, :]
-                w1 = tl.load(w1_ptr + j[:, None] * C + c[None, :], mask=wm, other=0).to(ACC)
-                w2 = tl.load(w2_ptr + c[None, :] * CH + j[:, None], mask=wm, other=0).to(ACC)
-                q += tl.sum(w1 * tl.load(mean_ptr + n * C + c, mask=cm, other=0)[None, :], 1)
-                da += tl.sum(w2 * tl.load(dp_ptr + n * C + c, mask=cm, other=0)[None, :], 1)
+            q = _matvec(w1_ptr, C, 1, mean_ptr + n * C, j, jm, C, ACC, BLOCK_C)
+            da = _matvec(w2_ptr, 1, CH, dp_ptr + n * C, j, jm, C, ACC, BLOCK_C)  # (dp w2)[j]
             if HAS_B1:
                 q += tl.load(b1_ptr + j, mask=jm, other=0).to(ACC)
             tl.store(a_ptr + n * CH + j, _act(q, SILU), mask=jm)
@@ -166,12 +163,7 @@ def _se_gate_backward(
         for c0 in range(0, C, BLOCK_C):
             c = c0 + cs
             cm = c < C
-            dm = tl.zeros((BLOCK_C,), ACC)
-            for j0 in range(0, CH, BLOCK_J):
-                j = j0 + js
-                jm = j < CH
-                w1 = tl.load(w1_ptr + j[None, :] * C + c[:, None], mask=cm[:, None] & jm[None, :], other=0).to(ACC)
-                dm += tl.sum(w1 * tl.load(dq_ptr + n * CH + j, mask=jm, other=0)[None, :], 1)
+            dm = _matvec(w1_ptr, 1, C, dq_ptr + n * CH, c, cm, CH, ACC, BLOCK_J)  # (dq w1)[c]
             tl.store(dm_ptr + n * C + c, dm, mask=cm)
     for j0 in range(0, CH, BLOCK_J):
         j = j0 + js
