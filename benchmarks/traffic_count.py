@@ -266,7 +266,8 @@ def rows(shape: OpShape, counted: OpShape, full: dict[str, Call] | None, measure
 def _l2_hits(launches: list[Launch], shape: OpShape, mode: str, itemsize: int) -> tuple[int, bool] | None:
     """``(bytes, by_construction)`` that the launches after a first pass (:data:`L2_FIRST_PASSES`) of
     ``mode`` find in L2, or None: no first pass, or the full shape's inputs take more than half the
-    assumed L2."""
+    assumed L2. The bytes: what the first passes read, at most what the other launches read (a second
+    pass may read only some of the inputs again, e.g. dy but not x)."""
     from nvae_fast.cuda.bn_swish import ASSUMED_L2_BYTES
 
     first = [launch for launch in launches if _base_name(launch.kernel) in L2_FIRST_PASSES]
@@ -276,7 +277,8 @@ def _l2_hits(launches: list[Launch], shape: OpShape, mode: str, itemsize: int) -
     inputs = math.prod(shape.x) * itemsize * (2 if mode == "bwd" else 1) if shape.x else 0
     if not planned and inputs > ASSUMED_L2_BYTES // 2:
         return None
-    return sum(launch.read for launch in first), planned
+    others = sum(launch.read for launch in launches if _base_name(launch.kernel) not in L2_FIRST_PASSES)
+    return min(sum(launch.read for launch in first), others), planned
 
 
 def _base_name(kernel: str) -> str:

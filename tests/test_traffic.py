@@ -188,6 +188,7 @@ def test_two_pass_rows_model_the_second_pass_as_l2_hits():
     assert _l2_hits([second], small, "fwd", 4) is None and _l2_note([], 808, 800) == ""
     stats = Launch("_bn_stats_nchw_kernel[BLOCK_N=4]", read=400, written=8)
     assert _l2_hits([stats, second], small, "bwd", 4) == (400, False)  # dy and x: 196 KB
+    assert _l2_hits([stats, Launch("_bn_normalize_kernel", read=300)], small, "fwd", 4) == (300, False)
     assert _l2_hits([stats, second], large, "fwd", 4) is None  # x: 96 MB, more than half the L2
 
 
