@@ -23,7 +23,9 @@ buffers. Two schedules share these tables:
   writes its own unnormalised vector and one partial squared norm per item. ``n_iter`` steps take
   2 n_iter launches plus one that writes the normalised u_i, v_i into the caller's tensors.
 
-``sigmas`` takes two launches (per-row-block partial sums, then a fixed-order sum per weight). Weights
+``sigmas`` takes two launches (per-row-block partial sums, then a fixed-order sum per weight). The
+backward, dW_i = g_i u_i v_i^T, is one launch over tiles of every weight (:func:`_outer_kernel`), its tile
+table cached by the weights' shapes and dtypes. Weights
 whose storage dtypes (of W, u, v) differ get launches per dtype combination. No atomics anywhere: results
 are bit-identical from run to run. W_i with non-contiguous rows (column stride != 1) are read from a
 contiguous copy; any other strides are read in place. The device tables are cached across calls, keyed by
@@ -32,12 +34,14 @@ the tensors' addresses, shapes, strides and dtypes (see ``_groups``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 from nvae_fast._accumulation import acc_dtype, shared_acc_dtype
-from nvae_fast._power_iteration import forward_via, outer_grads
+from nvae_fast._power_iteration import forward_via
 
 from ._aot import aot_spec, ptr
 from ._host import TL_DTYPES, interpreting, num_warps
@@ -48,6 +52,7 @@ EPS = 1e-12  # as nvae_fast.ops.power_iteration.EPS
 GPU_BLOCKS = (32, 128)  # (BLOCK_R, BLOCK_K): a 4096-element tile, rows of 128 contiguous columns
 INTERPRETER_BLOCKS = (64, 256)  # fewer, larger items for the CPU interpreter
 SUM_BLOCK = tl.constexpr(128)  # partials added per step of the fixed-order sums
+_TILE_FIELDS = tl.constexpr(8)  # int64 fields of one tile of the gradient's tile table (_outer_kernel)
 PERSISTENT_MAX = 1 << 18  # weights of at most this many elements run all their steps in one program
 
 # Columns of the per-weight tables (int64): addresses, and sizes/strides/offsets; one row per weight.
@@ -372,6 +377,25 @@ def _sigma_sum_kernel(meta_ptr, part_ptr, out_ptr, BLOCK: tl.constexpr):
 # -------------------------------------------------------------------------------------------- host side
 
 
+@triton.jit
+def _outer_kernel(tiles_ptr, saved_ptr, grad_ptr, out_ptr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Program t: tile t of the tile table, (weight i, rows R, columns K, u offset, v offset, output offset,
+    first row, first column): out[o + r K + k] = grad[i] u[r] v[k] over its BLOCK_R x BLOCK_K block, u and
+    v read from the packed saved vector, in grad's dtype."""
+    e = tiles_ptr + tl.program_id(0).to(tl.int64) * _TILE_FIELDS
+    i = tl.load(e)
+    cols = tl.load(e + 2)
+    r = tl.load(e + 6) + tl.arange(0, BLOCK_R)
+    k = tl.load(e + 7) + tl.arange(0, BLOCK_K)
+    rmask = r < tl.load(e + 1)
+    kmask = k < cols
+    g = tl.load(grad_ptr + i)
+    u = tl.load(saved_ptr + tl.load(e + 3) + r, mask=rmask, other=0).to(g.dtype)
+    v = tl.load(saved_ptr + tl.load(e + 4) + k, mask=kmask, other=0).to(g.dtype)
+    out = out_ptr + tl.load(e + 5) + r[:, None] * cols + k[None, :]
+    tl.store(out, ((g * u)[:, None] * v[None, :]).to(out_ptr.dtype.element_ty), mask=rmask[:, None] & kmask[None, :])
+
+
 def _readable(m: torch.Tensor) -> torch.Tensor:
     """``m`` when its rows are contiguous (column stride 1), else a contiguous copy."""
     return m if m.shape[1] == 1 or m.stride(1) == 1 else m.contiguous()
@@ -537,8 +561,49 @@ def forward(weights, us, vs, n_iter):
 
 
 def backward(saved, layout, grad):
-    """dW_i = grad_i u_i v_i^T for every weight, in its shape and dtype (batched by shape)."""
-    return outer_grads(saved, layout, grad)
+    """dW_i = grad_i u_i v_i^T for every weight, in its shape and dtype: one launch over the tiles of all
+    weights (:func:`_outer_kernel`), writing one buffer in the weights' shared dtype (float32 when they
+    differ) whose views are the gradients."""
+    tiles, numels = _outer_tiles(layout, grad.device)
+    dtypes = {dtype for _, dtype in layout}
+    flat = torch.empty(sum(numels), dtype=dtypes.pop() if len(dtypes) == 1 else torch.float32, device=grad.device)
+    block_r, block_k = _blocks()
+    _outer_kernel[(tiles.shape[0] // _TILE_FIELDS,)](
+        tiles, saved[0], grad, flat, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps(block_r * block_k)
+    )
+    grads = [part.view(shape) for part, (shape, _) in zip(flat.split(numels), layout)]
+    return [g if g.dtype == dtype else g.to(dtype) for g, (_, dtype) in zip(grads, layout)]
+
+
+_TILE_CACHE: dict[tuple, tuple] = {}  # key of a layout -> (device tile table, numels), the most recent last
+TILE_CACHE_SIZE = 4
+
+
+def _outer_tiles(layout, device):
+    """The tile table of :func:`_outer_kernel` for weights of ``layout`` (each weight's (shape, dtype), u and
+    v packed as :func:`nvae_fast._power_iteration.forward_via` saves them) and their numels; cached by the
+    layout (shapes, dtypes), the device and the tile."""
+    blocks = _blocks()
+    key = (tuple(layout), device, blocks)
+    cached = _TILE_CACHE.pop(key, None)
+    if cached is None:
+        block_r, block_k = blocks
+        rows = [shape[0] for shape, _ in layout]
+        cols = [math.prod(shape[1:]) for shape, _ in layout]
+        tiles, u_off, v_off, out_off = [], 0, sum(rows), 0
+        for i, (r, k) in enumerate(zip(rows, cols)):
+            for r0 in range(0, r, block_r):
+                for k0 in range(0, k, block_k):
+                    tiles += [i, r, k, u_off, v_off, out_off, r0, k0]
+            u_off, v_off, out_off = u_off + r, v_off + k, out_off + r * k
+        table = torch.tensor(tiles, dtype=torch.int64)
+        if device.type == "cuda":  # pinned + non_blocking: the copy does not wait for the GPU's queue
+            table = table.pin_memory().to(device, non_blocking=True)
+        cached = (table, [r * k for r, k in zip(rows, cols)])
+    _TILE_CACHE[key] = cached
+    while len(_TILE_CACHE) > TILE_CACHE_SIZE:
+        del _TILE_CACHE[next(iter(_TILE_CACHE))]
+    return cached
 
 
 # --------------------------------------------------------------------------------- ahead-of-time specs
@@ -582,4 +647,8 @@ def aot_specs() -> list:
                                           "U_DTYPE": ta, "V_DTYPE": ta, **blocks}, warps),
             aot_spec(_sigma_sum_kernel, {"meta_ptr": "*i64", "part_ptr": a, "out_ptr": a, "BLOCK": SUM_BLOCK}, 1),
         ]
+    for w_dtype in TL_DTYPES:
+        acc = ptr(acc_dtype(w_dtype))
+        specs.append(aot_spec(_outer_kernel, {"tiles_ptr": "*i64", "saved_ptr": acc, "grad_ptr": acc,
+                                              "out_ptr": ptr(w_dtype), "BLOCK_R": block_r, "BLOCK_K": block_k}, warps))
     return specs

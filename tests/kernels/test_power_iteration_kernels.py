@@ -169,3 +169,31 @@ def test_tables_cached_across_calls(schedule):
     pi._GROUP_CACHE.clear()
     pi.update([m.t().contiguous().t() if m.shape[1] > 1 else m for m in mats], us, vs, 1)
     assert all(not any(g.copies for g in groups) for groups in pi._GROUP_CACHE.values())
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32,), (torch.bfloat16,), (torch.float16, torch.float32)],
+                         ids=["float32", "bfloat16", "mixed"])
+def test_backward_is_one_launch_of_outer_products(monkeypatch, dtypes):
+    """dW_i = g_i u_i v_i^T in each weight's shape and dtype, from the packed u, v of the forward, in one
+    launch over tiles of every weight (67 x 520 and 130 x 40 take several); the tile table is cached by
+    the layout."""
+    g = torch.Generator().manual_seed(6)
+    weights = [randn(*s, dtype=dtypes[i % len(dtypes)], device=DEVICE, generator=g) for i, s in enumerate(SHAPES)]
+    us = [randn(w.shape[0], device=DEVICE, generator=g) for w in weights]
+    vs = [randn(w[0].numel(), device=DEVICE, generator=g) for w in weights]
+    grad = randn(len(weights), device=DEVICE, generator=g)
+    _, saved, layout = pi.forward(weights, [u.clone() for u in us], [v.clone() for v in vs], 0)
+    launched = []
+    real = pi._outer_kernel
+    monkeypatch.setattr(pi, "_outer_kernel", type("Counted", (), {
+        "__getitem__": lambda self, grid: launched.append(grid) or real[grid]})())
+    pi._TILE_CACHE.clear()
+    grads = pi.backward(saved, layout, grad)
+    assert len(launched) == 1 and len(pi._TILE_CACHE) == 1
+    for i, (w, dw) in enumerate(zip(weights, grads)):
+        assert dw.shape == w.shape and dw.dtype == w.dtype, i
+        expected = (grad[i].double() * torch.outer(us[i].double(), vs[i].double())).reshape(w.shape)
+        _assert_close(dw, expected, 1e-2 if w.dtype != torch.float32 else 1e-6, f"dW[{i}]")
+    table = next(iter(pi._TILE_CACHE.values()))[0]
+    pi.backward(saved, layout, grad)
+    assert next(iter(pi._TILE_CACHE.values()))[0] is table
