@@ -39,7 +39,7 @@ is remade by
 
     OMP_NUM_THREADS=1 python -m benchmarks.traffic --out benchmarks/results/traffic
 
-(12 minutes on 2 cores, plus 2 minutes the first time to build the emulation's count flavour;
+(6 minutes on 2 cores, plus 2 minutes the first time to build the emulation's count flavour;
 ``--ops``, ``--presets``, ``--backends``, ``--dtypes`` and ``--limit`` select less). Columns:
 
 ``bytes_read``, ``bytes_written``
@@ -58,7 +58,12 @@ is remade by
     synchronisations, per call at the full shape (:mod:`benchmarks.host_work` says what counts).
 ``plan``
     the kernel variants the host code launches at the full shape (``fwd | bwd``), from a run that skips
-    the kernels (as are the launches and host work above).
+    the kernels (as are the launches and host work above). Two-pass plans whose second pass re-reads
+    inputs the first left in L2 add ``[modelled DRAM ratio r: ...]``: the counted bytes less those
+    re-reads, over the floor, on an assumed 50 MB L2 (H100/H200): always for the cuda BN+Swish
+    L2-blocked plan (it sizes its runs of channel groups to half the L2), for the other two-pass plans
+    (Triton BN+Swish, squeeze-excite) when the full shape's inputs (x forward, dy and x backward) take at
+    most half of it (:func:`benchmarks.traffic_count._l2_hits`). A GPU run checks the model.
 ``shape``, ``counted_shape``
     the preset's shape, and the smaller shape with the same plan on which the bytes were counted
     (:mod:`benchmarks.traffic_count`; ``--max-elements`` sets the budget, 0 counts full shapes). All
