@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..ops import bn_swish
-from .convert import replace_modules, share_bn_state
+from .convert import rebind_references, replace_modules, share_bn_state
 
 __all__ = ["BNSwish", "SyncBNSwish", "convert_sync_bn_swish"]
 
@@ -92,6 +92,16 @@ class BNSwish(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
 
+    def sync_form(self, process_group=None) -> BNSwish:
+        """This module's SyncBN form (what :func:`convert_sync_bn_swish` puts in its place): a
+        :class:`SyncBNSwish` holding its parameters and buffers, in its training mode."""
+        return share_bn_state(self._sync_type()(self.num_features, self.eps, self.momentum, self.affine,
+                                                self.track_running_stats, process_group), self)
+
+    @staticmethod
+    def _sync_type() -> type:
+        return SyncBNSwish
+
 
 class SyncBNSwish(BNSwish):
     """:class:`BNSwish` whose statistics span ``process_group`` (default: the whole world)."""
@@ -103,12 +113,17 @@ class SyncBNSwish(BNSwish):
 
 
 def convert_sync_bn_swish(module: nn.Module, process_group=None) -> nn.Module:
-    """Return ``module`` with every :class:`BNSwish` replaced by a :class:`SyncBNSwish` sharing its tensors."""
+    """Return ``module`` with every :class:`BNSwish` replaced by its SyncBN form (:meth:`BNSwish.sync_form`)
+    sharing its tensors. Modules that refer to a replaced one without owning it (the conv that applies a
+    BNSwish fused into it by :func:`nvae_fast.patch`) are pointed at the replacement."""
+    replaced: dict[nn.Module, nn.Module] = {}
 
-    def sync(m: nn.Module) -> SyncBNSwish | None:
+    def sync(m: nn.Module) -> BNSwish | None:
         if not isinstance(m, BNSwish) or isinstance(m, SyncBNSwish):
             return None
-        sync_bn = SyncBNSwish(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, process_group)
-        return share_bn_state(sync_bn, m)
+        replaced[m] = m.sync_form(process_group)
+        return replaced[m]
 
-    return replace_modules(module, sync)
+    module = replace_modules(module, sync)
+    rebind_references(module, replaced)
+    return module

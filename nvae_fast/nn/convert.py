@@ -7,7 +7,7 @@ from typing import Callable
 
 from torch import nn
 
-__all__ = ["BN_STATE", "replace_modules", "share_bn_state"]
+__all__ = ["BN_STATE", "rebind_references", "replace_modules", "share_bn_state"]
 
 #: The parameters and buffers of ``nn.BatchNorm2d``, which every BN-like module of nvae_fast keeps too.
 BN_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -28,6 +28,17 @@ def replace_modules(module: nn.Module, replacement: Callable[[nn.Module], nn.Mod
         if converted is not child:
             setattr(module, name, converted)
     return module
+
+
+def rebind_references(module: nn.Module, replaced: dict[nn.Module, nn.Module]) -> None:
+    """Point every plain (unregistered) attribute of ``module``'s submodules that refers to a key of
+    ``replaced`` at its replacement (registered submodules are :func:`replace_modules`' job)."""
+    if not replaced:
+        return
+    for m in module.modules():
+        for name, value in list(vars(m).items()):
+            if isinstance(value, nn.Module) and value in replaced:
+                m.__dict__[name] = replaced[value]
 
 
 def share_bn_state(new: nn.Module, bn: nn.Module) -> nn.Module:

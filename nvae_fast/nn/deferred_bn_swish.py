@@ -13,10 +13,10 @@ from __future__ import annotations
 from torch import nn
 
 from ..ops import bn_swish_conv2d
-from .bn_swish import BNSwish
+from .bn_swish import BNSwish, SyncBNSwish
 from .convert import share_bn_state
 
-__all__ = ["DeferredBNSwish", "BNSwishInputConv2d", "can_defer_into", "defer_into_conv"]
+__all__ = ["DeferredBNSwish", "DeferredSyncBNSwish", "BNSwishInputConv2d", "can_defer_into", "defer_into_conv"]
 
 
 class DeferredBNSwish(BNSwish):
@@ -30,6 +30,15 @@ class DeferredBNSwish(BNSwish):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", applied by the next conv"
+
+    @staticmethod
+    def _sync_type() -> type:
+        return DeferredSyncBNSwish
+
+
+class DeferredSyncBNSwish(DeferredBNSwish, SyncBNSwish):
+    """The SyncBN form of a :class:`DeferredBNSwish`: its conv normalises with statistics over
+    ``process_group`` (default: the whole world); ``forward(x)`` returns ``x``."""
 
 
 class BNSwishInputConv2d(nn.Module):

@@ -8,7 +8,7 @@ from torch import nn
 
 import nvae_fast
 from nvae_fast.nn import BNSwish, BNSwishConv2d, DepthwiseConv2d, SqueezeExcite, SyncBNSwish, convert_sync_bn_swish
-from nvae_fast.nn.deferred_bn_swish import BNSwishInputConv2d, defer_into_conv
+from nvae_fast.nn.deferred_bn_swish import BNSwishInputConv2d, DeferredSyncBNSwish, defer_into_conv
 
 from .._tensors import randomise_
 
@@ -104,6 +104,22 @@ def test_squeeze_excite_matches_its_definition(backend):
     expected = x * torch.sigmoid(se.fc2(torch.relu(se.fc1(x.mean((2, 3))))))[:, :, None, None]
     with nvae_fast.use_backend(backend):
         torch.testing.assert_close(se(x), expected)
+
+
+def test_convert_sync_bn_swish_after_patch_normalises_once():
+    """A BNSwish fused into the conv it feeds (``patch``) converts to the deferred SyncBN form, and the conv
+    applies that one: without a process group the model computes what it did before the conversion."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), BNSwish(4), nn.Conv2d(4, 5, 3, padding=1))
+    nvae_fast.patch(model)
+    assert isinstance(model[2], BNSwishInputConv2d) and model[2].bn is model[1]
+    x = torch.randn(2, 3, 8, 8)
+    before, keys = copy.deepcopy(model)(x), list(model.state_dict())
+    convert_sync_bn_swish(model)
+    assert isinstance(model[1], DeferredSyncBNSwish) and model[2].bn is model[1]
+    torch.testing.assert_close(model(x), before)
+    assert int(model[1].num_batches_tracked) == 1
+    assert list(model.state_dict()) == keys
 
 
 def test_convert_sync_bn_swish_shares_parameters():
