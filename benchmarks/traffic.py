@@ -60,10 +60,10 @@ is remade by
     the kernel variants the host code launches at the full shape (``fwd | bwd``), from a run that skips
     the kernels (as are the launches and host work above). Two-pass plans whose second pass re-reads
     inputs the first left in L2 add ``[modelled DRAM ratio r: ...]``: the counted bytes less those
-    re-reads, over the floor, on an assumed 50 MB L2 (H100/H200): always for the cuda BN+Swish
-    L2-blocked plan (it sizes its runs of channel groups to half the L2), for the other two-pass plans
-    (Triton BN+Swish, squeeze-excite) when the full shape's inputs (x forward, dy and x backward) take at
-    most half of it (:func:`benchmarks.traffic_count._l2_hits`). A GPU run checks the model.
+    re-reads, over the floor, on an assumed 50 MB L2 (H100/H200): always for the BN+Swish two-pass plans
+    of both backends (they size their runs of channels to half the L2), for squeeze-excite when the full
+    shape's inputs (x forward, dy and x backward) take at most half of it
+    (:func:`benchmarks.traffic_count._l2_hits`). A GPU run checks the model.
 ``shape``, ``counted_shape``
     the preset's shape, and the smaller shape with the same plan on which the bytes were counted
     (:mod:`benchmarks.traffic_count`; ``--max-elements`` sets the budget, 0 counts full shapes). All

@@ -51,13 +51,13 @@ from .shapes import OpShape
 
 OVERRUN = 16  # how far above the budget a candidate may be to keep the full shape's kernels
 # First passes of two-pass plans: the next launch of the call reads their inputs again, from L2 when those
-# stay in it in between. cuda bn_swish's L2-blocked plan sizes its runs of channel groups to half the
-# assumed L2 (True: by construction); for the others the call's inputs (x forward, dy and x backward)
+# stay in it in between. The BN+Swish plans of both backends size their runs of channels to half the
+# assumed L2 (True: by construction); for squeeze-excite the call's inputs (x forward, dy and x backward)
 # must take at most half of it.
 L2_FIRST_PASSES = {
     "bn_forward_partial_kernel": True, "bn_backward_partial_kernel": True,
-    "_bn_stats_nchw_kernel": False, "_bn_stats_nhwc_kernel": False,
-    "_bn_backward_reduce_nchw_kernel": False, "_bn_backward_reduce_nhwc_kernel": False,
+    "_bn_stats_nchw_kernel": True, "_bn_stats_nhwc_kernel": True,
+    "_bn_backward_reduce_nchw_kernel": True, "_bn_backward_reduce_nhwc_kernel": True,
     "se_reduce_kernel": False, "_se_reduce_nchw_kernel": False, "_se_reduce_nhwc_kernel": False,
 }
 _CPU = torch.device("cpu")

@@ -38,11 +38,12 @@ narrower than a sector fetch each sector once per program (from L2 after the fir
 
 One-read backward. ``backward`` does the same with dy and x (half the tile each, so N*H*W <= 8192, 4096
 for float64): one program per channel (block) loads both once, stores sum dz and sum dz xhat and dx.
-Past the limits the training forward and backward take two passes, two launches: the reduction (its
-per-program partials), then an element-wise kernel that reads the inputs again, merges the partials of
-its channels in order and writes the per-channel outputs (mean, invstd, running statistics; sum dz, sum
-dz xhat) from the programs holding each channel's first element. No ATen op runs between them;
-:func:`plan` says which plan a given x takes.
+Past the limits the training forward and backward take two passes over runs of channels (:func:`_runs`:
+as many channels as take at most half the L2, the device's or :data:`ASSUMED_L2_BYTES`, in x, or dy and
+x), two launches per run: the reduction (its per-program partials), then an element-wise kernel that
+reads the run's inputs again, from L2, merges the partials of its channels in order and writes the
+per-channel outputs (mean, invstd, running statistics; sum dz, sum dz xhat) from the programs holding
+each channel's first element. No ATen op runs between them; :func:`plan` says which plan a given x takes.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ MAX_COLS_NHWC = 128  # widest tile along C
 ONE_READ_ELEMS = 16384  # float32 values one program of the one-read forward holds: 16 warps x 32 x 32
 VALUES_PER_WARP = 1024  # one-read tiles: 32 float32 words in each thread's registers
 SECTOR_BYTES = 32  # channels_last one-read tiles are at most one memory sector of channels wide
+ASSUMED_L2_BYTES = 50 << 20  # the L2 the two-pass plans' runs are sized to off a GPU (H100/H200's)
 
 
 # ----------------------------------------------------------------------------------------- kernels
@@ -131,12 +133,12 @@ def _store_partials(part_ptr, s, c, C, SPLIT, count, mean, m2, mask):
 
 @triton.jit
 def _bn_stats_nchw_kernel(
-    x_ptr, part_ptr, N, C, HW, SPLIT,
+    x_ptr, part_ptr, N, C, HW, SPLIT, C0,
     BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (C, SPLIT). Program (c, s) folds tiles s, s + SPLIT, ... of channel c's N x HW matrix into
-    (count, mean, M2) and stores them at part[k, s, c], k = 0, 1, 2."""
-    c = tl.program_id(0)
+    """Grid (channels, SPLIT) from channel C0. Program (j, s) folds tiles s, s + SPLIT, ... of channel
+    c = C0 + j's N x HW matrix into (count, mean, M2) and stores them at part[k, s, c], k = 0, 1, 2."""
+    c = C0 + tl.program_id(0)
     s = tl.program_id(1)
     hw_blocks = tl.cdiv(HW, BLOCK_HW)
     row_stride = C * HW
@@ -153,12 +155,13 @@ def _bn_stats_nchw_kernel(
 
 @triton.jit
 def _bn_stats_nhwc_kernel(
-    x_ptr, part_ptr, R, C, SPLIT,
+    x_ptr, part_ptr, R, C, SPLIT, C0,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (cdiv(C, BLOCK_C), SPLIT) over the (R = N*H*W) x C matrix. Program (j, s) folds row blocks
-    s, s + SPLIT, ... of channels j*BLOCK_C + [0, BLOCK_C) and stores part[k, s, c] like the NCHW one."""
-    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    """Grid (channel blocks, SPLIT) over the (R = N*H*W) x C matrix, from channel C0. Program (j, s) folds
+    row blocks s, s + SPLIT, ... of channels C0 + j*BLOCK_C + [0, BLOCK_C) and stores part[k, s, c] like the
+    NCHW one."""
+    cols = C0 + tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     s = tl.program_id(1)
     cmask = cols < C
     rows = tl.arange(0, BLOCK_R)
@@ -263,12 +266,12 @@ def _bn_normalize_kernel(
 
 @triton.jit
 def _bn_backward_reduce_nchw_kernel(
-    dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, N, C, HW, SPLIT,
+    dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, N, C, HW, SPLIT, C0,
     BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (C, SPLIT). Program (c, s) sums dz and dz xhat over tiles s, s + SPLIT, ... of channel c and
-    stores them at part[0, s, c] and part[1, s, c]."""
-    c = tl.program_id(0)
+    """Grid (channels, SPLIT) from channel C0. Program (j, s) sums dz and dz xhat over tiles s, s + SPLIT,
+    ... of channel c = C0 + j and stores them at part[0, s, c] and part[1, s, c]."""
+    c = C0 + tl.program_id(0)
     s = tl.program_id(1)
     mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, c, c < C, ACC)
     acc_dz = tl.zeros((BLOCK_N, BLOCK_HW), ACC)
@@ -290,11 +293,12 @@ def _bn_backward_reduce_nchw_kernel(
 
 @triton.jit
 def _bn_backward_reduce_nhwc_kernel(
-    dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, R, C, SPLIT,
+    dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, R, C, SPLIT, C0,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (cdiv(C, BLOCK_C), SPLIT) over the R x C matrix; stores part[0/1, s, c] like the NCHW one."""
-    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    """Grid (channel blocks, SPLIT) over the R x C matrix from channel C0; stores part[0/1, s, c] like the
+    NCHW one."""
+    cols = C0 + tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     s = tl.program_id(1)
     cmask = cols < C
     mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, cols, cmask, ACC)
@@ -406,31 +410,44 @@ def _bn_train_forward_nhwc_kernel(
 
 
 @triton.jit
-def _first_of_channel(ch, chmask, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr):
-    """Which of a :func:`_layout_tile` tile's channels ``ch`` this program writes the per-channel outputs
-    of: those whose first element it holds (NCHW: row c of column tile 0; NHWC: row tile 0)."""
+def _run_tile(ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr):
+    """This program's BLOCK_R x BLOCK_COL tile of the elements of channels [C0, C0 + RUN) in the layout's
+    row-major matrix: (offsets, mask, channels, channel mask, first). NCHW (CHANNEL_ON_ROWS): the run's
+    ROWS = N * RUN rows (image n, channel C0 + j) of COLS = H*W; NHWC: ROWS = N*H*W rows by the run's RUN
+    channels of COLS = C. ``first``: the channels whose first element (image 0, pixel 0) the tile holds,
+    whose per-channel outputs this program writes."""
+    q = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = tl.program_id(1) * BLOCK_COL + tl.arange(0, BLOCK_COL)
+    qmask = q < ROWS
     if CHANNEL_ON_ROWS:
-        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        first = chmask & (r == ch) & (tl.program_id(1) == 0)
+        ch = C0 + q % RUN
+        kmask = k < COLS
+        offs = ((q // RUN) * C + ch)[:, None] * COLS + k[None, :]
+        chmask = qmask
+        first = qmask & (q < RUN) & (tl.program_id(1) == 0)
     else:
-        first = chmask & (tl.program_id(0) == 0)
-    return first
+        ch = C0 + k
+        kmask = k < RUN
+        offs = q[:, None] * COLS + ch[None, :]
+        chmask = kmask
+        first = kmask & (tl.program_id(0) == 0)
+    return offs, qmask[:, None] & kmask[None, :], ch, chmask, first
 
 
 @triton.jit
 def _bn_train_normalize_kernel(
-    x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, ROWS, COLS, C, SPLIT,
+    x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, ROWS, COLS, C, C0, RUN, SPLIT,
     eps, momentum, unbiased,
     CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr, HAS_RUNNING: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """The second launch of the two-pass training forward; grid and channel mapping as
-    :func:`_bn_normalize_kernel`. Merges its channels' partial statistics (``part`` of the statistics
-    kernels, :func:`_merge_stats`), writes y = silu(weight (x - mean) invstd + bias) and, for the channels
-    whose first element it holds, mean, invstd and the running statistics (:func:`_train_stats`)."""
-    offs, mask, ch, chmask = _layout_tile(ROWS, COLS, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    """The second launch of the two-pass training forward over the run of channels [C0, C0 + RUN); grid
+    (cdiv(ROWS, BLOCK_R), cdiv(run columns, BLOCK_COL)), tiles of :func:`_run_tile`. Merges its channels'
+    partial statistics (``part`` of the statistics kernels, :func:`_merge_stats`), writes
+    y = silu(weight (x - mean) invstd + bias) and, for the channels whose first element it holds, mean,
+    invstd and the running statistics (:func:`_train_stats`)."""
+    offs, mask, ch, chmask, first = _run_tile(ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
     n, mean, m2 = _merge_stats(part_ptr, ch, chmask, C, SPLIT, ACC)
-    first = _first_of_channel(ch, chmask, CHANNEL_ON_ROWS, BLOCK_R)
     invstd = _train_stats(mean, m2, n, eps, ch, first, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, momentum, unbiased,
                           HAS_RUNNING, ACC)
     scale = tl.load(w_ptr + ch, mask=chmask, other=0).to(ACC) * invstd
@@ -443,21 +460,21 @@ def _bn_train_normalize_kernel(
 @triton.jit
 def _bn_train_backward_dx_kernel(
     dy_ptr, x_ptr, dx_ptr, part_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, inv_count,
-    ROWS, COLS, C, SPLIT,
+    ROWS, COLS, C, C0, RUN, SPLIT,
     TRAINING: tl.constexpr, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """The second launch of the two-pass backward; grid and channel mapping as :func:`_bn_backward_dx_kernel`.
-    Adds its channels' SPLIT partial sums (``part`` of the backward reduction, in order), writes dx and,
-    for the channels whose first element it holds, sum dz and sum dz xhat."""
-    offs, mask, ch, chmask = _layout_tile(ROWS, COLS, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    """The second launch of the two-pass backward over the run of channels [C0, C0 + RUN); grid and tiles as
+    :func:`_bn_train_normalize_kernel`. Adds its channels' SPLIT partial sums (``part`` of the backward
+    reduction, in order), writes dx and, for the channels whose first element it holds, sum dz and sum dz
+    xhat."""
+    offs, mask, ch, chmask, first = _run_tile(ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
     mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, ACC)
     sdz = tl.zeros(ch.shape, ACC)
     sdzx = tl.zeros(ch.shape, ACC)
     for s in range(0, SPLIT):
         sdz += tl.load(part_ptr + s * C + ch, mask=chmask, other=0)
         sdzx += tl.load(part_ptr + (SPLIT + s) * C + ch, mask=chmask, other=0)
-    first = _first_of_channel(ch, chmask, CHANNEL_ON_ROWS, BLOCK_R)
     tl.store(sdz_ptr + ch, sdz, mask=first)
     tl.store(sdzx_ptr + ch, sdzx, mask=first)
     v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
@@ -550,37 +567,62 @@ def _matrix(x: torch.Tensor, layout: str):
     return n * h * w, c, False, MAX_COLS_NHWC
 
 
-def _reduce_plan(x: torch.Tensor, layout: str):
-    """Tile, grid and split of the per-channel reductions: (block_a, block_b, grid, split)."""
+def _reduce_plan(x: torch.Tensor, layout: str, channels: int | None = None, max_cols: int = MAX_COLS_NHWC):
+    """Tile, grid and split of the per-channel reductions over ``channels`` channels (all of x's by
+    default; NHWC tiles at most ``max_cols`` of them wide): (block_a, block_b, grid, split)."""
     n, c, h, w = x.shape
+    channels = c if channels is None else channels
     if layout == _host.NCHW:
         block_n, block_hw = _host.tile(n, h * w, MAX_COLS_NCHW)
         tiles = triton.cdiv(n, block_n) * triton.cdiv(h * w, block_hw)
-        split = _host.split(x.device, c, tiles)
-        return block_n, block_hw, (c, split), split
+        split = _host.split(x.device, channels, tiles)
+        return block_n, block_hw, (channels, split), split
     rows = n * h * w
-    block_r, block_c = _host.tile(rows, c, MAX_COLS_NHWC)
-    channel_blocks = triton.cdiv(c, block_c)
+    block_r, block_c = _host.tile(rows, channels, max_cols)
+    channel_blocks = triton.cdiv(channels, block_c)
     split = _host.split(x.device, channel_blocks, triton.cdiv(rows, block_r))
     return block_r, block_c, (channel_blocks, split), split
 
 
-def _stat_partials(x, layout):
-    """The statistics launch over dense, non-empty x: (part, split), part (3, split, C) holding each
-    program's (count, mean, M2) per channel."""
+def _run_bytes(device: torch.device) -> int:
+    """What one run of channels of the two-pass training plans may read per pass: half the L2 (the
+    device's; :data:`ASSUMED_L2_BYTES` off a GPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).L2_cache_size // 2
+    return ASSUMED_L2_BYTES // 2
+
+
+def _runs(x: torch.Tensor, layout: str, inputs: int) -> tuple[int, int]:
+    """(channels per run, NHWC tile width) of the two-pass training plans over dense x with ``inputs``
+    inputs (1: x; 2: dy and x): each run's inputs take at most :func:`_run_bytes`, so that its second
+    launch finds them in L2; at least one channel (NCHW) or one tile of a power of two of them (NHWC),
+    runs of NHWC tiles a multiple of the tile width."""
     n, c, h, w = x.shape
-    block_a, block_b, grid, split = _reduce_plan(x, layout)
-    part = torch.empty((3, split, c), dtype=acc_dtype(x.dtype), device=x.device)
+    fit = max(1, _run_bytes(x.device) // (inputs * n * h * w * x.element_size()))
+    if fit >= c:
+        return c, MAX_COLS_NHWC
+    if layout == _host.NCHW:
+        return fit, MAX_COLS_NHWC
+    width = min(MAX_COLS_NHWC, 1 << (fit.bit_length() - 1))
+    return fit // width * width, width
+
+
+def _stat_partials(x, layout, reduce, part, c0, channels):
+    """The statistics launch over channels [c0, c0 + channels) of dense, non-empty x (``reduce``:
+    :func:`_reduce_plan`'s plan): each program's (count, mean, M2) per channel into part (3, split, C)."""
+    n, c, h, w = x.shape
+    block_a, block_b, _, split = reduce
     warps = _host.num_warps(block_a * block_b)
     if layout == _host.NCHW:
-        _bn_stats_nchw_kernel[grid](
-            x, part, n, c, h * w, split, BLOCK_N=block_a, BLOCK_HW=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps
+        _bn_stats_nchw_kernel[(channels, split)](
+            x, part, n, c, h * w, split, c0,
+            BLOCK_N=block_a, BLOCK_HW=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
         )
     else:
-        _bn_stats_nhwc_kernel[grid](
-            x, part, n * h * w, c, split, BLOCK_R=block_a, BLOCK_C=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps
+        _bn_stats_nhwc_kernel[(triton.cdiv(channels, block_b), split)](
+            x, part, n * h * w, c, split, c0,
+            BLOCK_R=block_a, BLOCK_C=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
         )
-    return part, split
 
 
 def batch_stats(x):
@@ -592,7 +634,10 @@ def batch_stats(x):
     var = torch.empty(c, dtype=acc, device=x.device)
     if x.numel() == 0:
         return mean.fill_(float("nan")), var.fill_(float("nan"))
-    part, split = _stat_partials(x, layout)
+    reduce = _reduce_plan(x, layout)
+    split = reduce[3]
+    part = torch.empty((3, split, c), dtype=acc, device=x.device)
+    _stat_partials(x, layout, reduce, part, 0, c)
     block_c = min(_host.pow2(c), 1024)
     _bn_stats_finalize_kernel[(triton.cdiv(c, block_c),)](
         part, mean, var, c, split, BLOCK_C=block_c, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_c)
@@ -631,29 +676,30 @@ def backward_reduce(dy, x, mean, invstd, weight, bias):
     if x.numel() == 0:
         zeros = torch.zeros(c, dtype=acc, device=x.device)
         return zeros, zeros.clone()
-    part, split = _backward_partials(dy, x, layout, _params(mean, invstd, weight, bias))
+    reduce = _reduce_plan(x, layout)
+    split = reduce[3]
+    part = torch.empty((2, split, c), dtype=acc, device=x.device)
+    _backward_partials(dy, x, layout, _params(mean, invstd, weight, bias), reduce, part, 0, c)
     sums = part[:, 0] if split == 1 else part.sum(dim=1)
     return sums[0], sums[1]
 
 
-def _backward_partials(dy, x, layout, params):
-    """The backward reduction over dense, non-empty dy and x: (part, split), part (2, split, C) holding
-    each program's sum dz and sum dz xhat per channel."""
+def _backward_partials(dy, x, layout, params, reduce, part, c0, channels):
+    """The backward reduction over channels [c0, c0 + channels) of dense, non-empty dy and x (``reduce``:
+    :func:`_reduce_plan`'s plan): each program's sum dz and sum dz xhat per channel into part (2, split, C)."""
     n, c, h, w = x.shape
-    block_a, block_b, grid, split = _reduce_plan(x, layout)
-    part = torch.empty((2, split, c), dtype=acc_dtype(x.dtype), device=x.device)
+    block_a, block_b, _, split = reduce
     warps = _host.num_warps(block_a * block_b)
     if layout == _host.NCHW:
-        _bn_backward_reduce_nchw_kernel[grid](
-            dy, x, *params, part, n, c, h * w, split,
+        _bn_backward_reduce_nchw_kernel[(channels, split)](
+            dy, x, *params, part, n, c, h * w, split, c0,
             BLOCK_N=block_a, BLOCK_HW=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
         )
     else:
-        _bn_backward_reduce_nhwc_kernel[grid](
-            dy, x, *params, part, n * h * w, c, split,
+        _bn_backward_reduce_nhwc_kernel[(triton.cdiv(channels, block_b), split)](
+            dy, x, *params, part, n * h * w, c, split, c0,
             BLOCK_R=block_a, BLOCK_C=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
         )
-    return part, split
 
 
 def backward(dy, x, mean, invstd, weight, bias, count):
@@ -673,15 +719,16 @@ def backward(dy, x, mean, invstd, weight, bias, count):
     sum_dz_xhat = torch.empty(c, dtype=mean.dtype, device=x.device)
     params = _params(mean, invstd, weight, bias)
     inv_count = 1.0 / count if count is not None else 1.0
-    if tile is None:  # two passes: the reduction, then dx with the partial sums added in its programs
-        part, split = _backward_partials(dy, x, layout, params)
-        rows, cols, on_rows, max_cols = _matrix(x, layout)
-        block_r, block_col = _host.tile(rows, cols, max_cols)
-        _bn_train_backward_dx_kernel[(triton.cdiv(rows, block_r), triton.cdiv(cols, block_col))](
-            dy, x, dx, part, *params, sum_dz, sum_dz_xhat, inv_count, rows, cols, c, split,
-            TRAINING=count is not None, CHANNEL_ON_ROWS=on_rows, BLOCK_R=block_r, BLOCK_COL=block_col,
-            ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_r * block_col),
-        )
+    if tile is None:  # two passes per run: the reduction, then dx with the partial sums added in its programs
+        run, width = _runs(x, layout, inputs=2)
+        reduce = _reduce_plan(x, layout, run, width)
+        part = torch.empty((2, reduce[3], c), dtype=mean.dtype, device=x.device)
+        for c0, channels, grid, tile_args in _run_launches(x, layout, run, width):
+            _backward_partials(dy, x, layout, params, reduce, part, c0, channels)
+            _bn_train_backward_dx_kernel[grid](
+                dy, x, dx, part, *params, sum_dz, sum_dz_xhat, inv_count, *tile_args, reduce[3],
+                TRAINING=count is not None, ACC=_host.tl_acc(x.dtype), **_run_meta(x, layout, channels, width),
+            )
         return dx, sum_dz, sum_dz_xhat
     block_a, block_b = tile
     args = (dy, x, dx, *params, sum_dz, sum_dz_xhat)
@@ -756,9 +803,40 @@ def _running(t, acc):
 def plan(x, backward: bool = False) -> str:
     """The plan of the training forward (``backward=False``) or backward of x: ``"one_read"`` (one
     program per channel slice, or block of channels, reads x (dy and x) once, see :func:`_one_read_tile`)
-    or ``"two_pass"`` (a reduction over x (dy and x), then an element-wise pass that reads them again)."""
+    or ``"two_pass"`` (per run of channels (:func:`_runs`), a reduction over x (dy and x), then an
+    element-wise pass that reads them again)."""
     tile = _one_read_tile(x, _host.layout_of(x) or _host.NCHW, inputs=2 if backward else 1)
     return "one_read" if tile is not None and x.numel() > 0 else "two_pass"
+
+
+def _run_tile_shape(x, layout, channels, width):
+    """(ROWS, block_r, block_col) of the element-wise kernels over a run of ``channels`` channels (see
+    :func:`_run_tile`)."""
+    n, c, h, w = x.shape
+    if layout == _host.NCHW:
+        rows = n * channels
+        return (rows, *_host.tile(rows, h * w, MAX_COLS_NCHW))
+    return (n * h * w, *_host.tile(n * h * w, channels, width))
+
+
+def _run_meta(x, layout, channels, width):
+    """Compile-time arguments of the element-wise kernels over a run of ``channels`` channels."""
+    _, block_r, block_col = _run_tile_shape(x, layout, channels, width)
+    return dict(CHANNEL_ON_ROWS=layout == _host.NCHW, BLOCK_R=block_r, BLOCK_COL=block_col,
+                num_warps=_host.num_warps(block_r * block_col))
+
+
+def _run_launches(x, layout, run, width):
+    """Per run of ``run`` channels: (c0, channels, grid of the element-wise kernel, its (ROWS, COLS, C, C0,
+    RUN) arguments)."""
+    n, c, h, w = x.shape
+    cols = h * w if layout == _host.NCHW else c
+    for c0 in range(0, c, run):
+        channels = min(run, c - c0)
+        rows, block_r, block_col = _run_tile_shape(x, layout, channels, width)
+        run_cols = h * w if layout == _host.NCHW else channels
+        grid = (triton.cdiv(rows, block_r), triton.cdiv(run_cols, block_col))
+        yield c0, channels, grid, (rows, cols, c, c0, channels)
 
 
 def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
@@ -796,15 +874,16 @@ def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
         has_running = True
     running = (rm, rv) if has_running else (mean, invstd)
     scalars = (float(eps), float(momentum), count / (count - 1))
-    if tile is None:  # two passes: the statistics, then y with the partial statistics merged in its programs
-        part, split = _stat_partials(x, layout)
-        rows, cols, on_rows, max_cols = _matrix(x, layout)
-        block_r, block_col = _host.tile(rows, cols, max_cols)
-        _bn_train_normalize_kernel[(triton.cdiv(rows, block_r), triton.cdiv(cols, block_col))](
-            x, y, part, *_params(weight, bias), mean, invstd, *running, rows, cols, c, split, *scalars,
-            CHANNEL_ON_ROWS=on_rows, BLOCK_R=block_r, BLOCK_COL=block_col, HAS_RUNNING=has_running,
-            ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_r * block_col),
-        )
+    if tile is None:  # two passes per run: the statistics, then y with the partial statistics merged
+        run, width = _runs(x, layout, inputs=1)
+        reduce = _reduce_plan(x, layout, run, width)
+        part = torch.empty((3, reduce[3], c), dtype=acc, device=x.device)
+        for c0, channels, grid, tile_args in _run_launches(x, layout, run, width):
+            _stat_partials(x, layout, reduce, part, c0, channels)
+            _bn_train_normalize_kernel[grid](
+                x, y, part, *_params(weight, bias), mean, invstd, *running, *tile_args, reduce[3], *scalars,
+                HAS_RUNNING=has_running, ACC=_host.tl_acc(x.dtype), **_run_meta(x, layout, channels, width),
+            )
         return _copy_back_running(running_mean, running_var, rm, rv, y, mean, invstd)
     block_a, block_b = tile
     common = dict(HAS_RUNNING=has_running, ACC=_host.tl_acc(x.dtype), num_warps=_one_read_warps(block_a * block_b, acc))
@@ -865,15 +944,15 @@ def aot_specs():
         tacc = {"ACC": _host.TL_DTYPES[acc]}
         jobs = [
             (_bn_stats_nchw_kernel, {"x_ptr": x, "part_ptr": a, "N": "i32", "C": "i32", "HW": "i32", "SPLIT": "i32",
-                                     **nchw_tile, **tacc}),
-            (_bn_stats_nhwc_kernel, {"x_ptr": x, "part_ptr": a, "R": "i32", "C": "i32", "SPLIT": "i32",
+                                     "C0": "i32", **nchw_tile, **tacc}),
+            (_bn_stats_nhwc_kernel, {"x_ptr": x, "part_ptr": a, "R": "i32", "C": "i32", "SPLIT": "i32", "C0": "i32",
                                      **nhwc_tile, **tacc}),
             (_bn_backward_reduce_nchw_kernel, {
                 "dy_ptr": x, "x_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p, "part_ptr": a,
-                "N": "i32", "C": "i32", "HW": "i32", "SPLIT": "i32", **nchw_tile, **tacc}),
+                "N": "i32", "C": "i32", "HW": "i32", "SPLIT": "i32", "C0": "i32", **nchw_tile, **tacc}),
             (_bn_backward_reduce_nhwc_kernel, {
                 "dy_ptr": x, "x_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p, "part_ptr": a,
-                "R": "i32", "C": "i32", "SPLIT": "i32", **nhwc_tile, **tacc}),
+                "R": "i32", "C": "i32", "SPLIT": "i32", "C0": "i32", **nhwc_tile, **tacc}),
         ]
         param_dtypes = [pdt] if xdt == pdt else [pdt, xdt]
         for on_rows, (br, bc) in ((True, (4, 1024)), (False, (32, 128))):
@@ -886,7 +965,7 @@ def aot_specs():
                     jobs.append((_bn_train_normalize_kernel, {
                         "x_ptr": x, "y_ptr": x, "part_ptr": a, "w_ptr": ptr(q), "b_ptr": ptr(q), "mean_ptr": a,
                         "invstd_ptr": a, "rm_ptr": a, "rv_ptr": a, "ROWS": "i32", "COLS": "i32", "C": "i32",
-                        "SPLIT": "i32", "eps": "fp32", "momentum": "fp32", "unbiased": "fp32",
+                        "C0": "i32", "RUN": "i32", "SPLIT": "i32", "eps": "fp32", "momentum": "fp32", "unbiased": "fp32",
                         "HAS_RUNNING": has_running, **tiles}))
             for training in (True, False):
                 jobs.append((_bn_backward_dx_kernel, {
@@ -896,7 +975,7 @@ def aot_specs():
                 jobs.append((_bn_train_backward_dx_kernel, {
                     "dy_ptr": x, "x_ptr": x, "dx_ptr": x, "part_ptr": a, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p,
                     "b_ptr": p, "sdz_ptr": a, "sdzx_ptr": a, "inv_count": "fp32", "ROWS": "i32", "COLS": "i32",
-                    "C": "i32", "SPLIT": "i32", "TRAINING": training, **tiles}))
+                    "C": "i32", "C0": "i32", "RUN": "i32", "SPLIT": "i32", "TRAINING": training, **tiles}))
         limit, sector = _one_read_limit(xdt), SECTOR_BYTES // xdt.itemsize  # the largest one-read tiles
         for q in param_dtypes:
             for has_running in (True, False):

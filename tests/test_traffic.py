@@ -186,10 +186,14 @@ def test_two_pass_rows_model_the_second_pass_as_l2_hits():
     note = _l2_note([hits], 2432, 1600)
     assert note.startswith(" [modelled DRAM ratio 1.02:") and "50 MB L2, runs sized" in note, note
     assert _l2_hits([second], small, "fwd", 4) is None and _l2_note([], 808, 800) == ""
+    pool = Launch("se_reduce_kernel<float, float, Layout::NCHW, false>", read=400, written=8)
+    scale = Launch("se_map_kernel<float, Layout::NCHW, 4>", read=408, written=400)
+    se_small, se_large = OpShape(op="squeeze_excite", x=(2, 3, 64, 64)), OpShape(op="squeeze_excite", x=(32, 768, 32, 32))
+    assert _l2_hits([pool, scale], se_small, "bwd", 4) == (400, False)  # dy and x: 196 KB
+    assert _l2_hits([pool, Launch("se_map_kernel<float>", read=300)], se_small, "fwd", 4) == (300, False)
+    assert _l2_hits([pool, scale], se_large, "fwd", 4) is None  # x: 96 MB, more than half the L2
     stats = Launch("_bn_stats_nchw_kernel[BLOCK_N=4]", read=400, written=8)
-    assert _l2_hits([stats, second], small, "bwd", 4) == (400, False)  # dy and x: 196 KB
-    assert _l2_hits([stats, Launch("_bn_normalize_kernel", read=300)], small, "fwd", 4) == (300, False)
-    assert _l2_hits([stats, second], large, "fwd", 4) is None  # x: 96 MB, more than half the L2
+    assert _l2_hits([stats, second], large, "fwd", 4) == (400, True)  # Triton BN: runs sized to the L2
 
 
 def test_traffic_command_writes_rows_with_exactly_the_listed_keys(tmp_path):

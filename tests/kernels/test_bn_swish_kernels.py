@@ -421,3 +421,45 @@ def test_training_step_runs_only_the_kernels(monkeypatch, kind, shape, one_read)
 
 def x_format(x):
     return torch.channels_last if not x.is_contiguous() else torch.contiguous_format
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_case_id)
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_two_pass_plans_run_in_channel_runs_sized_to_the_l2(monkeypatch, kind, dtype):
+    """Past the one-read limit each run of channels whose inputs take at most half the L2 gets its two
+    launches (the second finds the run's inputs in L2): here an L2 of 4 channels of x, so forward runs of
+    4 channels and backward runs of 2; outputs, running statistics and sums as TorchKernels'."""
+    shape = (2, 11, 64, 129)
+    x, dy, _, _, weight, bias = _inputs(shape, dtype, kind, seed=14)
+    per_channel = shape[0] * shape[2] * shape[3] * x.element_size()
+    monkeypatch.setattr(K, "_run_bytes", lambda device: 4 * per_channel)
+    launched = _count_launches(monkeypatch)
+    one = "nhwc" if kind == "channels_last" else "nchw"
+    acc = torch.float32
+    rm, rv, rm_ref, rv_ref = torch.zeros(11), torch.ones(11), torch.zeros(11), torch.ones(11)
+    y, mean, invstd = K.train_forward(x, weight, bias, rm, rv, 0.1, EPS)
+    assert launched == [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"] * 3
+    ref = T.train_forward(x, weight, bias, rm_ref, rv_ref, 0.1, EPS)
+    assert_close(y, ref[0], dtype, "y")
+    sums = dict(rtol=1e-5, atol=1e-5)  # 16512-term float32 sums in another order than TorchKernels'
+    for what, got, want in (("mean", mean, ref[1]), ("invstd", invstd, ref[2]), ("running_mean", rm, rm_ref),
+                            ("running_var", rv, rv_ref)):
+        torch.testing.assert_close(got, want, **sums, msg=lambda m, what=what: f"{what}: {m}")
+    launched.clear()
+    count = x.numel() // 11
+    dx, sum_dz, sum_dz_xhat = K.backward(dy, x, mean, invstd, weight, bias, count)
+    assert launched == [f"_bn_backward_reduce_{one}_kernel", "_bn_train_backward_dx_kernel"] * 6
+    ref = T.backward(dy, x, mean, invstd, weight, bias, count)
+    assert_same_layout(dx, x, "backward")
+    assert_close(dx, ref[0], dtype, "dx")
+    assert_close(sum_dz, ref[1], acc, "sum_dz")
+    assert_close(sum_dz_xhat, ref[2], acc, "sum_dz_xhat")
+
+
+def test_runs_take_half_the_assumed_l2():
+    """celeba64's 16x384x64x64 bfloat16 (128 KiB of x per channel): forward runs of 200 channels, backward
+    (dy and x) of 100; NHWC runs are whole tiles of channels (64 of them: 192 and 64)."""
+    x = torch.empty(16, 384, 64, 64, dtype=torch.bfloat16, device="meta")
+    assert K._runs(x, _host.NCHW, 1) == (200, K.MAX_COLS_NHWC) and K._runs(x, _host.NCHW, 2)[0] == 100
+    assert K._runs(x, _host.NHWC, 1) == (128, 128) and K._runs(x, _host.NHWC, 2) == (64, 64)
+    assert K._runs(x[:, :64], _host.NCHW, 1) == (64, K.MAX_COLS_NHWC)  # all channels fit: one run
