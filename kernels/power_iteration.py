@@ -23,7 +23,10 @@ buffers. Two schedules share these tables:
   writes its own unnormalised vector and one partial squared norm per item. ``n_iter`` steps take
   2 n_iter launches plus one that writes the normalised u_i, v_i into the caller's tensors.
 
-``sigmas`` takes two launches (per-row-block partial sums, then a fixed-order sum per weight). The
+``sigmas`` takes two launches (per-row-block partial sums, then a fixed-order sum per weight). The op's
+``forward`` with ``n_iter >= 1`` needs neither: the last half-step's s_i = W_i v_i gives u_i =
+s_i / max(||s_i||, eps), hence sigma_i = u_i^T W_i v_i = ||s_i||^2 / max(||s_i||, eps), which the kernels
+that normalise u_i write (``SIGMA``): no further read of W. The
 backward, dW_i = g_i u_i v_i^T, is one launch over tiles of every weight (:func:`_outer_kernel`), its tile
 table cached by the weights' shapes and dtypes. Weights
 whose storage dtypes (of W, u, v) differ get launches per dtype combination. No atomics anywhere: results
@@ -169,12 +172,13 @@ def _store_scaled(dst, dst_stride, src, src_stride, o, mask, scale):
 
 @triton.jit
 def _resident_kernel(
-    addr_ptr, meta_ptr, N_ITER,
+    addr_ptr, meta_ptr, sigma_ptr, N_ITER,
     W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, ACC: tl.constexpr,
-    EPS_: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    EPS_: tl.constexpr, SIGMA: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Program i: all N_ITER steps for weight i, which fits one BLOCK_R x BLOCK_K tile: W_i is loaded once
-    and stays in registers, as do s, t and their scales; u_i, v_i are written normalised at the end."""
+    and stays in registers, as do s, t and their scales; u_i, v_i are written normalised at the end and,
+    with SIGMA (N_ITER >= 1), sigma_i (the module doc: ``SIGMA``)."""
     i = tl.program_id(0)
     w, u_io, v_io = _io_ptrs(addr_ptr, i, W_DTYPE, U_DTYPE, V_DTYPE)
     rows, cols, w_stride, u_stride, v_stride = _shape(meta_ptr + i * META_FIELDS)
@@ -190,22 +194,27 @@ def _resident_kernel(
     t = tl.zeros([BLOCK_K], dtype=ACC)
     inv_u = tl.full([], 1.0, dtype=ACC)
     inv_v = tl.full([], 1.0, dtype=ACC)
+    ss = tl.zeros([], dtype=ACC)
     for _ in range(N_ITER):
         t = tl.sum(wt * s[:, None], axis=0) * inv_u
         inv_v = 1.0 / tl.maximum(tl.sqrt(tl.sum(t * t, axis=0)), EPS_)
         s = tl.sum(wt * t[None, :], axis=1) * inv_v
-        inv_u = 1.0 / tl.maximum(tl.sqrt(tl.sum(s * s, axis=0)), EPS_)
+        ss = tl.sum(s * s, axis=0)
+        inv_u = 1.0 / tl.maximum(tl.sqrt(ss), EPS_)
     tl.store(u_at, (s * inv_u).to(U_DTYPE), mask=rmask)
     tl.store(v_at, (t * inv_v).to(V_DTYPE), mask=kmask)
+    if SIGMA:
+        tl.store(sigma_ptr + tl.load(meta_ptr + i * META_FIELDS + _OUT), ss * inv_u)
 
 
 @triton.jit
 def _persistent_kernel(
-    addr_ptr, meta_ptr, ws_u_ptr, ws_v_ptr, N_ITER,
+    addr_ptr, meta_ptr, ws_u_ptr, ws_v_ptr, sigma_ptr, N_ITER,
     W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, ACC: tl.constexpr,
-    EPS_: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    EPS_: tl.constexpr, SIGMA: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Program i: all N_ITER steps for weight i, then u_i, v_i written normalised to the caller's tensors.
+    """Program i: all N_ITER steps for weight i, then u_i, v_i written normalised to the caller's tensors
+    and, with SIGMA (N_ITER >= 1), sigma_i (the module doc: ``SIGMA``).
 
     s (rows) and t (cols) are kept unnormalised in the work buffers with their scales inv_u, inv_v; a block
     barrier separates each half-step from the one that reads what it wrote.
@@ -221,6 +230,7 @@ def _persistent_kernel(
     for r0 in range(0, rows, BLOCK_R):  # s = the caller's u, scale 1
         r = r0 + tl.arange(0, BLOCK_R)
         _store_scaled(s_buf, 1, u_io, u_stride, r, r < rows, inv_u)
+    ss = tl.zeros([], dtype=ACC)
     for _ in range(N_ITER):
         tl.debug_barrier()
         sq = tl.zeros([BLOCK_K], dtype=ACC)
@@ -239,7 +249,10 @@ def _persistent_kernel(
             sv = _rows_dot(w, w_stride, r, rmask, t_buf, 1, cols, ACC, BLOCK_R, BLOCK_K) * inv_v
             tl.store(s_buf + r, sv, mask=rmask)
             sq += sv * sv
-        inv_u = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), EPS_)
+        ss = tl.sum(sq, axis=0)
+        inv_u = 1.0 / tl.maximum(tl.sqrt(ss), EPS_)
+    if SIGMA:
+        tl.store(sigma_ptr + tl.load(meta + _OUT), ss * inv_u)
     tl.debug_barrier()
     for r0 in range(0, rows, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
@@ -303,21 +316,25 @@ def _u_step_kernel(
 
 @triton.jit
 def _write_back_kernel(
-    addr_ptr, meta_ptr, row_items_ptr, col_items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, ROW_ITEMS,
-    U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, EPS_: tl.constexpr,
+    addr_ptr, meta_ptr, row_items_ptr, col_items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, sigma_ptr,
+    ROW_ITEMS, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, EPS_: tl.constexpr, SIGMA: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """u_i = s_i / max(||s_i||, eps) into the caller's u_i (programs j < ROW_ITEMS: row item j),
-    v_i = t_i / max(||t_i||, eps) into the caller's v_i (the others: column item j - ROW_ITEMS)."""
+    """u_i = s_i / max(||s_i||, eps) into the caller's u_i (programs j < ROW_ITEMS: row item j; with SIGMA
+    the weight's first row item also writes sigma_i, the module doc: ``SIGMA``), v_i = t_i /
+    max(||t_i||, eps) into the caller's v_i (the others: column item j - ROW_ITEMS)."""
     j = tl.program_id(0)
     if j < ROW_ITEMS:
         i, r0 = _item(row_items_ptr, j)
         r = r0 + tl.arange(0, BLOCK_R)
         meta = meta_ptr + i * META_FIELDS
         rows, _, _, u_stride, _ = _shape(meta)
-        scale = _inv_norm(part_u_ptr, meta, _ROW_FIRST, _ROW_COUNT, EPS_)
+        ss = _fixed_sum(part_u_ptr, tl.load(meta + _ROW_FIRST), tl.load(meta + _ROW_COUNT), SUM_BLOCK)
+        scale = 1.0 / tl.maximum(tl.sqrt(ss), EPS_)
         u = _io_ptr(addr_ptr, i, _U_ADDR, U_DTYPE)
         _store_scaled(u, u_stride, ws_u_ptr + tl.load(meta + _S_OFF), 1, r, r < rows, scale)
+        if SIGMA:
+            tl.store(sigma_ptr + tl.load(meta + _OUT), ss * scale, mask=r0 == 0)
     else:
         i, k0 = _item(col_items_ptr, j - ROW_ITEMS)
         k = k0 + tl.arange(0, BLOCK_K)
@@ -489,22 +506,30 @@ def _groups(mats, us, vs, index):
 
 def update(mats, us, vs, n_iter):
     """``n_iter`` power-iteration steps for every (out_i, rest_i) matrix; ``us``/``vs`` updated in place."""
+    _iterate(mats, us, vs, n_iter, None)
+
+
+def _iterate(mats, us, vs, n_iter, sigma):
+    """:func:`update`, and with ``sigma`` (an (n,) acc-dtype tensor; n_iter >= 1) every sigma_i written into
+    it by the kernels that normalise u_i (the module doc: ``SIGMA``)."""
     if n_iter == 0 or not mats:
         return
     acc = TL_DTYPES[shared_acc_dtype(mats)]
+    with_sigma = dict(SIGMA=sigma is not None)
+    sigma = mats[0] if sigma is None else sigma  # an unread placeholder without SIGMA
     small, large = _split(mats)
     block_r, block_k = _blocks()
     fits = [i for i in small if mats[i].shape[0] <= block_r and mats[i].shape[1] <= block_k]
     streamed = [i for i in small if mats[i].shape[0] > block_r or mats[i].shape[1] > block_k]
     for g in _groups(mats, us, vs, fits):
         _resident_kernel[(g.n_weights,)](
-            g.addr, g.meta, n_iter,
-            W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], ACC=acc, EPS_=EPS, **g.blocks,
+            g.addr, g.meta, sigma, n_iter,
+            W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], ACC=acc, EPS_=EPS, **with_sigma, **g.blocks,
         )
     for g in _groups(mats, us, vs, streamed):
         _persistent_kernel[(g.n_weights,)](
-            g.addr, g.meta, *g.work(parts=False), n_iter,
-            W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], ACC=acc, EPS_=EPS, **g.blocks,
+            g.addr, g.meta, *g.work(parts=False), sigma, n_iter,
+            W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], ACC=acc, EPS_=EPS, **with_sigma, **g.blocks,
         )
     groups = _groups(mats, us, vs, large)
     work = [g.work(parts=True) for g in groups]
@@ -519,8 +544,8 @@ def update(mats, us, vs, n_iter):
             )
     for g, buffers in zip(groups, work):
         _write_back_kernel[(g.n_rows + g.n_cols,)](
-            g.addr, g.meta, g.row_items, g.col_items, *buffers, g.n_rows,
-            U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], EPS_=EPS, **g.blocks,
+            g.addr, g.meta, g.row_items, g.col_items, *buffers, sigma, g.n_rows,
+            U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], EPS_=EPS, **with_sigma, **g.blocks,
         )
 
 
@@ -555,9 +580,18 @@ def sigmas(mats, us, vs):
 
 
 def forward(weights, us, vs, n_iter):
-    """:func:`update` then :func:`sigmas` on the weights' (out, rest) matrices: (sigma, saved final u and
-    v, the weights' shapes and dtypes)."""
-    return forward_via(update, sigmas, weights, us, vs, n_iter)
+    """The steps and sigma on the weights' (out, rest) matrices: (sigma, saved final u and v, the weights'
+    shapes and dtypes). With n_iter >= 1 the steps' own kernels write sigma (no :func:`sigmas` launches,
+    no further read of W); with n_iter = 0, :func:`sigmas`."""
+    return forward_via(_steps_and_sigma, weights, us, vs, n_iter)
+
+
+def _steps_and_sigma(mats, us, vs, n_iter):
+    if n_iter == 0:
+        return sigmas(mats, us, vs)
+    sigma = torch.empty(len(mats), dtype=shared_acc_dtype(mats), device=mats[0].device)
+    _iterate(mats, us, vs, n_iter, sigma)
+    return sigma
 
 
 def backward(saved, layout, grad):
@@ -623,10 +657,11 @@ def aot_specs() -> list:
         work = {"ws_u_ptr": a, "ws_v_ptr": a}
         parts = {**work, "items_ptr": "*i64", "part_u_ptr": a, "part_v_ptr": a}
         specs += [
-            aot_spec(_resident_kernel, {**tables, "N_ITER": "i32", "W_DTYPE": tw, "U_DTYPE": ta, "V_DTYPE": ta,
-                                        "ACC": ta, **blocks}, warps),
-            aot_spec(_persistent_kernel, {**tables, **work, "N_ITER": "i32", "W_DTYPE": tw, "U_DTYPE": ta,
-                                          "V_DTYPE": ta, "ACC": ta, **blocks}, warps),
+            aot_spec(fn, {**tables, **({} if fn is _resident_kernel else work), "sigma_ptr": a, "N_ITER": "i32",
+                          "W_DTYPE": tw, "U_DTYPE": ta, "V_DTYPE": ta, "ACC": ta, "SIGMA": sigma, **blocks}, warps)
+            for fn in (_resident_kernel, _persistent_kernel) for sigma in (True, False)
+        ]
+        specs += [
             aot_spec(_u_step_kernel, {**tables, **parts, "W_DTYPE": tw, "ACC": ta, **blocks}, warps),
             aot_spec(_sigma_weight_kernel, {**tables, "out_ptr": a, "W_DTYPE": tw, "U_DTYPE": ta, "V_DTYPE": ta,
                                             "ACC": ta, "BLOCK_R": block_r, "BLOCK_K": block_k}, warps),
@@ -642,9 +677,10 @@ def aot_specs() -> list:
     for acc in (torch.float32, torch.float64):
         a, ta = ptr(acc), TL_DTYPES[acc]
         specs += [
-            aot_spec(_write_back_kernel, {**tables, "row_items_ptr": "*i64", "col_items_ptr": "*i64", "ws_u_ptr": a,
-                                          "ws_v_ptr": a, "part_u_ptr": a, "part_v_ptr": a, "ROW_ITEMS": "i32",
-                                          "U_DTYPE": ta, "V_DTYPE": ta, **blocks}, warps),
+            *(aot_spec(_write_back_kernel, {**tables, "row_items_ptr": "*i64", "col_items_ptr": "*i64",
+                                            "ws_u_ptr": a, "ws_v_ptr": a, "part_u_ptr": a, "part_v_ptr": a,
+                                            "sigma_ptr": a, "ROW_ITEMS": "i32", "U_DTYPE": ta, "V_DTYPE": ta,
+                                            "SIGMA": sigma, **blocks}, warps) for sigma in (True, False)),
             aot_spec(_sigma_sum_kernel, {"meta_ptr": "*i64", "part_ptr": a, "out_ptr": a, "BLOCK": SUM_BLOCK}, 1),
         ]
     for w_dtype in TL_DTYPES:

@@ -15,13 +15,11 @@ def matrices(weights):
     return [w.reshape(w.shape[0], -1) for w in weights]
 
 
-def forward_via(update, sigmas, weights, us, vs, n_iter):
-    """``update`` then ``sigmas`` on the weights' matrices: (sigma, saved, layout), saved = [the final u_i
-    then v_i packed into one vector] (a copy: the caller's buffers change on the next call), layout = each
-    weight's (shape, dtype)."""
-    mats = matrices(weights)
-    update(mats, us, vs, n_iter)
-    sig = sigmas(mats, us, vs)
+def forward_via(steps_and_sigma, weights, us, vs, n_iter):
+    """``steps_and_sigma(mats, us, vs, n_iter)`` (the steps, us and vs in place, then the sigmas it returns)
+    on the weights' matrices: (sigma, saved, layout), saved = [the final u_i then v_i packed into one
+    vector] (a copy: the caller's buffers change on the next call), layout = each weight's (shape, dtype)."""
+    sig = steps_and_sigma(matrices(weights), us, vs, n_iter)
     return sig, [torch.cat((*us, *vs))], [(w.shape, w.dtype) for w in weights]
 
 

@@ -117,7 +117,12 @@ class TorchKernels:
 
     @staticmethod
     def forward(weights, us, vs, n_iter):
-        return forward_via(TorchKernels.update, TorchKernels.sigmas, weights, us, vs, n_iter)
+        return forward_via(TorchKernels._steps_and_sigma, weights, us, vs, n_iter)
+
+    @staticmethod
+    def _steps_and_sigma(mats, us, vs, n_iter):
+        TorchKernels.update(mats, us, vs, n_iter)
+        return TorchKernels.sigmas(mats, us, vs)
 
     @staticmethod
     def backward(saved, layout, grad):

@@ -197,3 +197,24 @@ def test_backward_is_one_launch_of_outer_products(monkeypatch, dtypes):
     table = next(iter(pi._TILE_CACHE.values()))[0]
     pi.backward(saved, layout, grad)
     assert next(iter(pi._TILE_CACHE.values()))[0] is table
+
+
+@pytest.mark.parametrize("n_iter", [1, 3])
+def test_forward_takes_sigma_from_the_last_step(schedule, monkeypatch, n_iter):
+    """With n_iter >= 1 the kernels that normalise u_i write sigma_i = ||s_i||^2 / max(||s_i||, eps) (s_i = W_i
+    v_i of the last step): no sigma launch, no further read of W; sigma as the reference's u^T W v (a zero
+    weight included: sigma 0)."""
+    mats, us, vs = _inputs(SHAPES, torch.float32, seed=8)
+    mats.append(torch.zeros(5, 7, device=DEVICE))
+    us.append(F.normalize(torch.ones(5), dim=0).to(DEVICE))
+    vs.append(F.normalize(torch.ones(7), dim=0).to(DEVICE))
+    reference = _reference(mats, us, vs, n_iter)
+    launched = []
+    for name in ("_sigma_weight_kernel", "_sigma_rows_kernel", "_sigma_sum_kernel"):
+        monkeypatch.setattr(pi, name, type("Counted", (), {
+            "__getitem__": lambda self, grid, name=name: launched.append(name)})())
+    us, vs = [u.clone() for u in us], [v.clone() for v in vs]
+    sigma, _, _ = pi.forward(mats, us, vs, n_iter)
+    assert launched == []
+    _check((sigma, us, vs), reference, TOL[torch.float32])
+    assert sigma[-1].item() == 0.0
