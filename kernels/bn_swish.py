@@ -21,9 +21,10 @@ strides are copied to NCHW first, and ``dy`` is copied to ``x``'s layout when it
 Statistics are exact within a tile and merged exactly across tiles: each tile contributes its count,
 mean and centred sum of squares M2 (two passes over the tile in registers); tiles fold into a
 program's running (count, mean, M2) by Chan et al.'s update, and the per-program partials are merged
-by :func:`_bn_stats_finalize_kernel` in a fixed order. The backward sums follow the same two-phase
-pattern (per-program partials, then ``torch.sum`` over the partial axis): no atomics, so repeated runs
-are bit-identical.
+by :func:`_bn_stats_finalize_kernel` (or the training pass after the statistics) in a fixed order. The
+backward sums follow the same two-phase pattern (per-program partials, then a fixed-order sum:
+``torch.sum`` over the partial axis in ``backward_reduce``, the dx kernel's own in training): no atomics,
+so repeated runs are bit-identical.
 
 One-read forward. When the tile holding a channel's whole slice, padded to powers of two, has at
 most :data:`ONE_READ_ELEMS` float32 values (16 warps x 32 threads x 32 registers, :func:`_one_read_warps`;
@@ -234,20 +235,28 @@ def _tile_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, CHANNEL_ON_ROWS
 
 
 @triton.jit
-def _layout_tile(ROWS, COLS, C, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr):
-    """This program's BLOCK_R x BLOCK_COL tile of the layout's row-major ROWS x COLS matrix:
-    (offsets, mask, channels, channel mask), the channels of its rows (row % C) or of its columns."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    q = tl.program_id(1) * BLOCK_COL + tl.arange(0, BLOCK_COL)
-    rmask = r < ROWS
-    qmask = q < COLS
+def _run_tile(ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr):
+    """This program's BLOCK_R x BLOCK_COL tile of the elements of channels [C0, C0 + RUN) in the layout's
+    row-major matrix: (offsets, mask, channels, channel mask, first). NCHW (CHANNEL_ON_ROWS): the run's
+    ROWS = N * RUN rows (image n, channel C0 + j) of COLS = H*W; NHWC: ROWS = N*H*W rows by the run's RUN
+    channels of COLS = C. ``first``: the channels whose first element (image 0, pixel 0) the tile holds,
+    whose per-channel outputs this program writes."""
+    q = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = tl.program_id(1) * BLOCK_COL + tl.arange(0, BLOCK_COL)
+    qmask = q < ROWS
     if CHANNEL_ON_ROWS:
-        ch = r % C
-        chmask = rmask
-    else:
-        ch = q
+        ch = C0 + q % RUN
+        kmask = k < COLS
+        offs = ((q // RUN) * C + ch)[:, None] * COLS + k[None, :]
         chmask = qmask
-    return r[:, None] * COLS + q[None, :], rmask[:, None] & qmask[None, :], ch, chmask
+        first = qmask & (q < RUN) & (tl.program_id(1) == 0)
+    else:
+        ch = C0 + k
+        kmask = k < RUN
+        offs = q[:, None] * COLS + ch[None, :]
+        chmask = kmask
+        first = kmask & (tl.program_id(0) == 0)
+    return offs, qmask[:, None] & kmask[None, :], ch, chmask, first
 
 
 @triton.jit
@@ -255,9 +264,10 @@ def _bn_normalize_kernel(
     x_ptr, y_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, ROWS, COLS, C,
     CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (cdiv(ROWS, BLOCK_R), cdiv(COLS, BLOCK_COL)) over the layout's row-major matrix; the channel
-    of an element is row % C (NCHW, CHANNEL_ON_ROWS) or its column (NHWC). y = silu(scale x + shift)."""
-    offs, mask, ch, chmask = _layout_tile(ROWS, COLS, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    """Grid (cdiv(ROWS, BLOCK_R), cdiv(COLS, BLOCK_COL)) over the layout's row-major matrix (:func:`_run_tile`
+    with every channel in the run): the channel of an element is row % C (NCHW, CHANNEL_ON_ROWS) or its
+    column (NHWC). y = silu(scale x + shift)."""
+    offs, mask, ch, chmask, _ = _run_tile(ROWS, COLS, C, 0, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
     _, _, scale, shift = _tile_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, CHANNEL_ON_ROWS, ACC)
     z = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC) * scale + shift
     y = z * tl.sigmoid(z)
@@ -327,7 +337,7 @@ def _bn_backward_dx_kernel(
 ):
     """Grid and channel mapping as :func:`_bn_normalize_kernel`. dx = scale (dz - a - xhat b) with
     a = sum_dz / COUNT, b = sum_dz_xhat / COUNT in training, dx = scale dz in eval."""
-    offs, mask, ch, chmask = _layout_tile(ROWS, COLS, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    offs, mask, ch, chmask, _ = _run_tile(ROWS, COLS, C, 0, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
     mean, invstd, scale, shift = _tile_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, CHANNEL_ON_ROWS, ACC)
     if TRAINING:
         inv_n = 1 / tl.cast(COUNT, ACC)
@@ -407,31 +417,6 @@ def _bn_train_forward_nhwc_kernel(
     b = tl.load(b_ptr + cols, mask=cmask, other=0).to(ACC)
     z = d * (w * invstd)[None, :] + b[None, :]
     tl.store(y_ptr + offs, (z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _run_tile(ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr):
-    """This program's BLOCK_R x BLOCK_COL tile of the elements of channels [C0, C0 + RUN) in the layout's
-    row-major matrix: (offsets, mask, channels, channel mask, first). NCHW (CHANNEL_ON_ROWS): the run's
-    ROWS = N * RUN rows (image n, channel C0 + j) of COLS = H*W; NHWC: ROWS = N*H*W rows by the run's RUN
-    channels of COLS = C. ``first``: the channels whose first element (image 0, pixel 0) the tile holds,
-    whose per-channel outputs this program writes."""
-    q = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    k = tl.program_id(1) * BLOCK_COL + tl.arange(0, BLOCK_COL)
-    qmask = q < ROWS
-    if CHANNEL_ON_ROWS:
-        ch = C0 + q % RUN
-        kmask = k < COLS
-        offs = ((q // RUN) * C + ch)[:, None] * COLS + k[None, :]
-        chmask = qmask
-        first = qmask & (q < RUN) & (tl.program_id(1) == 0)
-    else:
-        ch = C0 + k
-        kmask = k < RUN
-        offs = q[:, None] * COLS + ch[None, :]
-        chmask = kmask
-        first = kmask & (tl.program_id(0) == 0)
-    return offs, qmask[:, None] & kmask[None, :], ch, chmask, first
 
 
 @triton.jit
@@ -723,11 +708,11 @@ def backward(dy, x, mean, invstd, weight, bias, count):
         run, width = _runs(x, layout, inputs=2)
         reduce = _reduce_plan(x, layout, run, width)
         part = torch.empty((2, reduce[3], c), dtype=mean.dtype, device=x.device)
-        for c0, channels, grid, tile_args in _run_launches(x, layout, run, width):
+        for c0, channels, grid, tile_args, meta in _run_launches(x, layout, run, width):
             _backward_partials(dy, x, layout, params, reduce, part, c0, channels)
             _bn_train_backward_dx_kernel[grid](
                 dy, x, dx, part, *params, sum_dz, sum_dz_xhat, inv_count, *tile_args, reduce[3],
-                TRAINING=count is not None, ACC=_host.tl_acc(x.dtype), **_run_meta(x, layout, channels, width),
+                TRAINING=count is not None, ACC=_host.tl_acc(x.dtype), **meta,
             )
         return dx, sum_dz, sum_dz_xhat
     block_a, block_b = tile
@@ -809,34 +794,21 @@ def plan(x, backward: bool = False) -> str:
     return "one_read" if tile is not None and x.numel() > 0 else "two_pass"
 
 
-def _run_tile_shape(x, layout, channels, width):
-    """(ROWS, block_r, block_col) of the element-wise kernels over a run of ``channels`` channels (see
-    :func:`_run_tile`)."""
-    n, c, h, w = x.shape
-    if layout == _host.NCHW:
-        rows = n * channels
-        return (rows, *_host.tile(rows, h * w, MAX_COLS_NCHW))
-    return (n * h * w, *_host.tile(n * h * w, channels, width))
-
-
-def _run_meta(x, layout, channels, width):
-    """Compile-time arguments of the element-wise kernels over a run of ``channels`` channels."""
-    _, block_r, block_col = _run_tile_shape(x, layout, channels, width)
-    return dict(CHANNEL_ON_ROWS=layout == _host.NCHW, BLOCK_R=block_r, BLOCK_COL=block_col,
-                num_warps=_host.num_warps(block_r * block_col))
-
-
 def _run_launches(x, layout, run, width):
-    """Per run of ``run`` channels: (c0, channels, grid of the element-wise kernel, its (ROWS, COLS, C, C0,
-    RUN) arguments)."""
+    """Per run of ``run`` channels (the last may have fewer): (c0, channels, grid of the element-wise kernel,
+    its (ROWS, COLS, C, C0, RUN) arguments, its compile-time arguments); tiles as :func:`_run_tile` takes
+    them."""
     n, c, h, w = x.shape
-    cols = h * w if layout == _host.NCHW else c
+    nchw = layout == _host.NCHW
+    cols = h * w if nchw else c
     for c0 in range(0, c, run):
         channels = min(run, c - c0)
-        rows, block_r, block_col = _run_tile_shape(x, layout, channels, width)
-        run_cols = h * w if layout == _host.NCHW else channels
+        rows, run_cols = (n * channels, h * w) if nchw else (n * h * w, channels)
+        block_r, block_col = _host.tile(rows, run_cols, MAX_COLS_NCHW if nchw else width)
         grid = (triton.cdiv(rows, block_r), triton.cdiv(run_cols, block_col))
-        yield c0, channels, grid, (rows, cols, c, c0, channels)
+        meta = dict(CHANNEL_ON_ROWS=nchw, BLOCK_R=block_r, BLOCK_COL=block_col,
+                    num_warps=_host.num_warps(block_r * block_col))
+        yield c0, channels, grid, (rows, cols, c, c0, channels), meta
 
 
 def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
@@ -878,11 +850,11 @@ def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
         run, width = _runs(x, layout, inputs=1)
         reduce = _reduce_plan(x, layout, run, width)
         part = torch.empty((3, reduce[3], c), dtype=acc, device=x.device)
-        for c0, channels, grid, tile_args in _run_launches(x, layout, run, width):
+        for c0, channels, grid, tile_args, meta in _run_launches(x, layout, run, width):
             _stat_partials(x, layout, reduce, part, c0, channels)
             _bn_train_normalize_kernel[grid](
                 x, y, part, *_params(weight, bias), mean, invstd, *running, *tile_args, reduce[3], *scalars,
-                HAS_RUNNING=has_running, ACC=_host.tl_acc(x.dtype), **_run_meta(x, layout, channels, width),
+                HAS_RUNNING=has_running, ACC=_host.tl_acc(x.dtype), **meta,
             )
         return _copy_back_running(running_mean, running_var, rm, rv, y, mean, invstd)
     block_a, block_b = tile

@@ -498,10 +498,16 @@ def _groups(mats, us, vs, index):
         ]
         if any(g.copies for g in cached):
             return cached
-    _GROUP_CACHE[key] = cached
-    while len(_GROUP_CACHE) > GROUP_CACHE_SIZE:
-        del _GROUP_CACHE[next(iter(_GROUP_CACHE))]
-    return cached
+    return _remember(_GROUP_CACHE, GROUP_CACHE_SIZE, key, cached)
+
+
+def _remember(cache: dict, size: int, key, value):
+    """``value`` stored under ``key`` as the most recent entry of ``cache``, whose oldest entries beyond
+    ``size`` are dropped; returns ``value``."""
+    cache[key] = value
+    while len(cache) > size:
+        del cache[next(iter(cache))]
+    return value
 
 
 def update(mats, us, vs, n_iter):
@@ -634,10 +640,7 @@ def _outer_tiles(layout, device):
         if device.type == "cuda":  # pinned + non_blocking: the copy does not wait for the GPU's queue
             table = table.pin_memory().to(device, non_blocking=True)
         cached = (table, [r * k for r, k in zip(rows, cols)])
-    _TILE_CACHE[key] = cached
-    while len(_TILE_CACHE) > TILE_CACHE_SIZE:
-        del _TILE_CACHE[next(iter(_TILE_CACHE))]
-    return cached
+    return _remember(_TILE_CACHE, TILE_CACHE_SIZE, key, cached)
 
 
 # --------------------------------------------------------------------------------- ahead-of-time specs

@@ -79,6 +79,15 @@ def _last_program(ticket_ptr):
 
 
 @triton.jit
+def _sum_parts(part_ptr, i, mask, PLANE, SPLIT, ACC: tl.constexpr):
+    """sum_p part[p, i] over the SPLIT planes of PLANE values each, in plane order (0 where not ``mask``)."""
+    total = tl.zeros(i.shape, ACC)
+    for p in range(0, SPLIT):
+        total += tl.load(part_ptr + p * PLANE + i, mask=mask, other=0)
+    return total
+
+
+@triton.jit
 def _matvec(w_ptr, row_stride, col_stride, x_ptr, rows, rmask, COLS, ACC: tl.constexpr, BLOCK_K: tl.constexpr):
     """sum_k W[r, k] x[k] for the rows ``rows`` (where ``rmask``) of a COLS-column matrix W with element
     (r, k) at ``w_ptr + r row_stride + k col_stride``; x: COLS values; BLOCK_K columns at a time."""
@@ -105,10 +114,7 @@ def _se_gate(
     for i0 in range(0, N * C, BLOCK_C):
         i = i0 + cs
         mask = i < N * C
-        t = tl.zeros((BLOCK_C,), ACC)
-        for p in range(0, SPLIT):
-            t += tl.load(part_ptr + p * N * C + i, mask=mask, other=0)
-        tl.store(mean_ptr + i, t / HW, mask=mask)
+        tl.store(mean_ptr + i, _sum_parts(part_ptr, i, mask, N * C, SPLIT, ACC) / HW, mask=mask)
     tl.debug_barrier()
     for n in range(0, N):
         for j0 in range(0, CH, BLOCK_J):
@@ -142,9 +148,7 @@ def _se_gate_backward(
     for i0 in range(0, N * C, BLOCK_C):
         i = i0 + cs
         mask = i < N * C
-        dg = tl.zeros((BLOCK_C,), ACC)
-        for p in range(0, SPLIT):
-            dg += tl.load(part_ptr + p * N * C + i, mask=mask, other=0)
+        dg = _sum_parts(part_ptr, i, mask, N * C, SPLIT, ACC)
         g = tl.load(gate_ptr + i, mask=mask, other=0)
         tl.store(dp_ptr + i, dg * g * (1 - g), mask=mask)
     tl.debug_barrier()

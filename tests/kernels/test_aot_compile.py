@@ -44,8 +44,10 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 import subprocess
 import sys
+import tempfile
 import types
 
 import pytest
@@ -140,16 +142,11 @@ def _compile_specs(module) -> dict:
 
 def _spill_bytes(ptx: str, cc: int) -> int:
     """Bytes of spill stores ptxas reports for ``ptx`` (Triton's own ptxas, ``-v``)."""
-    import re
-    import tempfile
-
-    from triton import knobs
-
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
         f.write(ptx)
         f.flush()
         arch = f"sm_{cc}a" if cc == 90 else f"sm_{cc}"  # Triton's sm_90 PTX targets sm_90a
-        proc = subprocess.run([knobs.nvidia.ptxas.path, f"-arch={arch}", "-v", f.name, "-o", os.devnull],
+        proc = subprocess.run([triton.knobs.nvidia.ptxas.path, f"-arch={arch}", "-v", f.name, "-o", os.devnull],
                               capture_output=True, text=True, check=True)
     return sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", proc.stderr))
 
