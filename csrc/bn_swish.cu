@@ -11,22 +11,22 @@
 //                     eval (count = None):  dx = scale dz
 // The sums are deterministic two-phase reductions (reduce.cuh).
 //
-// Training without a process group runs one op per direction that does everything in at most two
-// launches (bn_swish_train_forward: statistics, running-stat update, y; bn_swish_train_backward: the
-// sums, which are dweight and dbias, and dx). The work is split into channel groups (one channel in
-// NCHW; up to kMaxGroupChannels consecutive channels in NHWC, whose rows are then contiguous), each
-// group's N * H * W values per channel being its slice. Two plans (bn_plan picks one):
+// Training without a process group runs one op per direction that does everything in one launch
+// (bn_swish_train_forward: statistics, running-stat update, y; bn_swish_train_backward: the sums, which
+// are dweight and dbias, and dx). The work is split into channel groups (one channel in NCHW; up to
+// kMaxGroupChannels consecutive channels in NHWC, whose rows are then contiguous), each group's
+// N * H * W values per channel being its slice. Two plans (bn_plan picks one):
 //   resident    one block per group keeps the group's slice (x; dy and x in backward, in x's dtype) in
-//               dynamic shared memory (up to the device's opt-in maximum: 227 KiB on sm_90, 163 KiB on
-//               sm_80) between the reduction and the element-wise pass: one launch, every input read
-//               once and dx/y written once.
-//   l2_blocked  for slices that do not fit: a partial-reduction launch (grid groups x parts) writes
-//               per-part accumulators, then a launch with the same grid merges the parts of its groups
-//               (in order, so every block gets the same statistics bitwise), part 0 writes the
-//               per-channel outputs, and every block redoes the element-wise pass over the part it
-//               reduced. The host runs the two launches over runs of channel groups whose inputs take at
-//               most half of an assumed 50 MB L2 (H100/H200), so the second read of each run is an L2
-//               hit and DRAM sees every input once.
+//               registers and dynamic shared memory (up to the device's opt-in maximum: 227 KiB on
+//               sm_90, 163 KiB on sm_80) between the reduction and the element-wise pass: every input
+//               read once and dx/y written once.
+//   l2_blocked  for slices that do not fit: one launch whose blocks take tickets (tickets.cuh) over runs
+//               of channel groups whose inputs take at most half of the device's L2 (50 MiB on an H100 SXM).
+//               Per run, groups x parts blocks write per-part accumulators (first pass), then as many
+//               blocks wait for them, merge the parts of their group (in order, so every block gets the
+//               same statistics bitwise), part 0 writes the per-channel outputs, and each redoes the
+//               element-wise pass over one part (second pass): its re-read is an L2 hit and DRAM sees
+//               every input once. The run counters are zeroed by a memset before the launch.
 
 #include <limits>
 
@@ -34,6 +34,7 @@
 #include "elementwise.cuh"
 #include "ops.h"
 #include "reduce.cuh"
+#include "tickets.cuh"
 
 namespace nvae_fast {
 namespace {
@@ -189,35 +190,37 @@ struct BNBackwardDx {
 
 constexpr int kGroupThreads = 512;      // threads per block of the channel-group kernels
 constexpr int kMaxGroupChannels = 32;   // NHWC channels per group (cols * V, cols <= 32)
-constexpr int64_t kAssumedL2Bytes = 50ll << 20;
 // Resident plan: 16-byte vectors each thread keeps in registers (64 of its up to 128 registers at 512
 // threads per block: 16 of x forward, 8 each of dy and x backward); the rest of a slice goes to shared memory.
 constexpr int kRegVecsForward = 16;
 constexpr int kRegVecsBackward = 8;
 
-// The slice of channel group blockIdx.x + g0: vectors k in [0, R * Wv), vector k at row r = k / Wv,
+// The slice of a channel group: vectors k in [0, R * Wv), vector k at row r = k / Wv,
 // column w = k % Wv, elements base + r * stride + w * V .. + V - 1.
 //   NCHW: group = channel c; R = N, Wv = HW / V, stride = C * HW, base = c * HW.
 //   NHWC: group = channels [c0, c0 + cg), cg = cols * V; R = N * HW, Wv = cols, stride = C, base = c0;
 //         element j of column w is channel c0 + w * V + j (columns past C are idle). blockDim.x is a
 //         multiple of cols and parts start at multiples of Wv, so a thread always has the same column.
-// Part blockIdx.y covers vectors [chunk * y, chunk * (y + 1)).
+// Part p covers vectors [chunk * p, chunk * (p + 1)).
 struct GroupGeometry {
   int64_t N, C, HW;
   int64_t R, Wv, stride;
   int cg;         // channels per group (1 in NCHW)
   int64_t chunk;  // vectors per part
-  int64_t g0;     // first group of this launch
+};
+
+// The work of one block: a part of a channel group.
+struct Place {
+  int64_t group, part;
 };
 
 template <Layout L, int V>
 struct GroupView {
   int64_t base, c0, kb, ke;
-  __device__ __forceinline__ GroupView(const GroupGeometry& g) {
-    const int64_t group = static_cast<int64_t>(blockIdx.x) + g.g0;
-    c0 = L == Layout::NCHW ? group : group * g.cg;
-    base = L == Layout::NCHW ? group * g.HW : c0;
-    kb = static_cast<int64_t>(blockIdx.y) * g.chunk;
+  __device__ __forceinline__ GroupView(const GroupGeometry& g, Place at) {
+    c0 = L == Layout::NCHW ? at.group : at.group * g.cg;
+    base = L == Layout::NCHW ? at.group * g.HW : c0;
+    kb = at.part * g.chunk;
     ke = min(g.R * g.Wv, kb + g.chunk);
   }
   // Channel slot (0 .. cg-1) of element j of this thread's vectors (its column is fixed in NHWC).
@@ -380,26 +383,26 @@ __device__ __forceinline__ void forward_part_stats(const GroupGeometry& g, const
   reduce_slots<A, NL>(acc, L == Layout::NCHW ? 1 : static_cast<int>(g.Wv), sm.sh, sm.out);
 }
 
-// l2_blocked, first launch: the parts' Welford accumulators to ws (parts, 3, C).
+// l2_blocked, first pass of a block: its part's Welford accumulators to ws (parts, 3, C).
 template <typename T, Layout L, int V>
-__global__ void __launch_bounds__(kGroupThreads) bn_forward_partial_kernel(GroupGeometry g, TrainForwardArgs<T> a) {
+__device__ __forceinline__ void forward_partial(const GroupGeometry& g, const TrainForwardArgs<T>& a, Place at) {
   using acc_t = AccT<T>;
-  GroupView<L, V> view(g);
+  GroupView<L, V> view(g, at);
   GroupSmem<WelfordAcc<acc_t>, acc_t> sm(g.cg);
   Pack<T, V> none[1];
   forward_part_stats<T, L, V, 0>(g, view, a.x, sm, none);
   const int64_t c = view.c0 + threadIdx.x;
-  if (static_cast<int>(threadIdx.x) < g.cg && c < g.C) sm.out[threadIdx.x].store(a.ws + blockIdx.y * 3 * g.C + c, g.C);
+  if (static_cast<int>(threadIdx.x) < g.cg && c < g.C) sm.out[threadIdx.x].store(a.ws + at.part * 3 * g.C + c, g.C);
 }
 
-// Resident (one part, the slice in registers and shared memory) or l2_blocked second launch (merges
-// ws): the statistics, part 0 writes mean/invstd and updates the running statistics, then y for the part.
+// Resident (one part, the slice in registers and shared memory) or l2_blocked second pass (merges ws):
+// the statistics, part 0 writes mean/invstd and updates the running statistics, then y for the part.
 template <typename T, Layout L, int V, bool Resident>
-__global__ void __launch_bounds__(kGroupThreads) bn_train_forward_kernel(GroupGeometry g, TrainForwardArgs<T> a) {
+__device__ __forceinline__ void forward_apply(const GroupGeometry& g, const TrainForwardArgs<T>& a, Place at) {
   using acc_t = AccT<T>;
   using A = WelfordAcc<acc_t>;
   constexpr int R = Resident ? kRegVecsForward : 0;
-  GroupView<L, V> view(g);
+  GroupView<L, V> view(g, at);
   GroupSmem<A, acc_t> sm(g.cg);
   Pack<T, V> regs[R > 0 ? R : 1];
   if constexpr (Resident) {
@@ -421,7 +424,7 @@ __global__ void __launch_bounds__(kGroupThreads) bn_train_forward_kernel(GroupGe
     const acc_t scale = a.weight[c] * invstd;
     sm.consts[2 * threadIdx.x] = scale;
     sm.consts[2 * threadIdx.x + 1] = a.bias[c] - mean * scale;
-    if (blockIdx.y == 0) {
+    if (at.part == 0) {
       a.mean[c] = mean;
       a.invstd[c] = invstd;
       if (a.running_mean != nullptr) a.running_mean[c] = (acc_t(1) - a.momentum) * a.running_mean[c] + a.momentum * mean;
@@ -452,6 +455,55 @@ __global__ void __launch_bounds__(kGroupThreads) bn_train_forward_kernel(GroupGe
   view.template for_each<R>(
       g, [&](int64_t off, int i) { apply(off, regs[i].v); },
       [&](int64_t off, int64_t slot) { apply(off, Resident ? copy + slot * V : a.x + off); });
+}
+
+// The two-pass (l2_blocked) launch: blocks take runs of run_groups channel groups in ticket order, run 0's
+// first pass (groups x parts blocks, each reducing its part into ws), run 0's second pass (as many blocks,
+// each waiting until the run's first pass is done, then merging ws and re-reading its part), run 1's
+// first pass, and so on: the second pass of a run re-reads what its first pass left in L2 a moment ago.
+struct TwoPassSchedule {
+  int64_t groups, run_groups, parts;
+  unsigned* counters;  // [0]: the next ticket; [1 + r]: blocks done with run r's first pass; zero on entry
+
+  // Total blocks of the launch.
+  int64_t blocks() const { return 2 * groups * parts; }
+  int64_t runs() const { return ceil_div(groups, run_groups); }
+};
+
+struct TwoPassTicket {
+  Place at;
+  int64_t run;
+  unsigned run_blocks;  // blocks of each pass of this run
+  bool second;          // the second pass
+};
+
+__device__ __forceinline__ TwoPassTicket claim_two_pass(const TwoPassSchedule& s) {
+  const int64_t t = claim_ticket(s.counters);
+  const int64_t per_run = 2 * s.run_groups * s.parts;
+  const int64_t run = t / per_run, local = t - run * per_run;
+  const int64_t rg = min(s.run_groups, s.groups - run * s.run_groups);
+  const bool second = local >= rg * s.parts;
+  const int64_t i = second ? local - rg * s.parts : local;
+  return TwoPassTicket{Place{run * s.run_groups + i % rg, i / rg}, run, static_cast<unsigned>(rg * s.parts), second};
+}
+
+// Resident plan: one block per channel group, blockIdx.x.
+template <typename T, Layout L, int V>
+__global__ void __launch_bounds__(kGroupThreads) bn_train_forward_kernel(GroupGeometry g, TrainForwardArgs<T> a) {
+  forward_apply<T, L, V, true>(g, a, Place{static_cast<int64_t>(blockIdx.x), 0});
+}
+
+template <typename T, Layout L, int V>
+__global__ void __launch_bounds__(kGroupThreads) bn_train_forward_two_pass_kernel(GroupGeometry g, TrainForwardArgs<T> a,
+                                                                                  TwoPassSchedule s) {
+  const TwoPassTicket t = claim_two_pass(s);
+  if (!t.second) {
+    forward_partial<T, L, V>(g, a, t.at);
+    add_count(s.counters + 1 + t.run);
+  } else {
+    wait_count(s.counters + 1 + t.run, t.run_blocks);
+    forward_apply<T, L, V, false>(g, a, t.at);
+  }
 }
 
 template <typename T>
@@ -542,27 +594,27 @@ __device__ __forceinline__ void backward_part_sums(const GroupGeometry& g, const
   reduce_slots<A, NL>(acc, L == Layout::NCHW ? 1 : static_cast<int>(g.Wv), sm.sh, sm.out);
 }
 
-// l2_blocked, first launch: the parts' sums to ws (parts, 2, C).
+// l2_blocked, first pass of a block: its part's sums to ws (parts, 2, C).
 template <typename T, Layout L, int V>
-__global__ void __launch_bounds__(kGroupThreads) bn_backward_partial_kernel(GroupGeometry g, TrainBackwardArgs<T> a) {
+__device__ __forceinline__ void backward_partial(const GroupGeometry& g, const TrainBackwardArgs<T>& a, Place at) {
   using acc_t = AccT<T>;
-  GroupView<L, V> view(g);
+  GroupView<L, V> view(g, at);
   GroupSmem<SumAcc<acc_t, 2>, acc_t> sm(g.cg);
   acc_t k[4][V];
   if (view.active(g)) load_backward_consts<T, L, V>(g, view, a, k);
   Pack<T, V> none[1];
   backward_part_sums<T, L, V, 0>(g, view, a, k, sm, none, none);
   const int64_t c = view.c0 + threadIdx.x;
-  if (static_cast<int>(threadIdx.x) < g.cg && c < g.C) sm.out[threadIdx.x].store(a.ws + blockIdx.y * 2 * g.C + c, g.C);
+  if (static_cast<int>(threadIdx.x) < g.cg && c < g.C) sm.out[threadIdx.x].store(a.ws + at.part * 2 * g.C + c, g.C);
 }
 
-// Resident or l2_blocked second launch: the sums (part 0 writes them: dbias and dweight), then dx.
+// Resident or l2_blocked second pass: the sums (part 0 writes them: dbias and dweight), then dx.
 template <typename T, Layout L, int V, bool Resident>
-__global__ void __launch_bounds__(kGroupThreads) bn_train_backward_kernel(GroupGeometry g, TrainBackwardArgs<T> a) {
+__device__ __forceinline__ void backward_apply(const GroupGeometry& g, const TrainBackwardArgs<T>& a, Place at) {
   using acc_t = AccT<T>;
   using A = SumAcc<acc_t, 2>;
   constexpr int R = Resident ? kRegVecsBackward : 0;
-  GroupView<L, V> view(g);
+  GroupView<L, V> view(g, at);
   GroupSmem<A, acc_t> sm(g.cg);
   acc_t k[4][V];
   if (view.active(g)) load_backward_consts<T, L, V>(g, view, a, k);
@@ -583,7 +635,7 @@ __global__ void __launch_bounds__(kGroupThreads) bn_train_backward_kernel(GroupG
     const A& acc = sm.out[threadIdx.x];
     sm.consts[2 * threadIdx.x] = a.training ? acc.s[0] * a.inv_count : acc_t(0);
     sm.consts[2 * threadIdx.x + 1] = a.training ? acc.s[1] * a.inv_count : acc_t(0);
-    if (blockIdx.y == 0) {
+    if (at.part == 0) {
       a.sum_dz[c] = acc.s[0];
       a.sum_dz_xhat[c] = acc.s[1];
     }
@@ -615,6 +667,26 @@ __global__ void __launch_bounds__(kGroupThreads) bn_train_backward_kernel(GroupG
       [&](int64_t off, int64_t slot) {
         apply(off, Resident ? copy_dy + slot * V : a.dy + off, Resident ? copy_x + slot * V : a.x + off);
       });
+}
+
+template <typename T, Layout L, int V>
+__global__ void __launch_bounds__(kGroupThreads) bn_train_backward_kernel(GroupGeometry g, TrainBackwardArgs<T> a) {
+  backward_apply<T, L, V, true>(g, a, Place{static_cast<int64_t>(blockIdx.x), 0});
+}
+
+// The two-pass backward: the schedule of bn_train_forward_two_pass_kernel.
+template <typename T, Layout L, int V>
+__global__ void __launch_bounds__(kGroupThreads) bn_train_backward_two_pass_kernel(GroupGeometry g,
+                                                                                   TrainBackwardArgs<T> a,
+                                                                                   TwoPassSchedule s) {
+  const TwoPassTicket t = claim_two_pass(s);
+  if (!t.second) {
+    backward_partial<T, L, V>(g, a, t.at);
+    add_count(s.counters + 1 + t.run);
+  } else {
+    wait_count(s.counters + 1 + t.run, t.run_blocks);
+    backward_apply<T, L, V, false>(g, a, t.at);
+  }
 }
 
 // The plan of a training call: which kernels, the group geometry and the launch runs.
@@ -682,7 +754,7 @@ BNPlan bn_plan(Layout layout, int64_t N, int64_t C, int64_t HW, size_t elem, boo
     return p;
   }
   const int64_t group_bytes = static_cast<int64_t>(inputs) * n * cg * static_cast<int64_t>(elem);
-  p.run_groups = clamp64(kAssumedL2Bytes / 2 / std::max<int64_t>(group_bytes, 1), 1, p.groups);
+  p.run_groups = clamp64(l2_bytes() / 2 / std::max<int64_t>(group_bytes, 1), 1, p.groups);
   // Enough blocks for the device, parts of at least 16 vectors per thread, aligned to whole rows in NHWC.
   const int64_t target = static_cast<int64_t>(multiprocessors()) * 4;
   p.parts = clamp64(ceil_div(target, p.run_groups), 1,
@@ -695,49 +767,51 @@ BNPlan bn_plan(Layout layout, int64_t N, int64_t C, int64_t HW, size_t elem, boo
   return p;
 }
 
+// The two-pass launch's schedule, its counters zeroed (a memset) in stream order.
+TwoPassSchedule two_pass_schedule(const BNPlan& p, const at::Tensor& x, at::Tensor& counters) {
+  TwoPassSchedule s{p.groups, p.run_groups, p.parts, nullptr};
+  counters = at::empty({1 + s.runs()}, x.options().dtype(at::kInt));
+  s.counters = reinterpret_cast<unsigned*>(counters.data_ptr<int>());
+  zero_async(s.counters, counters.nbytes(), current_stream());
+  return s;
+}
+
 template <typename T, Layout L, int V>
 void run_train_forward(const BNPlan& p, TrainForwardArgs<T> a, const at::Tensor& x) {
   using acc_t = AccT<T>;
   const cudaStream_t stream = current_stream();
-  GroupGeometry g = p.geo;
-  at::Tensor ws;
   if (p.resident) {
-    constexpr auto kernel = bn_train_forward_kernel<T, L, V, true>;
+    constexpr auto kernel = bn_train_forward_kernel<T, L, V>;
     allow_dynamic_smem<kernel>(p.smem);
-    launch<kernel>(dim3(static_cast<unsigned>(p.groups)), kGroupThreads, p.smem, stream, g, a);
+    launch<kernel>(dim3(static_cast<unsigned>(p.groups)), kGroupThreads, p.smem, stream, p.geo, a);
     return;
   }
-  ws = at::empty({p.parts * 3 * g.C}, x.options().dtype(acc_dtype(x.scalar_type())));
+  const at::Tensor ws = at::empty({p.parts * 3 * p.geo.C}, x.options().dtype(acc_dtype(x.scalar_type())));
   a.ws = ws.data_ptr<acc_t>();
   a.parts = p.parts;
-  for (int64_t g0 = 0; g0 < p.groups; g0 += p.run_groups) {
-    g.g0 = g0;
-    const dim3 grid(static_cast<unsigned>(std::min(p.run_groups, p.groups - g0)), static_cast<unsigned>(p.parts));
-    launch<bn_forward_partial_kernel<T, L, V>>(grid, kGroupThreads, p.smem, stream, g, a);
-    launch<bn_train_forward_kernel<T, L, V, false>>(grid, kGroupThreads, p.smem, stream, g, a);
-  }
+  at::Tensor counters;
+  const TwoPassSchedule s = two_pass_schedule(p, x, counters);
+  launch<bn_train_forward_two_pass_kernel<T, L, V>>(dim3(static_cast<unsigned>(s.blocks())), kGroupThreads, p.smem,
+                                                    stream, p.geo, a, s);
 }
 
 template <typename T, Layout L, int V>
 void run_train_backward(const BNPlan& p, TrainBackwardArgs<T> a, const at::Tensor& x) {
   using acc_t = AccT<T>;
   const cudaStream_t stream = current_stream();
-  GroupGeometry g = p.geo;
   if (p.resident) {
-    constexpr auto kernel = bn_train_backward_kernel<T, L, V, true>;
+    constexpr auto kernel = bn_train_backward_kernel<T, L, V>;
     allow_dynamic_smem<kernel>(p.smem);
-    launch<kernel>(dim3(static_cast<unsigned>(p.groups)), kGroupThreads, p.smem, stream, g, a);
+    launch<kernel>(dim3(static_cast<unsigned>(p.groups)), kGroupThreads, p.smem, stream, p.geo, a);
     return;
   }
-  at::Tensor ws = at::empty({p.parts * 2 * g.C}, x.options().dtype(acc_dtype(x.scalar_type())));
+  const at::Tensor ws = at::empty({p.parts * 2 * p.geo.C}, x.options().dtype(acc_dtype(x.scalar_type())));
   a.ws = ws.data_ptr<acc_t>();
   a.parts = p.parts;
-  for (int64_t g0 = 0; g0 < p.groups; g0 += p.run_groups) {
-    g.g0 = g0;
-    const dim3 grid(static_cast<unsigned>(std::min(p.run_groups, p.groups - g0)), static_cast<unsigned>(p.parts));
-    launch<bn_backward_partial_kernel<T, L, V>>(grid, kGroupThreads, p.smem, stream, g, a);
-    launch<bn_train_backward_kernel<T, L, V, false>>(grid, kGroupThreads, p.smem, stream, g, a);
-  }
+  at::Tensor counters;
+  const TwoPassSchedule s = two_pass_schedule(p, x, counters);
+  launch<bn_train_backward_two_pass_kernel<T, L, V>>(dim3(static_cast<unsigned>(s.blocks())), kGroupThreads, p.smem,
+                                                     stream, p.geo, a, s);
 }
 
 template <typename T>

@@ -27,6 +27,7 @@
 
 #include "checks.h"
 #include "launch.h"
+#include "tickets.cuh"
 #include "vec.cuh"
 
 namespace nvae_fast {
@@ -60,10 +61,11 @@ struct SumAcc {
 #pragma unroll
     for (int k = 0; k < K; ++k) p[k * stride] = s[k];
   }
+  // Read past L1: partials that other blocks of the same launch may have written (tickets.cuh).
   __device__ __forceinline__ static SumAcc load(const T* p, int64_t stride) {
     SumAcc a;
 #pragma unroll
-    for (int k = 0; k < K; ++k) a.s[k] = p[k * stride];
+    for (int k = 0; k < K; ++k) a.s[k] = load_cg(p + k * stride);
     return a;
   }
 };
@@ -95,8 +97,9 @@ struct WelfordAcc {
     p[stride] = mean;
     p[2 * stride] = m2;
   }
+  // Read past L1, as SumAcc::load.
   __device__ __forceinline__ static WelfordAcc load(const T* p, int64_t stride) {
-    return WelfordAcc{p[0], p[stride], p[2 * stride]};
+    return WelfordAcc{load_cg(p), load_cg(p + stride), load_cg(p + 2 * stride)};
   }
   // Adds V values: their exact mean and M2 (two passes over registers), then one Chan merge.
   template <int V>

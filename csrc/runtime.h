@@ -33,6 +33,7 @@ struct DeviceGuard {
 };
 inline cudaStream_t current_stream() { return nullptr; }
 inline int multiprocessors() { return emu::multiprocessors(); }
+inline int64_t l2_bytes() { return emu::l2_bytes(); }
 // Options of a host buffer that is copied to the device.
 inline at::TensorOptions staging_options() { return at::TensorOptions(); }
 inline size_t max_dynamic_smem_optin() { return emu::kMaxDynamicSmemOptin; }
@@ -50,6 +51,7 @@ inline bool on_kernel_device(const at::Tensor& t) { return t.is_cuda(); }
 using DeviceGuard = c10::cuda::CUDAGuard;
 inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
 inline int multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+inline int64_t l2_bytes() { return at::cuda::getCurrentDeviceProperties()->l2CacheSize; }
 inline at::TensorOptions staging_options() { return at::TensorOptions().pinned_memory(true); }
 inline size_t max_dynamic_smem_optin() { return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin; }
 #endif

@@ -25,6 +25,7 @@
 #include "checks.h"
 #include "ops.h"
 #include "reduce.cuh"
+#include "tickets.cuh"
 
 namespace nvae_fast {
 namespace {
@@ -151,19 +152,6 @@ __device__ __forceinline__ void partial_sums(const SEArgs<T, W>& a, int64_t n) {
       __syncthreads();
     }
   }
-}
-
-// True in every thread of the block that takes the last of `total` tickets of counter *t. The fences
-// make this block's global writes visible to the block that takes the last ticket, and that block's
-// later reads see every other block's writes.
-__device__ __forceinline__ bool last_ticket(unsigned* t, unsigned total) {
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(t, 1u) == total - 1;
-  __syncthreads();
-  if (last) __threadfence();
-  return last;
 }
 
 // sum_p part[n, p, c] for every c, into out[n, c] times `scale`.

@@ -80,6 +80,11 @@ void set_max_dynamic_smem(const std::string& kernel, size_t bytes);
 // grid-stride and single-pass paths that only large tensors take on a real device).
 int multiprocessors();
 
+// L2 bytes of the emulated device, for plans sized to stay in L2: 50 MiB (an H100 SXM), or
+// NVAE_FAST_EMULATE_L2_BYTES when set (read at every call; a small L2 makes small tensors take the plans
+// of many runs that only large tensors take on a real device).
+int64_t l2_bytes();
+
 // Runs body() as every thread of every block of a launch (grid, block); raises c10::Error for an invalid
 // configuration or a synchronisation error (see the header comment), naming the kernel by `signature`
 // (the __PRETTY_FUNCTION__ of the launch, whose template argument is the kernel).

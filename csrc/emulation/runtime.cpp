@@ -387,6 +387,16 @@ int multiprocessors() {
   return static_cast<int>(sms);
 }
 
+int64_t l2_bytes() {
+  const char* env = std::getenv("NVAE_FAST_EMULATE_L2_BYTES");
+  if (env == nullptr || *env == '\0') return int64_t(50) << 20;
+  char* end = nullptr;
+  const long long bytes = std::strtoll(env, &end, 10);
+  TORCH_CHECK(*end == '\0' && bytes >= 1024, "NVAE_FAST_EMULATE_L2_BYTES must be a number of bytes >= 1024, got '",
+              env, "'");
+  return static_cast<int64_t>(bytes);
+}
+
 }  // namespace emu
 }  // namespace nvae_fast
 

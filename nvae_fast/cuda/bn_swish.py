@@ -5,8 +5,8 @@ dtype and memory format. Per-channel tensors (C,) are passed to the kernels in t
 (float32, float64 for float64 x); ``weight``/``bias`` of another dtype are converted (tiny copies).
 
 Custom ops (``torch.ops.nvae_fast``): ``bn_swish_train_forward`` and ``bn_swish_backward`` (a whole
-training forward / a backward without a process group, at most two launches each, on the plan that
-:func:`plan` names), and for SyncBN ``bn_swish_stats``, ``bn_swish_normalize``,
+training forward / a backward without a process group, one launch each, on the plan that :func:`plan`
+names), and for SyncBN ``bn_swish_stats``, ``bn_swish_normalize``,
 ``bn_swish_backward_reduce``, ``bn_swish_backward_dx``; their fake implementations are registered here.
 Statistics and backward sums are deterministic (fixed-order reductions, Welford/Chan merges for the
 statistics).
@@ -15,9 +15,11 @@ Plans (``csrc/bn_swish.cu``) of the two training ops, by the bytes of the slices
 threads would keep on chip (forward: x; backward: dy and x; n = N*H*W values per channel, in x's dtype):
 ``"resident"`` when what its registers do not take (16 16-byte vectors per thread forward, 8 each of dy
 and x backward: 128 KiB) fits the device's opt-in dynamic shared memory per block (227 KiB on sm_90,
-163 KiB on sm_80; the emulation models sm_90): every input is read once; ``"l2_blocked"`` otherwise: two
-launches per run of channel groups, the second re-reading inputs that the first left in L2 (runs of at
-most half of an assumed 50 MB L2, the H100/H200's). In NCHW a group is one channel; in channels_last up
+163 KiB on sm_80; the emulation models sm_90): every input is read once; ``"l2_blocked"`` otherwise: one
+launch whose blocks take tickets over runs of channel groups, each run reduced into per-part partials and
+then re-read, from L2, by blocks that wait for those partials (runs of at most half the device's L2; the
+emulation's is 50 MiB, :data:`ASSUMED_L2_BYTES`, unless ``NVAE_FAST_EMULATE_L2_BYTES`` says otherwise).
+In NCHW a group is one channel; in channels_last up
 to 32 consecutive channels (fewer until they fit). With 16-byte vectors on sm_90 the forward is resident up to
 n = 88K float32 values (176K bfloat16), the backward up to n = 44K (88K): every cifar10 and celeba64
 slice (n <= 64K) is, except the float32 backward at n = 64K (celeba64 16x64x64x64 and alike).
@@ -42,7 +44,7 @@ __all__ = [
     "backward_dx",
 ]
 
-#: Threads per block, NHWC channels per group and the assumed L2 of the training kernels (bn_swish.cu).
+#: Threads per block, NHWC channels per group of the training kernels (bn_swish.cu) and the emulated L2.
 GROUP_THREADS = 32 * 16
 MAX_GROUP_CHANNELS = 32
 #: 16-byte vectors of each input a thread of a resident block keeps in registers (forward, backward).

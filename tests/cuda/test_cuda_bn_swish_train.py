@@ -4,8 +4,9 @@ Each plan is checked against float64 computations on fresh random inputs (odd sh
 channels_last, unaligned and strided storage, every float dtype), at its boundary (the largest slice
 that takes the resident plan and the smallest that does not, for the device the emulation models:
 227 KiB of opt-in shared memory), for the in-kernel running-statistics update against torch's
-BatchNorm, for the launches the host code makes (at most two on the resident plan, the kernels that
-:func:`nvae_fast.cuda.bn_swish.plan` names) and for running no ATen op besides allocation in a
+BatchNorm, for the launches the host code makes (one per direction, the kernel of the plan that
+:func:`nvae_fast.cuda.bn_swish.plan` names), for the two-pass plan over several runs of channels (an
+emulated L2 of a few channels) and for running no ATen op besides allocation in a
 training step through :func:`nvae_fast.ops.bn_swish`.
 """
 
@@ -156,6 +157,16 @@ def test_l2_blocked_statistics_are_exact_for_a_large_offset(kind):
     torch.testing.assert_close(invstd.double(), (var_ref + EPS).rsqrt(), rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("l2_bytes, shape", [(800_000, (3, 5, 180, 170)), (1_600_000, (3, 5, 180, 170))], ids=str)
+def test_l2_blocked_over_runs_of_channels(monkeypatch, l2_bytes, shape):
+    """An emulated L2 of 800 KB (1.6 MB) gives runs of 1 (2) channels of 367 KB each forward and 1 backward:
+    every run waits only for its own first pass, the last run is shorter than the others."""
+    monkeypatch.setenv("NVAE_FAST_EMULATE_L2_BYTES", str(l2_bytes))
+    x = _case(shape, torch.float32, "contiguous", 11)[0]
+    assert (K.plan(x), K.plan(x, backward=True)) == ("l2_blocked", "l2_blocked")
+    _check(shape, torch.float32, "contiguous", seed=11)
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7), (3, 4, 180, 170)], ids=["resident", "l2_blocked"])
 @pytest.mark.parametrize("kind", ("contiguous", "channels_last"))
 def test_deterministic(kind, shape):
@@ -194,10 +205,6 @@ def record():
     return _launches.launches
 
 
-def _names(launches):
-    return [(launch.name, launch.template_args[-1] if launch.name.startswith("bn_train") else None) for launch in launches]
-
-
 LAUNCH_CASES = [
     ((32, 128, 32, 32), torch.float32, torch.contiguous_format),
     ((32, 128, 32, 32), torch.bfloat16, torch.channels_last),
@@ -212,9 +219,9 @@ LAUNCH_CASES = [
 
 @pytest.mark.parametrize("shape, dtype, fmt", LAUNCH_CASES, ids=str)
 def test_launches_follow_the_plan(record, shape, dtype, fmt):
-    """One launch on the resident plan (with shared memory past the 48 KiB default only with the opt-in,
-    which the emulation checks when it runs), two per run of channel groups on the l2_blocked plan, the
-    runs' inputs within half of the assumed 50 MB L2."""
+    """One launch on either plan: on the resident plan (with shared memory past the 48 KiB default only with
+    the opt-in, which the emulation checks when it runs) one block per channel group, on the l2_blocked
+    plan the two-pass kernel with two blocks (one per pass) per part of every channel group."""
     x = torch.empty(shape, dtype=dtype).contiguous(memory_format=fmt)
     acc = acc_of(dtype)
     c = shape[1]
@@ -224,19 +231,19 @@ def test_launches_follow_the_plan(record, shape, dtype, fmt):
         (True, record("bn_swish_backward", x, x, vec, vec, vec, vec, x.numel() // c)),
     ):
         plan = K.plan(x, backward)
-        main = "bn_train_backward_kernel" if backward else "bn_train_forward_kernel"
-        partial = "bn_backward_partial_kernel" if backward else "bn_forward_partial_kernel"
+        direction = "backward" if backward else "forward"
+        assert len(launches) == 1, launches
+        (launch,) = launches
         if plan == "resident":
-            assert _names(launches) == [(main, "true")], launches
-            assert launches[0].smem <= 227 * 1024
+            assert launch.name == f"bn_train_{direction}_kernel", launch
+            assert launch.smem <= 227 * 1024
+            if fmt == torch.contiguous_format:
+                assert launch.grid == (c, 1, 1)
         else:
-            runs = len(launches) // 2
-            assert _names(launches) == [(partial, None), (main, "false")] * runs, launches
-            assert all(a.grid == b.grid for a, b in zip(launches[::2], launches[1::2]))
-            if fmt == torch.contiguous_format:  # one channel per group: runs of inputs within 25 MiB
-                per_channel = (2 if backward else 1) * x.numel() // c * x.element_size()
-                run = max(1, min(c, 25 * 2**20 // per_channel))
-                assert [launch.grid[0] for launch in launches[::2]] == [min(run, c - g) for g in range(0, c, run)]
+            assert launch.name == f"bn_train_{direction}_two_pass_kernel", launch
+            assert launch.smem <= 48 * 1024 and launch.grid[1:] == (1, 1)
+            if fmt == torch.contiguous_format:  # one channel per group: 2 x C x parts blocks
+                assert launch.grid[0] % (2 * c) == 0 and launch.grid[0] >= 2 * c, launch
 
 
 # --- no ATen op but allocation in a training step ----------------------------------------------------------
