@@ -31,6 +31,7 @@ POINTER_TYPES = {
     torch.bfloat16: "*bf16",
     torch.float32: "*fp32",
     torch.float64: "*fp64",
+    torch.int32: "*i32",
 }
 
 

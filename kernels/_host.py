@@ -21,6 +21,7 @@ on the shape and the device only, so results are bit-identical from run to run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -119,3 +120,35 @@ def split(device: torch.device, programs: int, chunks: int) -> int:
     """How many parts to cut each of ``programs`` reductions into (at most ``chunks``, at least 1)."""
     want = triton.cdiv(WAVES * sm_count(device), max(programs, 1))
     return max(1, min(want, chunks))
+
+
+# Ticket counters of the kernels whose programs take work in ticket order, per (device, stream): int32
+# zeros that each launch leaves zeroed again (its last program resets them), so no launch needs a fill.
+_TICKET_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def _stream_key(device: torch.device) -> tuple:
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    return (str(device), stream)
+
+
+@contextlib.contextmanager
+def ticket_counters(device: torch.device, count: int):
+    """``count`` zeroed int32 counters on ``device`` for launches on its current stream, which the launch
+    in the block must leave zeroed. Allocated (a fill) the first time and when more are needed; dropped
+    when the block raises (a launch cut short may leave them dirty)."""
+    key = _stream_key(device)
+    counters = _TICKET_COUNTERS.get(key)
+    if counters is None or counters.numel() < count:
+        counters = torch.zeros(max(count, 64), dtype=torch.int32, device=device)
+        _TICKET_COUNTERS[key] = counters
+    try:
+        yield counters
+    except BaseException:
+        _TICKET_COUNTERS.pop(key, None)
+        raise
+
+
+def clear_ticket_counters() -> None:
+    """Forget every cached counter buffer (tests)."""
+    _TICKET_COUNTERS.clear()

@@ -41,10 +41,12 @@ One-read backward. ``backward`` does the same with dy and x (half the tile each,
 for float64): one program per channel (block) loads both once, stores sum dz and sum dz xhat and dx.
 Past the limits the training forward and backward take two passes over runs of channels (:func:`_runs`:
 as many channels as take at most half the L2, the device's or :data:`ASSUMED_L2_BYTES`, in x, or dy and
-x), two launches per run: the reduction (its per-program partials), then an element-wise kernel that
-reads the run's inputs again, from L2, merges the partials of its channels in order and writes the
-per-channel outputs (mean, invstd, running statistics; sum dz, sum dz xhat) from the programs holding
-each channel's first element. No ATen op runs between them; :func:`plan` says which plan a given x takes.
+x), all in one launch whose programs take tickets (:func:`_two_pass_ticket`): per run, the reduction
+programs (per-program partials), then element-wise programs that wait for them, read the run's inputs
+again, from L2, merge the partials of their channels in order and write the per-channel outputs (mean,
+invstd, running statistics; sum dz, sum dz xhat) from the programs holding each channel's first
+element. The ticket counters stay allocated per device and stream and zeroed by the launch itself
+(:func:`._host.ticket_counters`), so no ATen op runs; :func:`plan` says which plan a given x takes.
 """
 
 from __future__ import annotations
@@ -133,14 +135,10 @@ def _store_partials(part_ptr, s, c, C, SPLIT, count, mean, m2, mask):
 
 
 @triton.jit
-def _bn_stats_nchw_kernel(
-    x_ptr, part_ptr, N, C, HW, SPLIT, C0,
-    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
-):
-    """Grid (channels, SPLIT) from channel C0. Program (j, s) folds tiles s, s + SPLIT, ... of channel
-    c = C0 + j's N x HW matrix into (count, mean, M2) and stores them at part[k, s, c], k = 0, 1, 2."""
-    c = C0 + tl.program_id(0)
-    s = tl.program_id(1)
+def _stats_nchw(x_ptr, part_ptr, N, C, HW, SPLIT, c, s, BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr,
+                ACC: tl.constexpr):
+    """Folds tiles s, s + SPLIT, ... of channel c's N x HW matrix into (count, mean, M2) and stores them at
+    part[k, s, c], k = 0, 1, 2."""
     hw_blocks = tl.cdiv(HW, BLOCK_HW)
     row_stride = C * HW
     base = x_ptr + c * HW
@@ -155,16 +153,21 @@ def _bn_stats_nchw_kernel(
 
 
 @triton.jit
-def _bn_stats_nhwc_kernel(
-    x_ptr, part_ptr, R, C, SPLIT, C0,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+def _bn_stats_nchw_kernel(
+    x_ptr, part_ptr, N, C, HW, SPLIT,
+    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (channel blocks, SPLIT) over the (R = N*H*W) x C matrix, from channel C0. Program (j, s) folds
-    row blocks s, s + SPLIT, ... of channels C0 + j*BLOCK_C + [0, BLOCK_C) and stores part[k, s, c] like the
-    NCHW one."""
-    cols = C0 + tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    s = tl.program_id(1)
-    cmask = cols < C
+    """Grid (C, SPLIT): program (c, s) runs :func:`_stats_nchw`."""
+    _stats_nchw(x_ptr, part_ptr, N, C, HW, SPLIT, tl.program_id(0), tl.program_id(1), BLOCK_N, BLOCK_HW, ACC)
+
+
+@triton.jit
+def _stats_nhwc(x_ptr, part_ptr, R, C, SPLIT, c0, c_end, s, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                ACC: tl.constexpr):
+    """Folds row blocks s, s + SPLIT, ... of the (R = N*H*W) x C matrix's channels c0 + [0, BLOCK_C) below
+    c_end into (count, mean, M2) and stores part[k, s, c] like :func:`_stats_nchw`."""
+    cols = c0 + tl.arange(0, BLOCK_C)
+    cmask = cols < c_end
     rows = tl.arange(0, BLOCK_R)
     count = tl.zeros((), ACC)
     mean = tl.zeros((BLOCK_C,), ACC)
@@ -178,24 +181,35 @@ def _bn_stats_nhwc_kernel(
 
 
 @triton.jit
+def _bn_stats_nhwc_kernel(
+    x_ptr, part_ptr, R, C, SPLIT,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (cdiv(C, BLOCK_C), SPLIT): program (j, s) runs :func:`_stats_nhwc` for channels
+    j*BLOCK_C + [0, BLOCK_C)."""
+    _stats_nhwc(x_ptr, part_ptr, R, C, SPLIT, tl.program_id(0) * BLOCK_C, C, tl.program_id(1), BLOCK_R, BLOCK_C, ACC)
+
+
+@triton.jit
 def _merge_stats(part_ptr, ch, mask, C, SPLIT, ACC: tl.constexpr):
     """(n, mean, M2) of channels ``ch`` (a vector) from their SPLIT partial (count, mean, M2), merged in
-    order: mean = sum n_s mean_s / n,  M2 = sum (M2_s + n_s (mean_s - mean)^2); 1, 0, 0 where not ``mask``."""
+    order: mean = sum n_s mean_s / n,  M2 = sum (M2_s + n_s (mean_s - mean)^2); 1, 0, 0 where not ``mask``.
+    Read past L1: other programs of the same launch may have written them (the two-pass kernels)."""
     plane = SPLIT * C
     total = tl.zeros(ch.shape, ACC)
     weighted = tl.zeros(ch.shape, ACC)
     for s in range(0, SPLIT):
-        n_s = tl.load(part_ptr + s * C + ch, mask=mask, other=0)
-        mean_s = tl.load(part_ptr + plane + s * C + ch, mask=mask, other=0)
+        n_s = tl.load(part_ptr + s * C + ch, mask=mask, other=0, cache_modifier=".cg")
+        mean_s = tl.load(part_ptr + plane + s * C + ch, mask=mask, other=0, cache_modifier=".cg")
         total += n_s
         weighted += n_s * mean_s
     total = tl.where(mask, total, 1)
     mean = weighted / total
     m2 = tl.zeros(ch.shape, ACC)
     for s in range(0, SPLIT):
-        n_s = tl.load(part_ptr + s * C + ch, mask=mask, other=0)
-        mean_s = tl.load(part_ptr + plane + s * C + ch, mask=mask, other=0)
-        m2_s = tl.load(part_ptr + 2 * plane + s * C + ch, mask=mask, other=0)
+        n_s = tl.load(part_ptr + s * C + ch, mask=mask, other=0, cache_modifier=".cg")
+        mean_s = tl.load(part_ptr + plane + s * C + ch, mask=mask, other=0, cache_modifier=".cg")
+        m2_s = tl.load(part_ptr + 2 * plane + s * C + ch, mask=mask, other=0, cache_modifier=".cg")
         d = mean_s - mean
         m2 += m2_s + n_s * d * d
     return total, mean, m2
@@ -235,27 +249,28 @@ def _tile_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, CHANNEL_ON_ROWS
 
 
 @triton.jit
-def _run_tile(ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr):
-    """This program's BLOCK_R x BLOCK_COL tile of the elements of channels [C0, C0 + RUN) in the layout's
+def _run_tile(ti, tj, ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
+              BLOCK_COL: tl.constexpr):
+    """Tile (ti, tj), BLOCK_R x BLOCK_COL, of the elements of channels [C0, C0 + RUN) in the layout's
     row-major matrix: (offsets, mask, channels, channel mask, first). NCHW (CHANNEL_ON_ROWS): the run's
     ROWS = N * RUN rows (image n, channel C0 + j) of COLS = H*W; NHWC: ROWS = N*H*W rows by the run's RUN
     channels of COLS = C. ``first``: the channels whose first element (image 0, pixel 0) the tile holds,
     whose per-channel outputs this program writes."""
-    q = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    k = tl.program_id(1) * BLOCK_COL + tl.arange(0, BLOCK_COL)
+    q = ti * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = tj * BLOCK_COL + tl.arange(0, BLOCK_COL)
     qmask = q < ROWS
     if CHANNEL_ON_ROWS:
         ch = C0 + q % RUN
         kmask = k < COLS
         offs = ((q // RUN) * C + ch)[:, None] * COLS + k[None, :]
         chmask = qmask
-        first = qmask & (q < RUN) & (tl.program_id(1) == 0)
+        first = qmask & (q < RUN) & (tj == 0)
     else:
         ch = C0 + k
         kmask = k < RUN
         offs = q[:, None] * COLS + ch[None, :]
         chmask = kmask
-        first = kmask & (tl.program_id(0) == 0)
+        first = kmask & (ti == 0)
     return offs, qmask[:, None] & kmask[None, :], ch, chmask, first
 
 
@@ -267,7 +282,8 @@ def _bn_normalize_kernel(
     """Grid (cdiv(ROWS, BLOCK_R), cdiv(COLS, BLOCK_COL)) over the layout's row-major matrix (:func:`_run_tile`
     with every channel in the run): the channel of an element is row % C (NCHW, CHANNEL_ON_ROWS) or its
     column (NHWC). y = silu(scale x + shift)."""
-    offs, mask, ch, chmask, _ = _run_tile(ROWS, COLS, C, 0, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    offs, mask, ch, chmask, _ = _run_tile(tl.program_id(0), tl.program_id(1), ROWS, COLS, C, 0, C, CHANNEL_ON_ROWS,
+                                          BLOCK_R, BLOCK_COL)
     _, _, scale, shift = _tile_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, CHANNEL_ON_ROWS, ACC)
     z = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC) * scale + shift
     y = z * tl.sigmoid(z)
@@ -275,14 +291,10 @@ def _bn_normalize_kernel(
 
 
 @triton.jit
-def _bn_backward_reduce_nchw_kernel(
-    dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, N, C, HW, SPLIT, C0,
-    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
-):
-    """Grid (channels, SPLIT) from channel C0. Program (j, s) sums dz and dz xhat over tiles s, s + SPLIT,
-    ... of channel c = C0 + j and stores them at part[0, s, c] and part[1, s, c]."""
-    c = C0 + tl.program_id(0)
-    s = tl.program_id(1)
+def _backward_sums_nchw(dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, N, C, HW, SPLIT, c, s,
+                        BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr):
+    """Sums dz and dz xhat over tiles s, s + SPLIT, ... of channel c and stores them at part[0, s, c] and
+    part[1, s, c]."""
     mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, c, c < C, ACC)
     acc_dz = tl.zeros((BLOCK_N, BLOCK_HW), ACC)
     acc_dzx = tl.zeros((BLOCK_N, BLOCK_HW), ACC)
@@ -302,15 +314,22 @@ def _bn_backward_reduce_nchw_kernel(
 
 
 @triton.jit
-def _bn_backward_reduce_nhwc_kernel(
-    dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, R, C, SPLIT, C0,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+def _bn_backward_reduce_nchw_kernel(
+    dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, N, C, HW, SPLIT,
+    BLOCK_N: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (channel blocks, SPLIT) over the R x C matrix from channel C0; stores part[0/1, s, c] like the
-    NCHW one."""
-    cols = C0 + tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    s = tl.program_id(1)
-    cmask = cols < C
+    """Grid (C, SPLIT): program (c, s) runs :func:`_backward_sums_nchw`."""
+    _backward_sums_nchw(dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, N, C, HW, SPLIT,
+                        tl.program_id(0), tl.program_id(1), BLOCK_N, BLOCK_HW, ACC)
+
+
+@triton.jit
+def _backward_sums_nhwc(dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, R, C, SPLIT, c0, c_end, s,
+                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Over the R x C matrix's channels c0 + [0, BLOCK_C) below c_end: part[0/1, s, c] like
+    :func:`_backward_sums_nchw`."""
+    cols = c0 + tl.arange(0, BLOCK_C)
+    cmask = cols < c_end
     mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, cols, cmask, ACC)
     rows = tl.arange(0, BLOCK_R)
     acc_dz = tl.zeros((BLOCK_R, BLOCK_C), ACC)
@@ -330,6 +349,17 @@ def _bn_backward_reduce_nhwc_kernel(
 
 
 @triton.jit
+def _bn_backward_reduce_nhwc_kernel(
+    dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, R, C, SPLIT,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Grid (cdiv(C, BLOCK_C), SPLIT): program (j, s) runs :func:`_backward_sums_nhwc` for channels
+    j*BLOCK_C + [0, BLOCK_C)."""
+    _backward_sums_nhwc(dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, R, C, SPLIT,
+                        tl.program_id(0) * BLOCK_C, C, tl.program_id(1), BLOCK_R, BLOCK_C, ACC)
+
+
+@triton.jit
 def _bn_backward_dx_kernel(
     dy_ptr, x_ptr, dx_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, COUNT, ROWS, COLS, C,
     TRAINING: tl.constexpr, CHANNEL_ON_ROWS: tl.constexpr,
@@ -337,7 +367,8 @@ def _bn_backward_dx_kernel(
 ):
     """Grid and channel mapping as :func:`_bn_normalize_kernel`. dx = scale (dz - a - xhat b) with
     a = sum_dz / COUNT, b = sum_dz_xhat / COUNT in training, dx = scale dz in eval."""
-    offs, mask, ch, chmask, _ = _run_tile(ROWS, COLS, C, 0, C, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    offs, mask, ch, chmask, _ = _run_tile(tl.program_id(0), tl.program_id(1), ROWS, COLS, C, 0, C, CHANNEL_ON_ROWS,
+                                          BLOCK_R, BLOCK_COL)
     mean, invstd, scale, shift = _tile_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, CHANNEL_ON_ROWS, ACC)
     if TRAINING:
         inv_n = 1 / tl.cast(COUNT, ACC)
@@ -420,18 +451,17 @@ def _bn_train_forward_nhwc_kernel(
 
 
 @triton.jit
-def _bn_train_normalize_kernel(
-    x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, ROWS, COLS, C, C0, RUN, SPLIT,
-    eps, momentum, unbiased,
+def _train_normalize_tile(
+    x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, ti, tj, ROWS, COLS, C, C0, RUN,
+    SPLIT, eps, momentum, unbiased,
     CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr, HAS_RUNNING: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """The second launch of the two-pass training forward over the run of channels [C0, C0 + RUN); grid
-    (cdiv(ROWS, BLOCK_R), cdiv(run columns, BLOCK_COL)), tiles of :func:`_run_tile`. Merges its channels'
-    partial statistics (``part`` of the statistics kernels, :func:`_merge_stats`), writes
+    """Second pass of the two-pass training forward on tile (ti, tj) (:func:`_run_tile`) of the run of
+    channels [C0, C0 + RUN): merges its channels' partial statistics (:func:`_merge_stats`), writes
     y = silu(weight (x - mean) invstd + bias) and, for the channels whose first element it holds, mean,
     invstd and the running statistics (:func:`_train_stats`)."""
-    offs, mask, ch, chmask, first = _run_tile(ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    offs, mask, ch, chmask, first = _run_tile(ti, tj, ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
     n, mean, m2 = _merge_stats(part_ptr, ch, chmask, C, SPLIT, ACC)
     invstd = _train_stats(mean, m2, n, eps, ch, first, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, momentum, unbiased,
                           HAS_RUNNING, ACC)
@@ -443,23 +473,22 @@ def _bn_train_normalize_kernel(
 
 
 @triton.jit
-def _bn_train_backward_dx_kernel(
+def _train_backward_dx_tile(
     dy_ptr, x_ptr, dx_ptr, part_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, inv_count,
-    ROWS, COLS, C, C0, RUN, SPLIT,
+    ti, tj, ROWS, COLS, C, C0, RUN, SPLIT,
     TRAINING: tl.constexpr, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """The second launch of the two-pass backward over the run of channels [C0, C0 + RUN); grid and tiles as
-    :func:`_bn_train_normalize_kernel`. Adds its channels' SPLIT partial sums (``part`` of the backward
-    reduction, in order), writes dx and, for the channels whose first element it holds, sum dz and sum dz
-    xhat."""
-    offs, mask, ch, chmask, first = _run_tile(ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
+    """Second pass of the two-pass backward on tile (ti, tj) of the run of channels [C0, C0 + RUN): adds
+    its channels' SPLIT partial sums (in order, read past L1), writes dx and, for the channels whose first
+    element it holds, sum dz and sum dz xhat."""
+    offs, mask, ch, chmask, first = _run_tile(ti, tj, ROWS, COLS, C, C0, RUN, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL)
     mean, invstd, scale, shift = _channel_affine(mean_ptr, invstd_ptr, w_ptr, b_ptr, ch, chmask, ACC)
     sdz = tl.zeros(ch.shape, ACC)
     sdzx = tl.zeros(ch.shape, ACC)
     for s in range(0, SPLIT):
-        sdz += tl.load(part_ptr + s * C + ch, mask=chmask, other=0)
-        sdzx += tl.load(part_ptr + (SPLIT + s) * C + ch, mask=chmask, other=0)
+        sdz += tl.load(part_ptr + s * C + ch, mask=chmask, other=0, cache_modifier=".cg")
+        sdzx += tl.load(part_ptr + (SPLIT + s) * C + ch, mask=chmask, other=0, cache_modifier=".cg")
     tl.store(sdz_ptr + ch, sdz, mask=first)
     tl.store(sdzx_ptr + ch, sdzx, mask=first)
     v = tl.load(x_ptr + offs, mask=mask, other=0).to(ACC)
@@ -469,6 +498,122 @@ def _bn_train_backward_dx_kernel(
         xhat = (v - _along(mean, CHANNEL_ON_ROWS)) * _along(invstd, CHANNEL_ON_ROWS)
         dz = dz - _along(sdz * inv_count, CHANNEL_ON_ROWS) - xhat * _along(sdzx * inv_count, CHANNEL_ON_ROWS)
     tl.store(dx_ptr + offs, (dz * _along(scale, CHANNEL_ON_ROWS)).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _two_pass_ticket(counters_ptr, N, C, HW, RUN, SPLIT, PER_RUN, CHANNEL_ON_ROWS: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr):
+    """This program's work in the two-pass schedule: it takes the next ticket t of counters[0]; tickets run
+    over runs of RUN channels (PER_RUN tickets per whole run), each run's first-pass programs (the
+    reduction: SPLIT per channel, NCHW, or per BLOCK_B channels, NHWC) before its second-pass ones (the
+    element-wise tiles of :func:`_run_tile`). Returns (run, c0, channels of the run, first-pass programs
+    of the run, second pass?, first-pass channel index j and split s, second-pass tile (ti, tj), ROWS)."""
+    t = tl.atomic_add(counters_ptr, 1)
+    run = t // PER_RUN
+    local = t - run * PER_RUN
+    c0 = run * RUN
+    channels = tl.minimum(RUN, C - c0)
+    if CHANNEL_ON_ROWS:
+        groups = channels
+        rows = N * channels
+        col_tiles = tl.cdiv(HW, BLOCK_COL)
+    else:
+        groups = tl.cdiv(channels, BLOCK_B)
+        rows = N * HW
+        col_tiles = tl.cdiv(channels, BLOCK_COL)
+    firsts = groups * SPLIT
+    second = local >= firsts
+    m = local - firsts
+    return run, c0, channels, firsts, second, local % groups, local // groups, m // col_tiles, m % col_tiles, rows
+
+
+@triton.jit
+def _two_pass_first_done(counters_ptr, run):
+    """Counts this program's first pass of ``run`` done, after all its threads' stores (barrier, release)."""
+    tl.debug_barrier()
+    tl.atomic_add(counters_ptr + 2 + run, 1, sem="release")
+
+
+@triton.jit
+def _two_pass_wait(counters_ptr, run, firsts, INTERPRETED: tl.constexpr):
+    """Spins until the ``firsts`` first-pass programs of ``run`` are done. They hold smaller tickets, so
+    they were taken by programs that already run and never wait on a larger ticket: the wait ends on any
+    GPU whatever its occupancy. The interpreter runs programs one by one in ticket order, so there the
+    count must already be reached (an assertion instead of a hang)."""
+    if INTERPRETED:
+        tl.device_assert(tl.atomic_add(counters_ptr + 2 + run, 0) >= firsts,
+                         "two-pass BN: a program waits on a first pass of a later ticket")
+    else:
+        while tl.atomic_add(counters_ptr + 2 + run, 0, sem="acquire") < firsts:
+            pass
+
+
+@triton.jit
+def _two_pass_finish(counters_ptr, TOTAL, RUNS):
+    """The last of the launch's TOTAL programs to get here resets the counters (ticket, finished, RUNS run
+    counts) to zero for the next launch."""
+    if tl.atomic_add(counters_ptr + 1, 1, sem="acq_rel") == TOTAL - 1:
+        tl.store(counters_ptr, 0)
+        tl.store(counters_ptr + 1, 0)
+        for r in range(0, RUNS):
+            tl.store(counters_ptr + 2 + r, 0)
+
+
+@triton.jit
+def _bn_train_forward_two_pass_kernel(
+    x_ptr, y_ptr, part_ptr, counters_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr,
+    N, C, HW, RUN, SPLIT, PER_RUN, TOTAL, RUNS, eps, momentum, unbiased,
+    CHANNEL_ON_ROWS: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_COL: tl.constexpr, HAS_RUNNING: tl.constexpr, ACC: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    """The two-pass training forward in one launch of TOTAL programs (:func:`_two_pass_ticket`): first
+    passes store the partial statistics of their channel (block) and split (:func:`_stats_nchw`,
+    :func:`_stats_nhwc`, tile BLOCK_A x BLOCK_B), second passes wait for their run's first passes and run
+    :func:`_train_normalize_tile`. ``counters`` (2 + RUNS int32) are zero on entry and on exit."""
+    run, c0, channels, firsts, second, j, s, ti, tj, rows = _two_pass_ticket(
+        counters_ptr, N, C, HW, RUN, SPLIT, PER_RUN, CHANNEL_ON_ROWS, BLOCK_B, BLOCK_R, BLOCK_COL)
+    if second:
+        _two_pass_wait(counters_ptr, run, firsts, INTERPRETED)
+        _train_normalize_tile(
+            x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, ti, tj, rows,
+            HW if CHANNEL_ON_ROWS else C, C, c0, channels, SPLIT, eps, momentum, unbiased,
+            CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL, HAS_RUNNING, ACC)
+    else:
+        if CHANNEL_ON_ROWS:
+            _stats_nchw(x_ptr, part_ptr, N, C, HW, SPLIT, c0 + j, s, BLOCK_A, BLOCK_B, ACC)
+        else:
+            _stats_nhwc(x_ptr, part_ptr, N * HW, C, SPLIT, c0 + j * BLOCK_B, c0 + channels, s, BLOCK_A, BLOCK_B, ACC)
+        _two_pass_first_done(counters_ptr, run)
+    _two_pass_finish(counters_ptr, TOTAL, RUNS)
+
+
+@triton.jit
+def _bn_backward_two_pass_kernel(
+    dy_ptr, x_ptr, dx_ptr, part_ptr, counters_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr,
+    inv_count, N, C, HW, RUN, SPLIT, PER_RUN, TOTAL, RUNS,
+    TRAINING: tl.constexpr, CHANNEL_ON_ROWS: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr, ACC: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    """The two-pass backward in one launch, scheduled as :func:`_bn_train_forward_two_pass_kernel`: first
+    passes store partial sums (:func:`_backward_sums_nchw`, :func:`_backward_sums_nhwc`), second passes run
+    :func:`_train_backward_dx_tile`."""
+    run, c0, channels, firsts, second, j, s, ti, tj, rows = _two_pass_ticket(
+        counters_ptr, N, C, HW, RUN, SPLIT, PER_RUN, CHANNEL_ON_ROWS, BLOCK_B, BLOCK_R, BLOCK_COL)
+    if second:
+        _two_pass_wait(counters_ptr, run, firsts, INTERPRETED)
+        _train_backward_dx_tile(
+            dy_ptr, x_ptr, dx_ptr, part_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, inv_count,
+            ti, tj, rows, HW if CHANNEL_ON_ROWS else C, C, c0, channels, SPLIT,
+            TRAINING, CHANNEL_ON_ROWS, BLOCK_R, BLOCK_COL, ACC)
+    else:
+        if CHANNEL_ON_ROWS:
+            _backward_sums_nchw(dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, N, C, HW, SPLIT,
+                                c0 + j, s, BLOCK_A, BLOCK_B, ACC)
+        else:
+            _backward_sums_nhwc(dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, N * HW, C, SPLIT,
+                                c0 + j * BLOCK_B, c0 + channels, s, BLOCK_A, BLOCK_B, ACC)
+        _two_pass_first_done(counters_ptr, run)
+    _two_pass_finish(counters_ptr, TOTAL, RUNS)
 
 
 @triton.jit
@@ -592,20 +737,20 @@ def _runs(x: torch.Tensor, layout: str, inputs: int) -> tuple[int, int]:
     return fit // width * width, width
 
 
-def _stat_partials(x, layout, reduce, part, c0, channels):
-    """The statistics launch over channels [c0, c0 + channels) of dense, non-empty x (``reduce``:
+def _stat_partials(x, layout, reduce, part):
+    """The statistics launch over dense, non-empty x (``reduce``:
     :func:`_reduce_plan`'s plan): each program's (count, mean, M2) per channel into part (3, split, C)."""
     n, c, h, w = x.shape
     block_a, block_b, _, split = reduce
     warps = _host.num_warps(block_a * block_b)
     if layout == _host.NCHW:
-        _bn_stats_nchw_kernel[(channels, split)](
-            x, part, n, c, h * w, split, c0,
+        _bn_stats_nchw_kernel[(c, split)](
+            x, part, n, c, h * w, split,
             BLOCK_N=block_a, BLOCK_HW=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
         )
     else:
-        _bn_stats_nhwc_kernel[(triton.cdiv(channels, block_b), split)](
-            x, part, n * h * w, c, split, c0,
+        _bn_stats_nhwc_kernel[(triton.cdiv(c, block_b), split)](
+            x, part, n * h * w, c, split,
             BLOCK_R=block_a, BLOCK_C=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
         )
 
@@ -622,7 +767,7 @@ def batch_stats(x):
     reduce = _reduce_plan(x, layout)
     split = reduce[3]
     part = torch.empty((3, split, c), dtype=acc, device=x.device)
-    _stat_partials(x, layout, reduce, part, 0, c)
+    _stat_partials(x, layout, reduce, part)
     block_c = min(_host.pow2(c), 1024)
     _bn_stats_finalize_kernel[(triton.cdiv(c, block_c),)](
         part, mean, var, c, split, BLOCK_C=block_c, ACC=_host.tl_acc(x.dtype), num_warps=_host.num_warps(block_c)
@@ -664,25 +809,25 @@ def backward_reduce(dy, x, mean, invstd, weight, bias):
     reduce = _reduce_plan(x, layout)
     split = reduce[3]
     part = torch.empty((2, split, c), dtype=acc, device=x.device)
-    _backward_partials(dy, x, layout, _params(mean, invstd, weight, bias), reduce, part, 0, c)
+    _backward_partials(dy, x, layout, _params(mean, invstd, weight, bias), reduce, part)
     sums = part[:, 0] if split == 1 else part.sum(dim=1)
     return sums[0], sums[1]
 
 
-def _backward_partials(dy, x, layout, params, reduce, part, c0, channels):
-    """The backward reduction over channels [c0, c0 + channels) of dense, non-empty dy and x (``reduce``:
+def _backward_partials(dy, x, layout, params, reduce, part):
+    """The backward reduction over dense, non-empty dy and x (``reduce``:
     :func:`_reduce_plan`'s plan): each program's sum dz and sum dz xhat per channel into part (2, split, C)."""
     n, c, h, w = x.shape
     block_a, block_b, _, split = reduce
     warps = _host.num_warps(block_a * block_b)
     if layout == _host.NCHW:
-        _bn_backward_reduce_nchw_kernel[(channels, split)](
-            dy, x, *params, part, n, c, h * w, split, c0,
+        _bn_backward_reduce_nchw_kernel[(c, split)](
+            dy, x, *params, part, n, c, h * w, split,
             BLOCK_N=block_a, BLOCK_HW=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
         )
     else:
-        _bn_backward_reduce_nhwc_kernel[(triton.cdiv(channels, block_b), split)](
-            dy, x, *params, part, n * h * w, c, split, c0,
+        _bn_backward_reduce_nhwc_kernel[(triton.cdiv(c, block_b), split)](
+            dy, x, *params, part, n * h * w, c, split,
             BLOCK_R=block_a, BLOCK_C=block_b, ACC=_host.tl_acc(x.dtype), num_warps=warps,
         )
 
@@ -704,14 +849,12 @@ def backward(dy, x, mean, invstd, weight, bias, count):
     sum_dz_xhat = torch.empty(c, dtype=mean.dtype, device=x.device)
     params = _params(mean, invstd, weight, bias)
     inv_count = 1.0 / count if count is not None else 1.0
-    if tile is None:  # two passes per run: the reduction, then dx with the partial sums added in its programs
-        run, width = _runs(x, layout, inputs=2)
-        reduce = _reduce_plan(x, layout, run, width)
-        part = torch.empty((2, reduce[3], c), dtype=mean.dtype, device=x.device)
-        for c0, channels, grid, tile_args, meta in _run_launches(x, layout, run, width):
-            _backward_partials(dy, x, layout, params, reduce, part, c0, channels)
-            _bn_train_backward_dx_kernel[grid](
-                dy, x, dx, part, *params, sum_dz, sum_dz_xhat, inv_count, *tile_args, reduce[3],
+    if tile is None:  # two passes per run in one launch: the reduction, then dx with the partial sums added
+        programs, sizes, meta, split, runs = _two_pass(x, layout, inputs=2)
+        part = torch.empty((2, split, c), dtype=mean.dtype, device=x.device)
+        with _host.ticket_counters(x.device, 2 + runs) as counters:
+            _bn_backward_two_pass_kernel[(programs,)](
+                dy, x, dx, part, counters, *params, sum_dz, sum_dz_xhat, inv_count, n, c, h * w, *sizes,
                 TRAINING=count is not None, ACC=_host.tl_acc(x.dtype), **meta,
             )
         return dx, sum_dz, sum_dz_xhat
@@ -794,21 +937,30 @@ def plan(x, backward: bool = False) -> str:
     return "one_read" if tile is not None and x.numel() > 0 else "two_pass"
 
 
-def _run_launches(x, layout, run, width):
-    """Per run of ``run`` channels (the last may have fewer): (c0, channels, grid of the element-wise kernel,
-    its (ROWS, COLS, C, C0, RUN) arguments, its compile-time arguments); tiles as :func:`_run_tile` takes
-    them."""
+def _two_pass(x, layout, inputs):
+    """The one launch of the two-pass plan over dense, non-empty x with ``inputs`` inputs (1: x; 2: dy and
+    x): ``(programs, scalars, constexprs, split, runs)`` with scalars (RUN, SPLIT, PER_RUN, TOTAL, RUNS) and
+    the tiles of both passes (:func:`_two_pass_ticket`): runs of :func:`_runs`, first passes as
+    :func:`_reduce_plan`, second-pass tiles sized for a whole run (the last, shorter run leaves some
+    masked)."""
     n, c, h, w = x.shape
     nchw = layout == _host.NCHW
-    cols = h * w if nchw else c
-    for c0 in range(0, c, run):
-        channels = min(run, c - c0)
-        rows, run_cols = (n * channels, h * w) if nchw else (n * h * w, channels)
-        block_r, block_col = _host.tile(rows, run_cols, MAX_COLS_NCHW if nchw else width)
-        grid = (triton.cdiv(rows, block_r), triton.cdiv(run_cols, block_col))
-        meta = dict(CHANNEL_ON_ROWS=nchw, BLOCK_R=block_r, BLOCK_COL=block_col,
-                    num_warps=_host.num_warps(block_r * block_col))
-        yield c0, channels, grid, (rows, cols, c, c0, channels), meta
+    run, width = _runs(x, layout, inputs)
+    block_a, block_b, _, split = _reduce_plan(x, layout, run, width)
+    rows, cols = (n * run, h * w) if nchw else (n * h * w, run)
+    block_r, block_col = _host.tile(rows, cols, MAX_COLS_NCHW if nchw else width)
+
+    def programs(channels):
+        groups = channels if nchw else triton.cdiv(channels, block_b)
+        rows, cols = (n * channels, h * w) if nchw else (n * h * w, channels)
+        return groups * split + triton.cdiv(rows, block_r) * triton.cdiv(cols, block_col)
+
+    runs = triton.cdiv(c, run)
+    total = programs(run) * (runs - 1) + programs(c - run * (runs - 1))
+    warps = max(_host.num_warps(block_a * block_b), _host.num_warps(block_r * block_col))
+    meta = dict(CHANNEL_ON_ROWS=nchw, BLOCK_A=block_a, BLOCK_B=block_b, BLOCK_R=block_r, BLOCK_COL=block_col,
+                INTERPRETED=_host.interpreting(), num_warps=warps)
+    return total, (run, split, programs(run), total, runs), meta, split, runs
 
 
 def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
@@ -846,14 +998,12 @@ def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
         has_running = True
     running = (rm, rv) if has_running else (mean, invstd)
     scalars = (float(eps), float(momentum), count / (count - 1))
-    if tile is None:  # two passes per run: the statistics, then y with the partial statistics merged
-        run, width = _runs(x, layout, inputs=1)
-        reduce = _reduce_plan(x, layout, run, width)
-        part = torch.empty((3, reduce[3], c), dtype=acc, device=x.device)
-        for c0, channels, grid, tile_args, meta in _run_launches(x, layout, run, width):
-            _stat_partials(x, layout, reduce, part, c0, channels)
-            _bn_train_normalize_kernel[grid](
-                x, y, part, *_params(weight, bias), mean, invstd, *running, *tile_args, reduce[3], *scalars,
+    if tile is None:  # two passes per run in one launch: the statistics, then y with them merged
+        programs, sizes, meta, split, runs = _two_pass(x, layout, inputs=1)
+        part = torch.empty((3, split, c), dtype=acc, device=x.device)
+        with _host.ticket_counters(x.device, 2 + runs) as counters:
+            _bn_train_forward_two_pass_kernel[(programs,)](
+                x, y, part, counters, *_params(weight, bias), mean, invstd, *running, n, c, h * w, *sizes, *scalars,
                 HAS_RUNNING=has_running, ACC=_host.tl_acc(x.dtype), **meta,
             )
         return _copy_back_running(running_mean, running_var, rm, rv, y, mean, invstd)
@@ -916,38 +1066,39 @@ def aot_specs():
         tacc = {"ACC": _host.TL_DTYPES[acc]}
         jobs = [
             (_bn_stats_nchw_kernel, {"x_ptr": x, "part_ptr": a, "N": "i32", "C": "i32", "HW": "i32", "SPLIT": "i32",
-                                     "C0": "i32", **nchw_tile, **tacc}),
-            (_bn_stats_nhwc_kernel, {"x_ptr": x, "part_ptr": a, "R": "i32", "C": "i32", "SPLIT": "i32", "C0": "i32",
+                                     **nchw_tile, **tacc}),
+            (_bn_stats_nhwc_kernel, {"x_ptr": x, "part_ptr": a, "R": "i32", "C": "i32", "SPLIT": "i32",
                                      **nhwc_tile, **tacc}),
             (_bn_backward_reduce_nchw_kernel, {
                 "dy_ptr": x, "x_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p, "part_ptr": a,
-                "N": "i32", "C": "i32", "HW": "i32", "SPLIT": "i32", "C0": "i32", **nchw_tile, **tacc}),
+                "N": "i32", "C": "i32", "HW": "i32", "SPLIT": "i32", **nchw_tile, **tacc}),
             (_bn_backward_reduce_nhwc_kernel, {
                 "dy_ptr": x, "x_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p, "part_ptr": a,
-                "R": "i32", "C": "i32", "SPLIT": "i32", "C0": "i32", **nhwc_tile, **tacc}),
+                "R": "i32", "C": "i32", "SPLIT": "i32", **nhwc_tile, **tacc}),
         ]
         param_dtypes = [pdt] if xdt == pdt else [pdt, xdt]
+        schedule = {"counters_ptr": ptr(torch.int32), "N": "i32", "C": "i32", "HW": "i32", "RUN": "i32", "SPLIT": "i32",
+                    "PER_RUN": "i32", "TOTAL": "i32", "RUNS": "i32"}
         for on_rows, (br, bc) in ((True, (4, 1024)), (False, (32, 128))):
             tiles = {"CHANNEL_ON_ROWS": on_rows, "BLOCK_R": br, "BLOCK_COL": bc, **tacc}
+            two_pass = {**schedule, **tiles, "BLOCK_A": br, "BLOCK_B": bc, "INTERPRETED": False}
             for q in param_dtypes:
                 jobs.append((_bn_normalize_kernel, {
                     "x_ptr": x, "y_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": ptr(q), "b_ptr": ptr(q),
                     "ROWS": "i32", "COLS": "i32", "C": "i32", **tiles}))
                 for has_running in (True, False):
-                    jobs.append((_bn_train_normalize_kernel, {
+                    jobs.append((_bn_train_forward_two_pass_kernel, {
                         "x_ptr": x, "y_ptr": x, "part_ptr": a, "w_ptr": ptr(q), "b_ptr": ptr(q), "mean_ptr": a,
-                        "invstd_ptr": a, "rm_ptr": a, "rv_ptr": a, "ROWS": "i32", "COLS": "i32", "C": "i32",
-                        "C0": "i32", "RUN": "i32", "SPLIT": "i32", "eps": "fp32", "momentum": "fp32", "unbiased": "fp32",
-                        "HAS_RUNNING": has_running, **tiles}))
+                        "invstd_ptr": a, "rm_ptr": a, "rv_ptr": a, "eps": "fp32", "momentum": "fp32", "unbiased": "fp32",
+                        "HAS_RUNNING": has_running, **two_pass}))
             for training in (True, False):
                 jobs.append((_bn_backward_dx_kernel, {
                     "dy_ptr": x, "x_ptr": x, "dx_ptr": x, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p, "b_ptr": p,
                     "sdz_ptr": a, "sdzx_ptr": a, "COUNT": "i32", "ROWS": "i32", "COLS": "i32", "C": "i32",
                     "TRAINING": training, **tiles}))
-                jobs.append((_bn_train_backward_dx_kernel, {
+                jobs.append((_bn_backward_two_pass_kernel, {
                     "dy_ptr": x, "x_ptr": x, "dx_ptr": x, "part_ptr": a, "mean_ptr": a, "invstd_ptr": a, "w_ptr": p,
-                    "b_ptr": p, "sdz_ptr": a, "sdzx_ptr": a, "inv_count": "fp32", "ROWS": "i32", "COLS": "i32",
-                    "C": "i32", "C0": "i32", "RUN": "i32", "SPLIT": "i32", "TRAINING": training, **tiles}))
+                    "b_ptr": p, "sdz_ptr": a, "sdzx_ptr": a, "inv_count": "fp32", "TRAINING": training, **two_pass}))
         limit, sector = _one_read_limit(xdt), SECTOR_BYTES // xdt.itemsize  # the largest one-read tiles
         for q in param_dtypes:
             for has_running in (True, False):

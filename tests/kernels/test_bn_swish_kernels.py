@@ -241,13 +241,13 @@ def _case_id(value):
 
 @pytest.mark.parametrize("shape, dtype, kind, fits", LIMIT_CASES, ids=_case_id)
 def test_train_forward_reads_once_up_to_its_limit_only(monkeypatch, shape, dtype, kind, fits):
-    """Past the limit train_forward takes the statistics kernel and the training normalize (two reads of
-    x); right either way."""
+    """Past the limit train_forward takes the two-pass kernel (two reads of x in one launch); right either
+    way."""
     x, _, _, _, weight, bias = _inputs(shape, dtype, kind, seed=7)
     launched = _count_launches(monkeypatch)
     _check_train_forward(x, weight, bias, dtype)
     one = "nhwc" if kind == "channels_last" else "nchw"
-    two_pass = [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"]
+    two_pass = ["_bn_train_forward_two_pass_kernel"]
     expected = [f"_bn_train_forward_{one}_kernel"] if fits else two_pass
     assert launched == expected * 2  # two calls: see _check_train_forward
 
@@ -275,8 +275,8 @@ def _record_calls(monkeypatch, names):
                          ids=["at_limit", "past_limit"])
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
 def test_op_takes_the_one_read_path_exactly_when_it_fits(monkeypatch, kind, shape, one_read):
-    """Through ``bn_swish`` on the triton backend: training calls train_forward, which takes two launches
-    past the one-read limit; eval never calls train_forward. Outputs, running statistics and gradients
+    """Through ``bn_swish`` on the triton backend: training calls train_forward, which takes the two-pass
+    kernel past the one-read limit; eval never calls train_forward. Outputs, running statistics and gradients
     match the float64 reference on both paths (float32 tolerances of the op suite)."""
     calls = _record_calls(monkeypatch, ("train_forward", "batch_stats", "normalize"))
     launched = _count_launches(monkeypatch)
@@ -291,7 +291,7 @@ def test_op_takes_the_one_read_path_exactly_when_it_fits(monkeypatch, kind, shap
     assert calls == ["train_forward"]
     one = "nhwc" if kind == "channels_last" else "nchw"
     assert launched == ([f"_bn_train_forward_{one}_kernel"] if one_read
-                        else [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"])
+                        else ["_bn_train_forward_two_pass_kernel"])
     leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
     y_ref = bn_swish_reference(*leaves, rm64, rv64, True)
     dy = randn(shape, dtype=torch.float32, generator=g)
@@ -378,11 +378,11 @@ def test_training_launches_follow_the_plan(monkeypatch, shape, dtype, kind, fwd_
     if fwd_plan == "one_read":
         assert forward == [f"_bn_train_forward_{one}_kernel"]
     else:
-        assert forward == [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"]
+        assert forward == ["_bn_train_forward_two_pass_kernel"]
     if bwd_plan == "one_read":
         assert backward == [f"_bn_backward_one_read_{one}_kernel"]
     else:
-        assert backward == [f"_bn_backward_reduce_{one}_kernel", "_bn_train_backward_dx_kernel"]
+        assert backward == ["_bn_backward_two_pass_kernel"]
 
 
 ALLOCATION = {"aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default"}
@@ -413,8 +413,8 @@ def test_training_step_runs_only_the_kernels(monkeypatch, kind, shape, one_read)
         assert forward == [f"_bn_train_forward_{one}_kernel"]
         assert launched[len(forward):] == [f"_bn_backward_one_read_{one}_kernel"]
     else:
-        assert forward == [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"]
-        assert launched[len(forward):] == [f"_bn_backward_reduce_{one}_kernel", "_bn_train_backward_dx_kernel"]
+        assert forward == ["_bn_train_forward_two_pass_kernel"]
+        assert launched[len(forward):] == ["_bn_backward_two_pass_kernel"]
     for what, mode in (("forward", fwd), ("backward", bwd)):
         assert [op for op in mode.ops if op not in ALLOCATION] == [], (what, mode.ops)
 
@@ -426,9 +426,10 @@ def x_format(x):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_case_id)
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
 def test_two_pass_plans_run_in_channel_runs_sized_to_the_l2(monkeypatch, kind, dtype):
-    """Past the one-read limit each run of channels whose inputs take at most half the L2 gets its two
-    launches (the second finds the run's inputs in L2): here an L2 of 4 channels of x, so forward runs of
-    4 channels and backward runs of 2; outputs, running statistics and sums as TorchKernels'."""
+    """Past the one-read limit the two passes run per run of channels whose inputs take at most half the L2
+    (the second pass finds the run's inputs in L2), all in one launch: here an L2 of 4 channels of x, so
+    forward runs of 4 channels (the last of 3) and backward runs of 2; outputs, running statistics and sums
+    as TorchKernels', and the ticket counters left zeroed."""
     shape = (2, 11, 64, 129)
     x, dy, _, _, weight, bias = _inputs(shape, dtype, kind, seed=14)
     per_channel = shape[0] * shape[2] * shape[3] * x.element_size()
@@ -438,7 +439,7 @@ def test_two_pass_plans_run_in_channel_runs_sized_to_the_l2(monkeypatch, kind, d
     acc = torch.float32
     rm, rv, rm_ref, rv_ref = torch.zeros(11), torch.ones(11), torch.zeros(11), torch.ones(11)
     y, mean, invstd = K.train_forward(x, weight, bias, rm, rv, 0.1, EPS)
-    assert launched == [f"_bn_stats_{one}_kernel", "_bn_train_normalize_kernel"] * 3
+    assert launched == ["_bn_train_forward_two_pass_kernel"]
     ref = T.train_forward(x, weight, bias, rm_ref, rv_ref, 0.1, EPS)
     assert_close(y, ref[0], dtype, "y")
     sums = dict(rtol=1e-5, atol=1e-5)  # 16512-term float32 sums in another order than TorchKernels'
@@ -448,7 +449,9 @@ def test_two_pass_plans_run_in_channel_runs_sized_to_the_l2(monkeypatch, kind, d
     launched.clear()
     count = x.numel() // 11
     dx, sum_dz, sum_dz_xhat = K.backward(dy, x, mean, invstd, weight, bias, count)
-    assert launched == [f"_bn_backward_reduce_{one}_kernel", "_bn_train_backward_dx_kernel"] * 6
+    assert launched == ["_bn_backward_two_pass_kernel"]
+    counters = _host._TICKET_COUNTERS[(str(x.device), 0)]
+    assert counters.numel() >= 2 + 6 and not counters.any(), counters
     ref = T.backward(dy, x, mean, invstd, weight, bias, count)
     assert_same_layout(dx, x, "backward")
     assert_close(dx, ref[0], dtype, "dx")
