@@ -51,14 +51,15 @@ from .shapes import OpShape
 
 OVERRUN = 16  # how far above the budget a candidate may be to keep the full shape's kernels
 # First passes of two-pass plans: the next launch of the call reads their inputs again, from L2 when those
-# stay in it in between. The BN+Swish plans of both backends size their runs of channels to half the
-# assumed L2 (True: by construction); for squeeze-excite the call's inputs (x forward, dy and x backward)
-# must take at most half of it.
-L2_FIRST_PASSES = {
-    "bn_forward_partial_kernel": True, "bn_backward_partial_kernel": True,
-    "_bn_stats_nchw_kernel": True, "_bn_stats_nhwc_kernel": True,
-    "_bn_backward_reduce_nchw_kernel": True, "_bn_backward_reduce_nhwc_kernel": True,
-    "se_reduce_kernel": False, "_se_reduce_nchw_kernel": False, "_se_reduce_nhwc_kernel": False,
+# stay in it in between (True: the plan sizes its runs to half the assumed L2; False: the call's inputs, x
+# forward, dy and x backward, must take at most half of it).
+L2_FIRST_PASSES = {"se_reduce_kernel": False, "_se_reduce_nchw_kernel": False, "_se_reduce_nhwc_kernel": False}
+# Two-pass plans in one launch (BN+Swish, both backends): each run of channels, sized to half the assumed L2,
+# is read by a first and then a second pass of the same launch, whose distinct bytes count the second read
+# once, as the L2 hit it is on the GPU when the run stays in L2; requested/floor counts both reads.
+L2_TWO_PASS_LAUNCHES = {
+    "bn_train_forward_two_pass_kernel", "bn_train_backward_two_pass_kernel",
+    "_bn_train_forward_two_pass_kernel", "_bn_backward_two_pass_kernel",
 }
 _CPU = torch.device("cpu")
 
@@ -259,6 +260,7 @@ def rows(shape: OpShape, counted: OpShape, full: dict[str, Call] | None, measure
                 modes = ("fwd", "bwd") if mode == "fwd+bwd" else (mode,)
                 hits = [_l2_hits(measured[m].launches, shape, m, DTYPES[dtype].itemsize) for m in modes]
                 row.plan += _l2_note([h for h in hits if h is not None], row.bytes_read + row.bytes_written, floor)
+                row.plan += _two_pass_note(launches, row.requested_bytes, floor)
         out.append(row)
     return out
 
@@ -298,6 +300,19 @@ def _l2_note(hits: list[tuple[int, bool]], counted: int, floor: int) -> str:
     dram = counted - sum(reread for reread, _ in hits)
     return (f" [modelled DRAM ratio {dram / floor:.2f}: the second pass re-reads its inputs from an assumed"
             f" {ASSUMED_L2_BYTES >> 20} MB L2, {how}]")
+
+
+def _two_pass_note(launches: list[Launch], requested: int | None, floor: int) -> str:
+    """The plan's note for launches that run both passes of a two-pass plan (:data:`L2_TWO_PASS_LAUNCHES`);
+    "" when none does."""
+    if not any(_base_name(launch.kernel) in L2_TWO_PASS_LAUNCHES for launch in launches):
+        return ""
+    from nvae_fast.cuda.bn_swish import ASSUMED_L2_BYTES
+
+    both = f" {requested / floor:.2f} with" if requested is not None else ""
+    return (f" [two passes in one launch: the counted bytes take each run's second read of its inputs as an"
+            f" L2 hit, runs sized to half of an assumed {ASSUMED_L2_BYTES >> 20} MB L2; requested/floor{both}"
+            f" every read]")
 
 
 class CaseCounter:

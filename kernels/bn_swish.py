@@ -834,8 +834,8 @@ def _backward_partials(dy, x, layout, params, reduce, part):
 
 def backward(dy, x, mean, invstd, weight, bias, count):
     """``(dx, sum_dz, sum_dz_xhat)``: in one launch that reads dy and x once when a channel's slices of
-    both fit one program (:func:`_one_read_tile` with two inputs), else in two launches: the backward
-    reduction, then :func:`_bn_train_backward_dx_kernel` (which adds the partial sums)."""
+    both fit one program (:func:`_one_read_tile` with two inputs), else in one launch of
+    :func:`_bn_backward_two_pass_kernel` (the backward reduction, then dx with the partial sums added)."""
     layout = _host.layout_of(x) or _host.NCHW
     tile = _one_read_tile(x, layout, inputs=2)
     if x.numel() == 0:
@@ -965,8 +965,8 @@ def _two_pass(x, layout, inputs):
 
 def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
     """``(y, mean, invstd)`` of the training forward, running statistics updated in place: in one read of
-    x and one launch when a channel's slice fits one program (see :func:`_one_read_tile`), else in two
-    launches: the statistics kernel, then :func:`_bn_train_normalize_kernel`. Mean, invstd and the
+    x and one launch when a channel's slice fits one program (see :func:`_one_read_tile`), else in one
+    launch of :func:`_bn_train_forward_two_pass_kernel` (the statistics, then y). Mean, invstd and the
     running update are computed in the kernels.
 
     y like x (dtype and dense layout); mean, invstd (C,) in the acc dtype, invstd = 1 / sqrt(var + eps)

@@ -178,22 +178,25 @@ def test_two_pass_rows_model_the_second_pass_as_l2_hits():
     from benchmarks.shapes import OpShape
     from benchmarks.traffic_count import _l2_hits, _l2_note
 
-    first = Launch("bn_forward_partial_kernel<float, Layout::NCHW, 4>", read=400, written=8)
-    second = Launch("bn_train_forward_kernel<float, Layout::NCHW, 4>", read=408, written=400)
-    small, large = OpShape(op="bn_swish", x=(2, 3, 64, 64)), OpShape(op="bn_swish", x=(32, 768, 32, 32))
-    hits = _l2_hits([first, second, first, second], large, "fwd", 4)
-    assert hits == (800, True)  # runs sized to the L2 by the plan: any shape
-    note = _l2_note([hits], 2432, 1600)
-    assert note.startswith(" [modelled DRAM ratio 1.02:") and "50 MB L2, runs sized" in note, note
-    assert _l2_hits([second], small, "fwd", 4) is None and _l2_note([], 808, 800) == ""
     pool = Launch("se_reduce_kernel<float, float, Layout::NCHW, false>", read=400, written=8)
     scale = Launch("se_map_kernel<float, Layout::NCHW, 4>", read=408, written=400)
     se_small, se_large = OpShape(op="squeeze_excite", x=(2, 3, 64, 64)), OpShape(op="squeeze_excite", x=(32, 768, 32, 32))
     assert _l2_hits([pool, scale], se_small, "bwd", 4) == (400, False)  # dy and x: 196 KB
     assert _l2_hits([pool, Launch("se_map_kernel<float>", read=300)], se_small, "fwd", 4) == (300, False)
     assert _l2_hits([pool, scale], se_large, "fwd", 4) is None  # x: 96 MB, more than half the L2
-    stats = Launch("_bn_stats_nchw_kernel[BLOCK_N=4]", read=400, written=8)
-    assert _l2_hits([stats, second], large, "fwd", 4) == (400, True)  # Triton BN: runs sized to the L2
+    assert _l2_hits([scale], se_small, "fwd", 4) is None  # no first pass
+    note = _l2_note([_l2_hits([pool, scale, pool, scale], se_small, "fwd", 4)], 2432, 1600)
+    assert note.startswith(" [modelled DRAM ratio 1.02:") and "50 MB L2, the inputs within half" in note, note
+    assert _l2_note([], 808, 800) == ""
+
+
+def test_one_launch_two_pass_rows_say_what_the_count_assumes():
+    from benchmarks.traffic_count import _two_pass_note
+
+    for kernel in ("bn_train_forward_two_pass_kernel<float, Layout::NCHW, 4>", "_bn_backward_two_pass_kernel[BLOCK_A=4]"):
+        note = _two_pass_note([Launch(kernel, read=400, written=400)], 1200, 800)
+        assert "two passes in one launch" in note and "50 MB L2" in note and "requested/floor 1.50 with" in note, note
+    assert _two_pass_note([Launch("bn_train_forward_kernel<float, Layout::NCHW, 4, true>")], 800, 800) == ""
 
 
 def test_traffic_command_writes_rows_with_exactly_the_listed_keys(tmp_path):
