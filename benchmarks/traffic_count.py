@@ -50,10 +50,11 @@ from .kernel_launch import Launch, plan, variants
 from .shapes import OpShape
 
 OVERRUN = 16  # how far above the budget a candidate may be to keep the full shape's kernels
-# First passes of two-pass plans: the next launch of the call reads their inputs again, from L2 when those
-# stay in it in between (True: the plan sizes its runs to half the assumed L2; False: the call's inputs, x
-# forward, dy and x backward, must take at most half of it).
-L2_FIRST_PASSES = {"se_reduce_kernel": False, "_se_reduce_nchw_kernel": False, "_se_reduce_nhwc_kernel": False}
+# First passes of two-pass plans (squeeze-excite, both backends): the next launch of the call reads their
+# inputs again, from L2 as far as they stay in it in between: all of them when the call's inputs (x forward,
+# dy and x backward) take at most half the assumed L2; else the second pass runs the samples last to first,
+# and the share of its re-reads that the last half-L2 of the first pass's reads covers.
+L2_FIRST_PASSES = {"se_reduce_kernel", "_se_reduce_nchw_kernel", "_se_reduce_nhwc_kernel"}
 # Two-pass plans in one launch (BN+Swish, both backends): each run of channels, sized to half the assumed L2,
 # is read by a first and then a second pass of the same launch, whose distinct bytes count the second read
 # once, as the L2 hit it is on the GPU when the run stays in L2; requested/floor counts both reads.
@@ -266,21 +267,22 @@ def rows(shape: OpShape, counted: OpShape, full: dict[str, Call] | None, measure
 
 
 def _l2_hits(launches: list[Launch], shape: OpShape, mode: str, itemsize: int) -> tuple[int, bool] | None:
-    """``(bytes, by_construction)`` that the launches after a first pass (:data:`L2_FIRST_PASSES`) of
-    ``mode`` find in L2, or None: no first pass, or the full shape's inputs take more than half the
-    assumed L2. The bytes: what the first passes read, at most what the other launches read (a second
-    pass may read only some of the inputs again, e.g. dy but not x)."""
+    """``(bytes, whole)`` that the launches after a first pass (:data:`L2_FIRST_PASSES`) of ``mode`` find
+    in L2, or None when there is no first pass. The bytes: what the first passes read, at most what the
+    other launches read (a second pass may read only some of the inputs again, e.g. dy but not x), all of
+    it (``whole``) when the full shape's inputs take at most half the assumed L2, else the share of it that
+    half the L2 holds (the second pass re-reads the most recently read samples first)."""
     from nvae_fast.cuda.bn_swish import ASSUMED_L2_BYTES
 
     first = [launch for launch in launches if _base_name(launch.kernel) in L2_FIRST_PASSES]
     if not first:
         return None
-    planned = all(L2_FIRST_PASSES[_base_name(launch.kernel)] for launch in first)
     inputs = math.prod(shape.x) * itemsize * (2 if mode == "bwd" else 1) if shape.x else 0
-    if not planned and inputs > ASSUMED_L2_BYTES // 2:
-        return None
     others = sum(launch.read for launch in launches if _base_name(launch.kernel) not in L2_FIRST_PASSES)
-    return min(sum(launch.read for launch in first), others), planned
+    reread = min(sum(launch.read for launch in first), others)
+    if inputs <= ASSUMED_L2_BYTES // 2:
+        return reread, True
+    return int(reread * (ASSUMED_L2_BYTES // 2) / inputs), False
 
 
 def _base_name(kernel: str) -> str:
@@ -295,8 +297,8 @@ def _l2_note(hits: list[tuple[int, bool]], counted: int, floor: int) -> str:
         return ""
     from nvae_fast.cuda.bn_swish import ASSUMED_L2_BYTES
 
-    how = ("runs sized to half of it" if all(planned for _, planned in hits)
-           else "the inputs within half of it")
+    how = ("the inputs within half of it" if all(whole for _, whole in hits)
+           else "the second pass re-reading the samples last to first, half of it holding the last ones read")
     dram = counted - sum(reread for reread, _ in hits)
     return (f" [modelled DRAM ratio {dram / floor:.2f}: the second pass re-reads its inputs from an assumed"
             f" {ASSUMED_L2_BYTES >> 20} MB L2, {how}]")

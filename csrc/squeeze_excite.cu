@@ -9,7 +9,7 @@
 //      plane (NHWC: in groups of 32-channel columns) into part[n, p, c]; the last block of sample n to
 //      finish (an atomic ticket per sample) adds the P parts in order, m = sum / (H W), and runs the
 //      gate MLP of that sample: q = w1 m + b1, a = act(q), gate = sigmoid(w2 a + b2).
-//   2. se_map_kernel: y = x gate[n, c].
+//   2. se_map_kernel: y = x gate[n, c], samples last to first (the ones step 1 read last are still in L2).
 // Backward (se_backward):
 //   1. se_reduce_kernel<backward>: the same grid sums dy x into part[n, p, c]; the last block of sample n
 //      forms dg = sum_p part, dp = dg g (1 - g), q and a again from the saved mean, da = dp w2,
@@ -279,6 +279,8 @@ constexpr int64_t kMapChannels = 1024;  // most (n, c) constants one block item 
 // into items of `cpi` channels times a `chunk`-pixel part of H * W (`parts` parts); a block stages the
 // item's constants in shared memory (one global read each), then its threads stride over the item's
 // vectors of V elements (NCHW: along the pixels of a plane; NHWC: along the channels of a pixel).
+// Samples run last to first (blockIdx.y = 0 takes sample N - 1): se_reduce_kernel read them first to
+// last, so the samples it read last, still in L2 when the inputs are larger than it, are read again first.
 template <typename T, Layout L, int V>
 __global__ void __launch_bounds__(kThreads)
     se_map_kernel(const T* __restrict__ a, T* __restrict__ y, const AccT<T>* __restrict__ gate,
@@ -286,7 +288,7 @@ __global__ void __launch_bounds__(kThreads)
                   int64_t parts, int64_t chunk) {
   using acc_t = AccT<T>;
   __shared__ acc_t sg[kMapChannels], ss[kMapChannels];
-  const int64_t n = blockIdx.y;
+  const int64_t n = static_cast<int64_t>(gridDim.y) - 1 - blockIdx.y;
   const int64_t items = ceil_div(C, cpi) * parts;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
     const int64_t cg = item / parts, p = item - cg * parts;

@@ -17,7 +17,10 @@ NCHW-contiguous and channels_last tensors are read in place (see :mod:`._host`);
 are copied to NCHW first, and ``dy`` is copied to ``x``'s layout in ``backward`` when it differs.
 Outputs have the (dense) layout of their tensor input. When there are too few (n, c) outputs to fill the
 GPU, the H*W axis is split too: each program writes a partial result and the last program adds the
-partials in a fixed order, so results are bit-identical from run to run. The ticket is a zeroed int32.
+partials in a fixed order, so results are bit-identical from run to run. The ticket is an int32 of
+:func:`._host.ticket_counters`, which the last program zeroes again. The element-wise pass runs the
+samples last to first: the reduction read them first to last, so the samples it read last, still in L2
+when the inputs are larger than it, are the ones read again first.
 """
 
 from __future__ import annotations
@@ -69,11 +72,12 @@ def _act_grad(q, SILU: tl.constexpr):
 
 @triton.jit
 def _last_program(ticket_ptr):
-    """True in the program that takes the last ticket of the grid: every other program's stores are
-    visible to it after the acquire."""
+    """True in the program that takes the last ticket of the (1-D) grid: every other program's stores are
+    visible to it after the acquire. That program also puts the ticket back to zero for the next launch."""
     tl.debug_barrier()
-    total = tl.num_programs(0) * tl.num_programs(1)
-    last = tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == total - 1
+    last = tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1
+    if last:
+        tl.store(ticket_ptr, 0)
     tl.debug_barrier()
     return last
 
@@ -224,12 +228,12 @@ def _se_reduce_nchw_kernel(
     BACKWARD: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, SILU: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (cdiv(N*C, BLOCK_R), SPLIT) over the (N*C) x HW matrix. Program (i, s) sums x (BACKWARD:
-    dy x, y_ptr = dy) over the column blocks s, s + SPLIT, ... of its rows into part[s, row]; the last
-    program then runs :func:`_se_epilogue`."""
+    """Grid cdiv(N*C, BLOCK_R) * SPLIT over the (N*C) x HW matrix, program i * SPLIT + s (rows in order,
+    so samples in order). Program (i, s) sums x (BACKWARD: dy x, y_ptr = dy) over the column blocks s,
+    s + SPLIT, ... of its rows into part[s, row]; the last program then runs :func:`_se_epilogue`."""
     rows = N * C
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    s = tl.program_id(1)
+    r = (tl.program_id(0) // SPLIT) * BLOCK_R + tl.arange(0, BLOCK_R)
+    s = tl.program_id(0) % SPLIT
     rmask = r < rows
     cols = tl.arange(0, BLOCK_HW)
     acc = tl.zeros((BLOCK_R, BLOCK_HW), ACC)
@@ -251,13 +255,14 @@ def _se_reduce_nhwc_kernel(
     BACKWARD: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, SILU: tl.constexpr,
     BLOCK_HW: tl.constexpr, BLOCK_CT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (N * cdiv(C, BLOCK_CT), SPLIT); sample n's values form an HW x C matrix. Program (i, s) sums
-    the row blocks s, s + SPLIT, ... of its channel block into part[s, n, c]; the last program then runs
-    :func:`_se_epilogue`."""
+    """Grid N * cdiv(C, BLOCK_CT) * SPLIT, program i * SPLIT + s (samples in order); sample n's values form
+    an HW x C matrix. Program (i, s) sums the row blocks s, s + SPLIT, ... of its channel block into
+    part[s, n, c]; the last program then runs :func:`_se_epilogue`."""
     c_blocks = tl.cdiv(C, BLOCK_CT)
-    n = tl.program_id(0) // c_blocks
-    cols = (tl.program_id(0) - n * c_blocks) * BLOCK_CT + tl.arange(0, BLOCK_CT)
-    s = tl.program_id(1)
+    i = tl.program_id(0) // SPLIT
+    n = i // c_blocks
+    cols = (i - n * c_blocks) * BLOCK_CT + tl.arange(0, BLOCK_CT)
+    s = tl.program_id(0) % SPLIT
     cmask = cols < C
     rows = tl.arange(0, BLOCK_HW)
     base = n * HW * C
@@ -278,10 +283,13 @@ def _se_apply_nchw_kernel(
     x_ptr, gate_ptr, shift_ptr, out_ptr, ROWS, HW,
     HAS_SHIFT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (cdiv(ROWS, BLOCK_R), cdiv(HW, BLOCK_HW)) over the (N*C) x HW matrix; row r = n C + c.
-    out = x gate[r] (+ shift[r] / HW)."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    q = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    """Grid cdiv(ROWS, BLOCK_R) * cdiv(HW, BLOCK_HW) over the (N*C) x HW matrix; row r = n C + c.
+    out = x gate[r] (+ shift[r] / HW). Row blocks run last to first: the reduction read the last samples
+    most recently, so the first programs here find them in L2."""
+    col_blocks = tl.cdiv(HW, BLOCK_HW)
+    i = tl.cdiv(ROWS, BLOCK_R) - 1 - tl.program_id(0) // col_blocks
+    r = i * BLOCK_R + tl.arange(0, BLOCK_R)
+    q = (tl.program_id(0) % col_blocks) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     rmask = r < ROWS
     mask = rmask[:, None] & (q < HW)[None, :]
     offs = r[:, None] * HW + q[None, :]
@@ -297,12 +305,14 @@ def _se_apply_nhwc_kernel(
     x_ptr, gate_ptr, shift_ptr, out_ptr, HW, C,
     HAS_SHIFT: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Grid (N * cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C)); sample n's values form an HW x C matrix.
-    out = x gate[n, c] (+ shift[n, c] / HW)."""
+    """Grid N * cdiv(HW, BLOCK_HW) * cdiv(C, BLOCK_C); sample n's values form an HW x C matrix.
+    out = x gate[n, c] (+ shift[n, c] / HW). Samples run last to first, as :func:`_se_apply_nchw_kernel`'s."""
     hw_blocks = tl.cdiv(HW, BLOCK_HW)
-    n = tl.program_id(0) // hw_blocks
-    h = (tl.program_id(0) - n * hw_blocks) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    i = tl.num_programs(0) // c_blocks - 1 - tl.program_id(0) // c_blocks
+    n = i // hw_blocks
+    h = (i - n * hw_blocks) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    cols = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     mask = (h < HW)[:, None] & cmask[None, :]
     offs = n * HW * C + h[:, None] * C + cols[None, :]
@@ -352,7 +362,6 @@ def _reduce(x, dy, layout, w1, b1, w2, b2, activation, mean=None, gate=None):
                 w2.new_zeros((c,)) if b2 is None else torch.zeros_like(b2))
     block_a, block_b, programs, split = _reduce_plan(x, layout)
     part = torch.empty((split, n, c), dtype=acc, device=x.device)
-    ticket = torch.zeros((1,), dtype=torch.int32, device=x.device)
     w1, w2 = w1.contiguous(), w2.contiguous()
     b1_arg = w1 if b1 is None else b1.contiguous()
     b2_arg = w2 if b2 is None else b2.contiguous()
@@ -372,12 +381,14 @@ def _reduce(x, dy, layout, w1, b1, w2, b2, activation, mean=None, gate=None):
         "BLOCK_C": MLP_BLOCK_C, "BLOCK_J": MLP_BLOCK_J, "ACC": _host.tl_acc(x.dtype),
         "num_warps": _host.num_warps(block_a * block_b),
     }
-    args = (x, dy if backward else x, part, ticket, w1, b1_arg, w2, b2_arg, mean, gate, dp, dq, a, dm,
+    args = (x, dy if backward else x, part, w1, b1_arg, w2, b2_arg, mean, gate, dp, dq, a, dm,
             dw1, db1, dw2, db2, n, c, hidden, h * w, split)
-    if layout == _host.NCHW:
-        _se_reduce_nchw_kernel[(programs, split)](*args, BLOCK_R=block_a, BLOCK_HW=block_b, **flags)
-    else:
-        _se_reduce_nhwc_kernel[(programs, split)](*args, BLOCK_HW=block_a, BLOCK_CT=block_b, **flags)
+    with _host.ticket_counters(x.device, 1) as ticket:
+        args = args[:3] + (ticket,) + args[3:]
+        if layout == _host.NCHW:
+            _se_reduce_nchw_kernel[(programs * split,)](*args, BLOCK_R=block_a, BLOCK_HW=block_b, **flags)
+        else:
+            _se_reduce_nhwc_kernel[(programs * split,)](*args, BLOCK_HW=block_a, BLOCK_CT=block_b, **flags)
     return outs
 
 
@@ -394,14 +405,14 @@ def _apply(x, gate, shift, hw):
     flags = {"HAS_SHIFT": has_shift, "ACC": _host.tl_acc(x.dtype)}
     if layout == _host.NCHW:
         block_r, block_hw = _host.tile(n * c, h * w, MAX_COLS_NCHW)
-        grid = (triton.cdiv(n * c, block_r), triton.cdiv(h * w, block_hw))
+        grid = (triton.cdiv(n * c, block_r) * triton.cdiv(h * w, block_hw),)
         _se_apply_nchw_kernel[grid](
             x, gate, shift, out, n * c, hw,
             BLOCK_R=block_r, BLOCK_HW=block_hw, num_warps=_host.num_warps(block_r * block_hw), **flags,
         )
     else:
         block_hw, block_c = _host.tile(h * w, c, MAX_COLS_NHWC)
-        grid = (n * triton.cdiv(h * w, block_hw), triton.cdiv(c, block_c))
+        grid = (n * triton.cdiv(h * w, block_hw) * triton.cdiv(c, block_c),)
         _se_apply_nhwc_kernel[grid](
             x, gate, shift, out, hw, c,
             BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=_host.num_warps(block_hw * block_c), **flags,

@@ -181,12 +181,15 @@ def test_two_pass_rows_model_the_second_pass_as_l2_hits():
     pool = Launch("se_reduce_kernel<float, float, Layout::NCHW, false>", read=400, written=8)
     scale = Launch("se_map_kernel<float, Layout::NCHW, 4>", read=408, written=400)
     se_small, se_large = OpShape(op="squeeze_excite", x=(2, 3, 64, 64)), OpShape(op="squeeze_excite", x=(32, 768, 32, 32))
-    assert _l2_hits([pool, scale], se_small, "bwd", 4) == (400, False)  # dy and x: 196 KB
-    assert _l2_hits([pool, Launch("se_map_kernel<float>", read=300)], se_small, "fwd", 4) == (300, False)
-    assert _l2_hits([pool, scale], se_large, "fwd", 4) is None  # x: 96 MB, more than half the L2
+    assert _l2_hits([pool, scale], se_small, "bwd", 4) == (400, True)  # dy and x: 196 KB
+    assert _l2_hits([pool, Launch("se_map_kernel<float>", read=300)], se_small, "fwd", 4) == (300, True)
+    # x: 96 MB, more than half the L2: the share of the re-read that the last 25 MiB of reads cover
+    assert _l2_hits([pool, scale], se_large, "fwd", 4) == (int(400 * (25 << 20) / (32 * 768 * 1024 * 4)), False)
     assert _l2_hits([scale], se_small, "fwd", 4) is None  # no first pass
     note = _l2_note([_l2_hits([pool, scale, pool, scale], se_small, "fwd", 4)], 2432, 1600)
     assert note.startswith(" [modelled DRAM ratio 1.02:") and "50 MB L2, the inputs within half" in note, note
+    note = _l2_note([(100, False)], 2432, 1600)
+    assert note.startswith(" [modelled DRAM ratio 1.46:") and "last to first" in note, note
     assert _l2_note([], 808, 800) == ""
 
 
