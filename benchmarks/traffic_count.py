@@ -173,7 +173,9 @@ def _fewer_weights(shape, backend, dtype, full_key, max_elements) -> OpShape:
 def choose_counted(shape: OpShape, backend: str, dtype: str, max_elements: int) -> tuple[OpShape, dict[str, Call], str]:
     """``(counted shape, the full shape's calls, plan text)``. The calls are run with the kernels skipped
     (launches and host work only); the plan text is the full shape's plan, followed by the counted
-    shape's when they differ (see module doc)."""
+    shape's when they differ (see module doc). The host work is a second call's: what a first call sets up
+    once per device and stream (the ticket counters of :mod:`nvae_fast.kernels._host`) is not per call."""
+    run(shape, backend, dtype, kernels=False, host=False)
     full = run(shape, backend, dtype, kernels=False)
     full_key, full_plan = _plan(full)
     if max_elements <= 0 or shape.size <= max_elements:
