@@ -195,3 +195,15 @@ def test_build_root_is_a_cache_outside_the_checkout(monkeypatch, tmp_path):
     monkeypatch.setenv("NVAE_FAST_EMULATION_DIR", str(tmp_path / "mine"))
     assert emulation.build_root() == tmp_path / "mine"
     assert emulation.CSRC.parent not in emulation.build_root().parents
+
+
+def test_l2_size_from_the_environment(monkeypatch):
+    """A bad NVAE_FAST_EMULATE_L2_BYTES is a one-line error; a good one sizes the two-pass BN runs (see
+    test_cuda_bn_swish_train.py for their results)."""
+    emulation.load()
+    x, vec = torch.randn(1, 2, 300, 300), torch.ones(2)
+    monkeypatch.setenv("NVAE_FAST_EMULATE_L2_BYTES", "12kB")
+    with pytest.raises(RuntimeError, match="NVAE_FAST_EMULATE_L2_BYTES must be a number of bytes >= 1024, got '12kB'"):
+        emulation.ops().bn_swish_train_forward(x, vec, vec, None, None, 0.1, 1e-5)
+    monkeypatch.setenv("NVAE_FAST_EMULATE_L2_BYTES", "1024")
+    emulation.ops().bn_swish_train_forward(x, vec, vec, None, None, 0.1, 1e-5)
