@@ -116,6 +116,17 @@ def sm_count(device: torch.device) -> int:
     return INTERPRETER_SMS
 
 
+ASSUMED_L2_BYTES = 50 << 20  # the L2 that plans sized to stay in it assume off a GPU (an H100's)
+
+
+def half_l2_bytes(device: torch.device) -> int:
+    """What one run of a plan that re-reads its inputs from L2 may read: half the device's L2
+    (:data:`ASSUMED_L2_BYTES` off a GPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).L2_cache_size // 2
+    return ASSUMED_L2_BYTES // 2
+
+
 def split(device: torch.device, programs: int, chunks: int) -> int:
     """How many parts to cut each of ``programs`` reductions into (at most ``chunks``, at least 1)."""
     want = triton.cdiv(WAVES * sm_count(device), max(programs, 1))

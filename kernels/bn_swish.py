@@ -40,7 +40,7 @@ narrower than a sector fetch each sector once per program (from L2 after the fir
 One-read backward. ``backward`` does the same with dy and x (half the tile each, so N*H*W <= 8192, 4096
 for float64): one program per channel (block) loads both once, stores sum dz and sum dz xhat and dx.
 Past the limits the training forward and backward take two passes over runs of channels (:func:`_runs`:
-as many channels as take at most half the L2, the device's or :data:`ASSUMED_L2_BYTES`, in x, or dy and
+as many channels as take at most half the L2, the device's or :data:`._host.ASSUMED_L2_BYTES`, in x, or dy and
 x), all in one launch whose programs take tickets (:func:`_two_pass_ticket`): per run, the reduction
 programs (per-program partials), then element-wise programs that wait for them, read the run's inputs
 again, from L2, merge the partials of their channels in order and write the per-channel outputs (mean,
@@ -57,7 +57,7 @@ import triton.language as tl
 
 from nvae_fast._accumulation import acc_dtype
 
-from . import _host
+from . import _host, _tickets
 from ._aot import aot_spec, ones, ptr
 
 __all__ = [
@@ -69,7 +69,6 @@ MAX_COLS_NHWC = 128  # widest tile along C
 ONE_READ_ELEMS = 16384  # float32 values one program of the one-read forward holds: 16 warps x 32 x 32
 VALUES_PER_WARP = 1024  # one-read tiles: 32 float32 words in each thread's registers
 SECTOR_BYTES = 32  # channels_last one-read tiles are at most one memory sector of channels wide
-ASSUMED_L2_BYTES = 50 << 20  # the L2 the two-pass plans' runs are sized to off a GPU (H100/H200's)
 
 
 # ----------------------------------------------------------------------------------------- kernels
@@ -503,12 +502,12 @@ def _train_backward_dx_tile(
 @triton.jit
 def _two_pass_ticket(counters_ptr, N, C, HW, RUN, SPLIT, PER_RUN, CHANNEL_ON_ROWS: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr):
-    """This program's work in the two-pass schedule: it takes the next ticket t of counters[0]; tickets run
+    """This program's work in the two-pass schedule: it takes the next ticket t (:mod:`._tickets`); tickets run
     over runs of RUN channels (PER_RUN tickets per whole run), each run's first-pass programs (the
     reduction: SPLIT per channel, NCHW, or per BLOCK_B channels, NHWC) before its second-pass ones (the
     element-wise tiles of :func:`_run_tile`). Returns (run, c0, channels of the run, first-pass programs
     of the run, second pass?, first-pass channel index j and split s, second-pass tile (ti, tj), ROWS)."""
-    t = tl.atomic_add(counters_ptr, 1)
+    t = _tickets.claim(counters_ptr)
     run = t // PER_RUN
     local = t - run * PER_RUN
     c0 = run * RUN
@@ -528,38 +527,6 @@ def _two_pass_ticket(counters_ptr, N, C, HW, RUN, SPLIT, PER_RUN, CHANNEL_ON_ROW
 
 
 @triton.jit
-def _two_pass_first_done(counters_ptr, run):
-    """Counts this program's first pass of ``run`` done, after all its threads' stores (barrier, release)."""
-    tl.debug_barrier()
-    tl.atomic_add(counters_ptr + 2 + run, 1, sem="release")
-
-
-@triton.jit
-def _two_pass_wait(counters_ptr, run, firsts, INTERPRETED: tl.constexpr):
-    """Spins until the ``firsts`` first-pass programs of ``run`` are done. They hold smaller tickets, so
-    they were taken by programs that already run and never wait on a larger ticket: the wait ends on any
-    GPU whatever its occupancy. The interpreter runs programs one by one in ticket order, so there the
-    count must already be reached (an assertion instead of a hang)."""
-    if INTERPRETED:
-        tl.device_assert(tl.atomic_add(counters_ptr + 2 + run, 0) >= firsts,
-                         "two-pass BN: a program waits on a first pass of a later ticket")
-    else:
-        while tl.atomic_add(counters_ptr + 2 + run, 0, sem="acquire") < firsts:
-            pass
-
-
-@triton.jit
-def _two_pass_finish(counters_ptr, TOTAL, RUNS):
-    """The last of the launch's TOTAL programs to get here resets the counters (ticket, finished, RUNS run
-    counts) to zero for the next launch."""
-    if tl.atomic_add(counters_ptr + 1, 1, sem="acq_rel") == TOTAL - 1:
-        tl.store(counters_ptr, 0)
-        tl.store(counters_ptr + 1, 0)
-        for r in range(0, RUNS):
-            tl.store(counters_ptr + 2 + r, 0)
-
-
-@triton.jit
 def _bn_train_forward_two_pass_kernel(
     x_ptr, y_ptr, part_ptr, counters_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr,
     N, C, HW, RUN, SPLIT, PER_RUN, TOTAL, RUNS, eps, momentum, unbiased,
@@ -569,11 +536,12 @@ def _bn_train_forward_two_pass_kernel(
     """The two-pass training forward in one launch of TOTAL programs (:func:`_two_pass_ticket`): first
     passes store the partial statistics of their channel (block) and split (:func:`_stats_nchw`,
     :func:`_stats_nhwc`, tile BLOCK_A x BLOCK_B), second passes wait for their run's first passes and run
-    :func:`_train_normalize_tile`. ``counters`` (2 + RUNS int32) are zero on entry and on exit."""
+    :func:`_train_normalize_tile`. ``counters`` (:mod:`._tickets`: ticket, finished, one count per run of
+    first passes done; 2 + RUNS int32) are zero on entry and on exit."""
     run, c0, channels, firsts, second, j, s, ti, tj, rows = _two_pass_ticket(
         counters_ptr, N, C, HW, RUN, SPLIT, PER_RUN, CHANNEL_ON_ROWS, BLOCK_B, BLOCK_R, BLOCK_COL)
     if second:
-        _two_pass_wait(counters_ptr, run, firsts, INTERPRETED)
+        _tickets.wait_count(counters_ptr, 2 + run, firsts, INTERPRETED)
         _train_normalize_tile(
             x_ptr, y_ptr, part_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, rm_ptr, rv_ptr, ti, tj, rows,
             HW if CHANNEL_ON_ROWS else C, C, c0, channels, SPLIT, eps, momentum, unbiased,
@@ -583,8 +551,8 @@ def _bn_train_forward_two_pass_kernel(
             _stats_nchw(x_ptr, part_ptr, N, C, HW, SPLIT, c0 + j, s, BLOCK_A, BLOCK_B, ACC)
         else:
             _stats_nhwc(x_ptr, part_ptr, N * HW, C, SPLIT, c0 + j * BLOCK_B, c0 + channels, s, BLOCK_A, BLOCK_B, ACC)
-        _two_pass_first_done(counters_ptr, run)
-    _two_pass_finish(counters_ptr, TOTAL, RUNS)
+        _tickets.add_count(counters_ptr + 2 + run)
+    _tickets.finish(counters_ptr, TOTAL, 2 + RUNS)
 
 
 @triton.jit
@@ -600,7 +568,7 @@ def _bn_backward_two_pass_kernel(
     run, c0, channels, firsts, second, j, s, ti, tj, rows = _two_pass_ticket(
         counters_ptr, N, C, HW, RUN, SPLIT, PER_RUN, CHANNEL_ON_ROWS, BLOCK_B, BLOCK_R, BLOCK_COL)
     if second:
-        _two_pass_wait(counters_ptr, run, firsts, INTERPRETED)
+        _tickets.wait_count(counters_ptr, 2 + run, firsts, INTERPRETED)
         _train_backward_dx_tile(
             dy_ptr, x_ptr, dx_ptr, part_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, sdz_ptr, sdzx_ptr, inv_count,
             ti, tj, rows, HW if CHANNEL_ON_ROWS else C, C, c0, channels, SPLIT,
@@ -612,8 +580,8 @@ def _bn_backward_two_pass_kernel(
         else:
             _backward_sums_nhwc(dy_ptr, x_ptr, mean_ptr, invstd_ptr, w_ptr, b_ptr, part_ptr, N * HW, C, SPLIT,
                                 c0 + j * BLOCK_B, c0 + channels, s, BLOCK_A, BLOCK_B, ACC)
-        _two_pass_first_done(counters_ptr, run)
-    _two_pass_finish(counters_ptr, TOTAL, RUNS)
+        _tickets.add_count(counters_ptr + 2 + run)
+    _tickets.finish(counters_ptr, TOTAL, 2 + RUNS)
 
 
 @triton.jit
@@ -715,11 +683,8 @@ def _reduce_plan(x: torch.Tensor, layout: str, channels: int | None = None, max_
 
 
 def _run_bytes(device: torch.device) -> int:
-    """What one run of channels of the two-pass training plans may read per pass: half the L2 (the
-    device's; :data:`ASSUMED_L2_BYTES` off a GPU)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).L2_cache_size // 2
-    return ASSUMED_L2_BYTES // 2
+    """What one run of channels of the two-pass training plans may read per pass (:func:`._host.half_l2_bytes`)."""
+    return _host.half_l2_bytes(device)
 
 
 def _runs(x: torch.Tensor, layout: str, inputs: int) -> tuple[int, int]:

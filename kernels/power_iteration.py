@@ -17,11 +17,14 @@ buffers. Two schedules share these tables:
   steps, streaming W_i tile by tile (after the first step from L1/L2), with a block barrier between the
   half-steps. All of them together take a single launch per call.
 * large weights are cut into *items*: column blocks of BLOCK_K columns (for t = W^T u) and row blocks of
-  BLOCK_R rows (for s = W v) of every weight, listed in one item table. Each half-step is one launch over
-  all items that reads the other vector unnormalised plus its per-item partial squared norms (summed in a
-  fixed order, then 1 / max(norm, eps) is applied; the first step reads the caller's u_i as given) and
-  writes its own unnormalised vector and one partial squared norm per item. ``n_iter`` steps take
-  2 n_iter launches plus one that writes the normalised u_i, v_i into the caller's tensors.
+  BLOCK_R rows (for s = W v) of every weight, listed in one item table. An item of a half-step reads the
+  other vector unnormalised plus its per-item partial squared norms (summed in a fixed order, then
+  1 / max(norm, eps) is applied; the first step reads the caller's u_i as given) and writes its own
+  unnormalised vector and one partial squared norm per item; a last pass of items writes the normalised
+  u_i, v_i into the caller's tensors. All of it is one launch (:func:`_steps_kernel`) whose programs take
+  tickets (:mod:`._tickets`) over runs of weights that take at most half the L2: per run, every item of
+  a half-step, waiting for the run's items of the half-step before; the run's weights are read from DRAM
+  by its first half-step and from L2 by the other 2 n_iter - 1 (the schedule: :meth:`_Group.schedule`).
 
 ``sigmas`` takes two launches (per-row-block partial sums, then a fixed-order sum per weight). The op's
 ``forward`` with ``n_iter >= 1`` needs neither: the last half-step's s_i = W_i v_i gives u_i =
@@ -47,6 +50,7 @@ from nvae_fast._accumulation import acc_dtype, shared_acc_dtype
 from nvae_fast._power_iteration import forward_via
 
 from ._aot import aot_spec, ptr
+from . import _host, _tickets
 from ._host import TL_DTYPES, interpreting, num_warps
 
 __all__ = ["supports", "update", "sigmas", "forward", "backward", "aot_specs"]
@@ -80,7 +84,8 @@ META_FIELDS = tl.constexpr(12)
 
 # ----------------------------------------------------------------------------------------------- kernels
 # The helpers below are called once per program or per tile block, never per element: the CPU
-# interpreter pays for every call of a jit helper.
+# interpreter pays for every call of a jit helper. Vectors and partial sums are loaded past L1
+# (``.cg``): in :func:`_steps_kernel` other programs of the same launch wrote them.
 
 
 @triton.jit
@@ -123,7 +128,7 @@ def _fixed_sum(part_ptr, first, count, BLOCK: tl.constexpr):
     acc = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
     for b in range(0, count, BLOCK):
         o = b + tl.arange(0, BLOCK)
-        acc += tl.load(part_ptr + first + o, mask=o < count, other=0.0)
+        acc += tl.load(part_ptr + first + o, mask=o < count, other=0.0, cache_modifier=".cg")
     return tl.sum(acc, axis=0)
 
 
@@ -143,7 +148,7 @@ def _rows_dot(w, w_stride, r, rmask, x, x_stride, cols, ACC: tl.constexpr, BLOCK
     for k0 in range(0, cols, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < cols
-        xv = tl.load(x + k * x_stride, mask=kmask, other=0.0).to(ACC)
+        xv = tl.load(x + k * x_stride, mask=kmask, other=0.0, cache_modifier=".cg").to(ACC)
         wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         acc += wt.to(ACC) * xv[None, :]
     return tl.sum(acc, axis=1)
@@ -157,7 +162,7 @@ def _cols_dot(w, w_stride, k, kmask, x, x_stride, rows, ACC: tl.constexpr, BLOCK
     for r0 in range(0, rows, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         rmask = r < rows
-        xv = tl.load(x + r * x_stride, mask=rmask, other=0.0).to(ACC)
+        xv = tl.load(x + r * x_stride, mask=rmask, other=0.0, cache_modifier=".cg").to(ACC)
         wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         acc += wt.to(ACC) * xv[:, None]
     return tl.sum(acc, axis=0)
@@ -166,7 +171,7 @@ def _cols_dot(w, w_stride, k, kmask, x, x_stride, rows, ACC: tl.constexpr, BLOCK
 @triton.jit
 def _store_scaled(dst, dst_stride, src, src_stride, o, mask, scale):
     """dst[o] = src[o] scale where ``mask``: src upcast to scale's dtype, the product rounded to dst's."""
-    x = tl.load(src + o * src_stride, mask=mask, other=0.0).to(scale.dtype)
+    x = tl.load(src + o * src_stride, mask=mask, other=0.0, cache_modifier=".cg").to(scale.dtype)
     tl.store(dst + o * dst_stride, (x * scale).to(dst.dtype.element_ty), mask=mask)
 
 
@@ -263,16 +268,15 @@ def _persistent_kernel(
 
 
 @triton.jit
-def _v_step_kernel(
-    addr_ptr, meta_ptr, items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr,
+def _v_step(
+    addr_ptr, meta_ptr, items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, j,
     W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, FIRST: tl.constexpr, ACC: tl.constexpr, EPS_: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Item j = BLOCK_K columns k of weight i: t[k] = sum_r W[r, k] u[r]; part_v[j] = sum_k t[k]^2.
+    """Column item j = BLOCK_K columns k of weight i: t[k] = sum_r W[r, k] u[r]; part_v[j] = sum_k t[k]^2.
 
     u is the caller's u_i (FIRST) or the unnormalised s_i of the last half-step times 1 / max(||s_i||, eps).
     """
-    j = tl.program_id(0)
     i, k0 = _item(items_ptr, j)
     k = k0 + tl.arange(0, BLOCK_K)
     meta = meta_ptr + i * META_FIELDS
@@ -292,15 +296,14 @@ def _v_step_kernel(
 
 
 @triton.jit
-def _u_step_kernel(
-    addr_ptr, meta_ptr, items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr,
+def _u_step(
+    addr_ptr, meta_ptr, items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, j,
     W_DTYPE: tl.constexpr, ACC: tl.constexpr, EPS_: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Item j = BLOCK_R rows r of weight i: s[r] = sum_k W[r, k] v[k]; part_u[j] = sum_r s[r]^2.
+    """Row item j = BLOCK_R rows r of weight i: s[r] = sum_k W[r, k] v[k]; part_u[j] = sum_r s[r]^2.
 
     v is the unnormalised t_i of the last half-step times 1 / max(||t_i||, eps).
     """
-    j = tl.program_id(0)
     i, r0 = _item(items_ptr, j)
     r = r0 + tl.arange(0, BLOCK_R)
     meta = meta_ptr + i * META_FIELDS
@@ -315,34 +318,86 @@ def _u_step_kernel(
 
 
 @triton.jit
-def _write_back_kernel(
-    addr_ptr, meta_ptr, row_items_ptr, col_items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, sigma_ptr,
-    ROW_ITEMS, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, EPS_: tl.constexpr, SIGMA: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+def _write_back_u(
+    addr_ptr, meta_ptr, row_items_ptr, ws_u_ptr, part_u_ptr, sigma_ptr, j,
+    U_DTYPE: tl.constexpr, EPS_: tl.constexpr, SIGMA: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """u_i = s_i / max(||s_i||, eps) into the caller's u_i (programs j < ROW_ITEMS: row item j; with SIGMA
-    the weight's first row item also writes sigma_i, the module doc: ``SIGMA``), v_i = t_i /
-    max(||t_i||, eps) into the caller's v_i (the others: column item j - ROW_ITEMS)."""
-    j = tl.program_id(0)
-    if j < ROW_ITEMS:
-        i, r0 = _item(row_items_ptr, j)
-        r = r0 + tl.arange(0, BLOCK_R)
-        meta = meta_ptr + i * META_FIELDS
-        rows, _, _, u_stride, _ = _shape(meta)
-        ss = _fixed_sum(part_u_ptr, tl.load(meta + _ROW_FIRST), tl.load(meta + _ROW_COUNT), SUM_BLOCK)
-        scale = 1.0 / tl.maximum(tl.sqrt(ss), EPS_)
-        u = _io_ptr(addr_ptr, i, _U_ADDR, U_DTYPE)
-        _store_scaled(u, u_stride, ws_u_ptr + tl.load(meta + _S_OFF), 1, r, r < rows, scale)
-        if SIGMA:
-            tl.store(sigma_ptr + tl.load(meta + _OUT), ss * scale, mask=r0 == 0)
+    """Row item j of weight i: u_i = s_i / max(||s_i||, eps) into the caller's u_i; with SIGMA the weight's
+    first row item also writes sigma_i (the module doc: ``SIGMA``)."""
+    i, r0 = _item(row_items_ptr, j)
+    r = r0 + tl.arange(0, BLOCK_R)
+    meta = meta_ptr + i * META_FIELDS
+    rows, _, _, u_stride, _ = _shape(meta)
+    ss = _fixed_sum(part_u_ptr, tl.load(meta + _ROW_FIRST), tl.load(meta + _ROW_COUNT), SUM_BLOCK)
+    scale = 1.0 / tl.maximum(tl.sqrt(ss), EPS_)
+    u = _io_ptr(addr_ptr, i, _U_ADDR, U_DTYPE)
+    _store_scaled(u, u_stride, ws_u_ptr + tl.load(meta + _S_OFF), 1, r, r < rows, scale)
+    if SIGMA:
+        tl.store(sigma_ptr + tl.load(meta + _OUT), ss * scale, mask=r0 == 0)
+
+
+@triton.jit
+def _write_back_v(
+    addr_ptr, meta_ptr, col_items_ptr, ws_v_ptr, part_v_ptr, j,
+    V_DTYPE: tl.constexpr, EPS_: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Column item j of weight i: v_i = t_i / max(||t_i||, eps) into the caller's v_i."""
+    i, k0 = _item(col_items_ptr, j)
+    k = k0 + tl.arange(0, BLOCK_K)
+    meta = meta_ptr + i * META_FIELDS
+    _, cols, _, _, v_stride = _shape(meta)
+    scale = _inv_norm(part_v_ptr, meta, _COL_FIRST, _COL_COUNT, EPS_)
+    v = _io_ptr(addr_ptr, i, _V_ADDR, V_DTYPE)
+    _store_scaled(v, v_stride, ws_v_ptr + tl.load(meta + _T_OFF), 1, k, k < cols, scale)
+
+
+# Kinds of work of a ticket of _steps_kernel.
+_FIRST_V = tl.constexpr(0)  # a column item of the first step (reads the caller's u)
+_V = tl.constexpr(1)  # a column item of a later step
+_U = tl.constexpr(2)  # a row item
+_WRITE_U = tl.constexpr(3)  # a row item of the write-back (u, sigma)
+_WRITE_V = tl.constexpr(4)  # a column item of the write-back (v)
+_TICKET_FIELDS = tl.constexpr(5)  # kind, item, counter waited on (-1: none), its target, counter added to (-1)
+
+
+@triton.jit
+def _steps_kernel(
+    addr_ptr, meta_ptr, row_items_ptr, col_items_ptr, schedule_ptr, counters_ptr, ws_u_ptr, ws_v_ptr,
+    part_u_ptr, part_v_ptr, sigma_ptr, TOTAL, COUNTERS,
+    W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, ACC: tl.constexpr, EPS_: tl.constexpr,
+    SIGMA: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    """Every half-step of every item and the write-back in one launch of TOTAL programs: each takes a ticket
+    (:mod:`._tickets`), row t of the schedule (kind, item, counter to wait for and its target, counter to
+    add to), waits until the items its work reads are done (the previous half-step's items of its run of
+    weights), then runs :func:`_v_step`, :func:`_u_step`, :func:`_write_back_u` or :func:`_write_back_v`.
+    ``counters``: ticket, finished, one count per (run, half-step); COUNTERS of them, zero on entry and
+    exit."""
+    t = _tickets.claim(counters_ptr)
+    e = schedule_ptr + t.to(tl.int64) * _TICKET_FIELDS
+    kind = tl.load(e)
+    j = tl.load(e + 1)
+    wait = tl.load(e + 2)
+    if wait >= 0:
+        _tickets.wait_count(counters_ptr, wait, tl.load(e + 3), INTERPRETED)
+    if kind == _FIRST_V:
+        _v_step(addr_ptr, meta_ptr, col_items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, j,
+                W_DTYPE, U_DTYPE, True, ACC, EPS_, BLOCK_R, BLOCK_K)
+    elif kind == _V:
+        _v_step(addr_ptr, meta_ptr, col_items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, j,
+                W_DTYPE, U_DTYPE, False, ACC, EPS_, BLOCK_R, BLOCK_K)
+    elif kind == _U:
+        _u_step(addr_ptr, meta_ptr, row_items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, j,
+                W_DTYPE, ACC, EPS_, BLOCK_R, BLOCK_K)
+    elif kind == _WRITE_U:
+        _write_back_u(addr_ptr, meta_ptr, row_items_ptr, ws_u_ptr, part_u_ptr, sigma_ptr, j,
+                      U_DTYPE, EPS_, SIGMA, BLOCK_R)
     else:
-        i, k0 = _item(col_items_ptr, j - ROW_ITEMS)
-        k = k0 + tl.arange(0, BLOCK_K)
-        meta = meta_ptr + i * META_FIELDS
-        _, cols, _, _, v_stride = _shape(meta)
-        scale = _inv_norm(part_v_ptr, meta, _COL_FIRST, _COL_COUNT, EPS_)
-        v = _io_ptr(addr_ptr, i, _V_ADDR, V_DTYPE)
-        _store_scaled(v, v_stride, ws_v_ptr + tl.load(meta + _T_OFF), 1, k, k < cols, scale)
+        _write_back_v(addr_ptr, meta_ptr, col_items_ptr, ws_v_ptr, part_v_ptr, j, V_DTYPE, EPS_, BLOCK_K)
+    signal = tl.load(e + 4)
+    if signal >= 0:
+        _tickets.add_count(counters_ptr + signal)
+    _tickets.finish(counters_ptr, TOTAL, COUNTERS)
 
 
 @triton.jit
@@ -440,6 +495,7 @@ class _Group:
         # keeps any copies alive while the kernels read them (a cached group holds no tensors)
         self.copies = [r for r, m in zip(readable, mats) if r is not m]
         addr, meta, row_items, col_items = [], [], [], []
+        self.items = []  # per weight: (first row item, row items, first column item, column items, bytes of W)
         sizes = [0, 0]
         for i, (out, m, u, v) in enumerate(zip(index, readable, us, vs)):
             rows, cols = m.shape
@@ -447,6 +503,7 @@ class _Group:
             addr += [m.data_ptr(), u.data_ptr(), v.data_ptr(), 0]
             meta += [rows, cols, m.stride(0), u.stride(0), v.stride(0), sizes[0], sizes[1],
                      len(row_items) // 2, n_rows, len(col_items) // 2, n_cols, out]
+            self.items.append((len(row_items) // 2, n_rows, len(col_items) // 2, n_cols, m.numel() * m.element_size()))
             for b in range(n_rows):
                 row_items += [i, b * block_r]
             for b in range(n_cols):
@@ -464,6 +521,41 @@ class _Group:
         self.acc = acc
         self.blocks = dict(BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps(block_r * block_k))
         self.sizes = tuple(sizes)
+        self._schedules: dict[int, tuple] = {}
+
+    def schedule(self, n_iter: int):
+        """``(table, tickets, counters)`` of :func:`_steps_kernel` for ``n_iter`` >= 1 steps (cached): the
+        weights, in order, in runs whose W take at most half the L2 (:func:`._host.half_l2_bytes`; a larger
+        weight alone); per run, the column items of step 1, its row items, ..., of step n_iter, then the
+        write-back's row and column items. Each item of a half-step waits for the run's items of the
+        half-step before it (the first for none; the write-back for the last row items) and counts
+        itself done in the run's count of its half-step (counter 2 + run * 2 n_iter + half-step)."""
+        if n_iter not in self._schedules:
+            budget = _host.half_l2_bytes(self.meta.device)
+            runs, used = [], budget
+            for weight in self.items:
+                if used + weight[4] > budget:
+                    runs.append([])
+                    used = 0
+                runs[-1].append(weight)
+                used += weight[4]
+            rows = []
+            for r, run in enumerate(runs):
+                row_items = [j for first, count, _, _, _ in run for j in range(first, first + count)]
+                col_items = [j for _, _, first, count, _ in run for j in range(first, first + count)]
+                base = 2 + r * 2 * n_iter
+                for k in range(n_iter):
+                    after_u = (base + 2 * k - 1, len(row_items)) if k else (-1, 0)
+                    rows += [(_V.value if k else _FIRST_V.value, j, *after_u, base + 2 * k) for j in col_items]
+                    rows += [(_U.value, j, base + 2 * k, len(col_items), base + 2 * k + 1) for j in row_items]
+                last_u = (base + 2 * n_iter - 1, len(row_items))
+                rows += [(_WRITE_U.value, j, *last_u, -1) for j in row_items]
+                rows += [(_WRITE_V.value, j, *last_u, -1) for j in col_items]
+            table = torch.tensor(rows, dtype=torch.int64).flatten()
+            if self.meta.device.type == "cuda":  # pinned + non_blocking: the copy does not wait for the GPU
+                table = table.pin_memory().to(self.meta.device, non_blocking=True)
+            self._schedules[n_iter] = (table, len(rows), 2 + len(runs) * 2 * n_iter)
+        return self._schedules[n_iter]
 
     def work(self, parts: bool):
         """Work buffers (s, t[, per-row-item, per-column-item partial squared norms]) in the acc dtype."""
@@ -537,22 +629,14 @@ def _iterate(mats, us, vs, n_iter, sigma):
             g.addr, g.meta, *g.work(parts=False), sigma, n_iter,
             W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], ACC=acc, EPS_=EPS, **with_sigma, **g.blocks,
         )
-    groups = _groups(mats, us, vs, large)
-    work = [g.work(parts=True) for g in groups]
-    for step in range(n_iter):
-        for g, buffers in zip(groups, work):
-            _v_step_kernel[(g.n_cols,)](
-                g.addr, g.meta, g.col_items, *buffers,
-                W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], FIRST=step == 0, ACC=acc, EPS_=EPS, **g.blocks,
+    for g in _groups(mats, us, vs, large):
+        table, tickets, counters = g.schedule(n_iter)
+        with _host.ticket_counters(g.meta.device, counters) as counts:
+            _steps_kernel[(tickets,)](
+                g.addr, g.meta, g.row_items, g.col_items, table, counts, *g.work(parts=True), sigma, tickets,
+                counters, W_DTYPE=g.dtypes[0], U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], ACC=acc, EPS_=EPS,
+                INTERPRETED=interpreting(), **with_sigma, **g.blocks,
             )
-            _u_step_kernel[(g.n_rows,)](
-                g.addr, g.meta, g.row_items, *buffers, W_DTYPE=g.dtypes[0], ACC=acc, EPS_=EPS, **g.blocks,
-            )
-    for g, buffers in zip(groups, work):
-        _write_back_kernel[(g.n_rows + g.n_cols,)](
-            g.addr, g.meta, g.row_items, g.col_items, *buffers, sigma, g.n_rows,
-            U_DTYPE=g.dtypes[1], V_DTYPE=g.dtypes[2], EPS_=EPS, **with_sigma, **g.blocks,
-        )
 
 
 def _split(mats):
@@ -647,8 +731,8 @@ def _outer_tiles(layout, device):
 
 
 def aot_specs() -> list:
-    """Every kernel for weights in each float dtype (u, v float32, or float64 throughout), both variants of
-    the first half-step, with the GPU tile."""
+    """Every kernel for weights in each float dtype (u, v float32, or float64 throughout), with and without
+    sigma, with the GPU tile."""
     block_r, block_k = GPU_BLOCKS
     blocks = {"BLOCK_R": block_r, "BLOCK_K": block_k, "EPS_": EPS}
     warps = num_warps(block_r * block_k)
@@ -658,14 +742,12 @@ def aot_specs() -> list:
         acc = acc_dtype(w_dtype)
         a, tw, ta = ptr(acc), TL_DTYPES[w_dtype], TL_DTYPES[acc]
         work = {"ws_u_ptr": a, "ws_v_ptr": a}
-        parts = {**work, "items_ptr": "*i64", "part_u_ptr": a, "part_v_ptr": a}
         specs += [
             aot_spec(fn, {**tables, **({} if fn is _resident_kernel else work), "sigma_ptr": a, "N_ITER": "i32",
                           "W_DTYPE": tw, "U_DTYPE": ta, "V_DTYPE": ta, "ACC": ta, "SIGMA": sigma, **blocks}, warps)
             for fn in (_resident_kernel, _persistent_kernel) for sigma in (True, False)
         ]
         specs += [
-            aot_spec(_u_step_kernel, {**tables, **parts, "W_DTYPE": tw, "ACC": ta, **blocks}, warps),
             aot_spec(_sigma_weight_kernel, {**tables, "out_ptr": a, "W_DTYPE": tw, "U_DTYPE": ta, "V_DTYPE": ta,
                                             "ACC": ta, "BLOCK_R": block_r, "BLOCK_K": block_k}, warps),
             aot_spec(_sigma_rows_kernel, {**tables, "items_ptr": "*i64", "part_ptr": a, "W_DTYPE": tw,
@@ -673,19 +755,15 @@ def aot_specs() -> list:
                                           "BLOCK_K": block_k}, warps),
         ]
         specs += [
-            aot_spec(_v_step_kernel, {**tables, **parts, "W_DTYPE": tw, "U_DTYPE": ta, "FIRST": first, "ACC": ta,
-                                      **blocks}, warps)
-            for first in (True, False)
+            aot_spec(_steps_kernel, {**tables, "row_items_ptr": "*i64", "col_items_ptr": "*i64", "schedule_ptr": "*i64",
+                                     "counters_ptr": "*i32", **work, "part_u_ptr": a, "part_v_ptr": a, "sigma_ptr": a,
+                                     "TOTAL": "i32", "COUNTERS": "i32", "W_DTYPE": tw, "U_DTYPE": ta, "V_DTYPE": ta,
+                                     "ACC": ta, "SIGMA": sigma, "INTERPRETED": False, **blocks}, warps)
+            for sigma in (True, False)
         ]
     for acc in (torch.float32, torch.float64):
         a, ta = ptr(acc), TL_DTYPES[acc]
-        specs += [
-            *(aot_spec(_write_back_kernel, {**tables, "row_items_ptr": "*i64", "col_items_ptr": "*i64",
-                                            "ws_u_ptr": a, "ws_v_ptr": a, "part_u_ptr": a, "part_v_ptr": a,
-                                            "sigma_ptr": a, "ROW_ITEMS": "i32", "U_DTYPE": ta, "V_DTYPE": ta,
-                                            "SIGMA": sigma, **blocks}, warps) for sigma in (True, False)),
-            aot_spec(_sigma_sum_kernel, {"meta_ptr": "*i64", "part_ptr": a, "out_ptr": a, "BLOCK": SUM_BLOCK}, 1),
-        ]
+        specs.append(aot_spec(_sigma_sum_kernel, {"meta_ptr": "*i64", "part_ptr": a, "out_ptr": a, "BLOCK": SUM_BLOCK}, 1))
     for w_dtype in TL_DTYPES:
         acc = ptr(acc_dtype(w_dtype))
         specs.append(aot_spec(_outer_kernel, {"tiles_ptr": "*i64", "saved_ptr": acc, "grad_ptr": acc,

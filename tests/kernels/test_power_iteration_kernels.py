@@ -3,7 +3,8 @@
 Runs on the GPU when there is one, otherwise in the Triton interpreter (``tests/conftest.py`` sets
 ``TRITON_INTERPRET=1``). Every schedule is exercised (the ``schedule`` fixture): by default the weights that
 fit one tile stay in registers and the two larger ones of SHAPES are streamed over several tiles by one
-program each; ``items`` sets ``PERSISTENT_MAX = 0`` so that every weight takes the multi-launch item schedule.
+program each; ``items`` sets ``PERSISTENT_MAX = 0`` so that every weight takes the item schedule (one launch of
+ticketed row and column items, over runs of weights sized to half the L2).
 """
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from nvae_fast.ops.power_iteration import power_iteration_reference
+
+from nvae_fast.kernels import _host
 
 from .._tensors import randn
 
@@ -218,3 +221,45 @@ def test_forward_takes_sigma_from_the_last_step(schedule, monkeypatch, n_iter):
     assert launched == []
     _check((sigma, us, vs), reference, TOL[torch.float32])
     assert sigma[-1].item() == 0.0
+
+
+@pytest.mark.parametrize("half_l2", [10**9, 8000, 1], ids=["one_run", "runs", "a_run_per_weight"])
+def test_item_schedule_is_one_launch_over_runs_of_weights(monkeypatch, half_l2):
+    """Every half-step and the write-back of the large weights in one launch of _steps_kernel, whatever
+    the runs (here an L2 of 8 KB: several weights per run; of 1 byte: every weight its own run); results as
+    the reference, the ticket counters left zeroed, the schedule cached per n_iter."""
+    monkeypatch.setattr(pi, "PERSISTENT_MAX", 0)
+    monkeypatch.setattr(_host, "half_l2_bytes", lambda device: half_l2)
+    mats, us, vs = _inputs(SHAPES, torch.float32, seed=9)
+    reference = _reference(mats, us, vs, 3)
+    launched = []
+    real = pi._steps_kernel
+    monkeypatch.setattr(pi, "_steps_kernel", type("Counted", (), {
+        "__getitem__": lambda self, grid: launched.append(grid) or real[grid]})())
+    pi._GROUP_CACHE.clear()
+    us, vs = [u.clone() for u in us], [v.clone() for v in vs]
+    sigma, _, _ = pi.forward(mats, us, vs, 3)
+    assert len(launched) == 1
+    _check((sigma, us, vs), reference, TOL[torch.float32])
+    (group,) = [g for groups in pi._GROUP_CACHE.values() for g in groups]
+    table, tickets, counters = group.schedule(3)
+    runs = (counters - 2) // 6
+    assert runs == {10**9: 1, 8000: runs, 1: len(SHAPES)}[half_l2] and (half_l2 != 8000 or 1 < runs < len(SHAPES))
+    assert tickets == 4 * (group.n_rows + group.n_cols) and group.schedule(3)[0] is table
+    assert not _host._TICKET_COUNTERS[(str(DEVICE), 0)].any()
+
+
+def test_an_item_scheduled_before_what_it_reads_is_an_error(monkeypatch):
+    """The interpreter runs programs in ticket order: an item whose inputs come later in the schedule
+    trips the wait's assertion instead of hanging."""
+    monkeypatch.setattr(pi, "PERSISTENT_MAX", 0)
+    mats, us, vs = _inputs(SHAPES[:3], torch.float32, seed=10)
+    pi._GROUP_CACHE.clear()
+    pi.update(mats, us, vs, 2)
+    (group,) = [g for groups in pi._GROUP_CACHE.values() for g in groups]
+    table, tickets, counters = group.schedule(2)
+    rows = table.view(tickets, 5)
+    group._schedules[2] = (torch.cat([rows[group.n_cols:], rows[:group.n_cols]]).flatten(), tickets, counters)
+    with pytest.raises(Exception, match="a program waits on work of a later ticket"):
+        pi.update(mats, us, vs, 2)  # the same tensors: the cached group and its schedule
+    assert (str(DEVICE), 0) not in _host._TICKET_COUNTERS  # dropped: the launch was cut short
