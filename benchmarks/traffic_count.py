@@ -55,13 +55,19 @@ OVERRUN = 16  # how far above the budget a candidate may be to keep the full sha
 # dy and x backward) take at most half the assumed L2; else the second pass runs the samples last to first,
 # and the share of its re-reads that the last half-L2 of the first pass's reads covers.
 L2_FIRST_PASSES = {"se_reduce_kernel", "_se_reduce_nchw_kernel", "_se_reduce_nhwc_kernel"}
-# Two-pass plans in one launch (BN+Swish, both backends): each run of channels, sized to half the assumed L2,
-# is read by a first and then a second pass of the same launch, whose distinct bytes count the second read
-# once, as the L2 hit it is on the GPU when the run stays in L2; requested/floor counts both reads.
-L2_TWO_PASS_LAUNCHES = {
-    "bn_train_forward_two_pass_kernel", "bn_train_backward_two_pass_kernel",
-    "_bn_train_forward_two_pass_kernel", "_bn_backward_two_pass_kernel",
+# Launches that read their inputs more than once over runs sized to half the assumed L2 (BN+Swish's two
+# passes in both backends; every half-step of the Triton power iteration's items): their distinct bytes
+# count each input once, as the L2 hits the re-reads are on the GPU when a run stays in L2;
+# requested/floor counts every read. What the plan's note says of each.
+L2_RUN_LAUNCHES = {
+    "bn_train_forward_two_pass_kernel": "two passes in one launch: the counted bytes take each run's second"
+                                        " read of its inputs as an L2 hit, runs of channels",
+    "_steps_kernel": "every half-step in one launch: the counted bytes take each read of a weight after its"
+                     " run's first half-step as an L2 hit, runs of weights",
 }
+for _kernel in ("bn_train_backward_two_pass_kernel", "_bn_train_forward_two_pass_kernel",
+                "_bn_backward_two_pass_kernel"):
+    L2_RUN_LAUNCHES[_kernel] = L2_RUN_LAUNCHES["bn_train_forward_two_pass_kernel"]
 _CPU = torch.device("cpu")
 
 
@@ -263,7 +269,7 @@ def rows(shape: OpShape, counted: OpShape, full: dict[str, Call] | None, measure
                 modes = ("fwd", "bwd") if mode == "fwd+bwd" else (mode,)
                 hits = [_l2_hits(measured[m].launches, shape, m, DTYPES[dtype].itemsize) for m in modes]
                 row.plan += _l2_note([h for h in hits if h is not None], row.bytes_read + row.bytes_written, floor)
-                row.plan += _two_pass_note(launches, row.requested_bytes, floor)
+                row.plan += _run_launch_note(launches, row.requested_bytes, floor)
         out.append(row)
     return out
 
@@ -306,17 +312,18 @@ def _l2_note(hits: list[tuple[int, bool]], counted: int, floor: int) -> str:
             f" {ASSUMED_L2_BYTES >> 20} MB L2, {how}]")
 
 
-def _two_pass_note(launches: list[Launch], requested: int | None, floor: int) -> str:
-    """The plan's note for launches that run both passes of a two-pass plan (:data:`L2_TWO_PASS_LAUNCHES`);
-    "" when none does."""
-    if not any(_base_name(launch.kernel) in L2_TWO_PASS_LAUNCHES for launch in launches):
+def _run_launch_note(launches: list[Launch], requested: int | None, floor: int) -> str:
+    """The plan's note for launches that re-read their inputs over runs sized to the L2
+    (:data:`L2_RUN_LAUNCHES`); "" when none does."""
+    notes = dict.fromkeys(L2_RUN_LAUNCHES[name] for name in map(_base_name, (l.kernel for l in launches))
+                          if name in L2_RUN_LAUNCHES)
+    if not notes:
         return ""
     from nvae_fast.cuda.bn_swish import ASSUMED_L2_BYTES
 
     both = f" {requested / floor:.2f} with" if requested is not None else ""
-    return (f" [two passes in one launch: the counted bytes take each run's second read of its inputs as an"
-            f" L2 hit, runs sized to half of an assumed {ASSUMED_L2_BYTES >> 20} MB L2; requested/floor{both}"
-            f" every read]")
+    return (f" [{'; '.join(notes)} sized to half of an assumed {ASSUMED_L2_BYTES >> 20} MB L2; requested/floor"
+            f"{both} every read]")
 
 
 class CaseCounter:

@@ -193,13 +193,16 @@ def test_two_pass_rows_model_the_second_pass_as_l2_hits():
     assert _l2_note([], 808, 800) == ""
 
 
-def test_one_launch_two_pass_rows_say_what_the_count_assumes():
-    from benchmarks.traffic_count import _two_pass_note
+def test_launches_over_l2_runs_say_what_the_count_assumes():
+    from benchmarks.traffic_count import _run_launch_note
 
     for kernel in ("bn_train_forward_two_pass_kernel<float, Layout::NCHW, 4>", "_bn_backward_two_pass_kernel[BLOCK_A=4]"):
-        note = _two_pass_note([Launch(kernel, read=400, written=400)], 1200, 800)
-        assert "two passes in one launch" in note and "50 MB L2" in note and "requested/floor 1.50 with" in note, note
-    assert _two_pass_note([Launch("bn_train_forward_kernel<float, Layout::NCHW, 4, true>")], 800, 800) == ""
+        note = _run_launch_note([Launch(kernel, read=400, written=400)], 1200, 800)
+        assert "two passes in one launch" in note and "runs of channels sized to half of an assumed 50 MB L2" in note
+        assert "requested/floor 1.50 with every read" in note, note
+    note = _run_launch_note([Launch("_resident_kernel[N=1]"), Launch("_steps_kernel[BLOCK_R=32]")], 7200, 800)
+    assert "every half-step in one launch" in note and "runs of weights sized" in note and "9.00 with" in note, note
+    assert _run_launch_note([Launch("bn_train_forward_kernel<float, Layout::NCHW, 4, true>")], 800, 800) == ""
 
 
 def test_traffic_command_writes_rows_with_exactly_the_listed_keys(tmp_path):

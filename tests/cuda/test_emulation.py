@@ -201,7 +201,7 @@ def test_l2_size_from_the_environment(monkeypatch):
     """A bad NVAE_FAST_EMULATE_L2_BYTES is a one-line error; a good one sizes the two-pass BN runs (see
     test_cuda_bn_swish_train.py for their results)."""
     emulation.load()
-    x, vec = torch.randn(1, 2, 300, 300), torch.ones(2)
+    x, vec = torch.randn(1, 2, 320, 320), torch.ones(2)  # 102400 values per channel: the l2_blocked plan
     monkeypatch.setenv("NVAE_FAST_EMULATE_L2_BYTES", "12kB")
     with pytest.raises(RuntimeError, match="NVAE_FAST_EMULATE_L2_BYTES must be a number of bytes >= 1024, got '12kB'"):
         emulation.ops().bn_swish_train_forward(x, vec, vec, None, None, 0.1, 1e-5)
