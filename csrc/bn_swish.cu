@@ -493,17 +493,26 @@ __global__ void __launch_bounds__(kGroupThreads) bn_train_forward_kernel(GroupGe
   forward_apply<T, L, V, true>(g, a, Place{static_cast<int64_t>(blockIdx.x), 0});
 }
 
-template <typename T, Layout L, int V>
-__global__ void __launch_bounds__(kGroupThreads) bn_train_forward_two_pass_kernel(GroupGeometry g, TrainForwardArgs<T> a,
-                                                                                  TwoPassSchedule s) {
+// The block's ticket of the two-pass schedule: first(place) for a first-pass ticket, then counted done in
+// its run; second(place) for a second-pass ticket, once its run's first pass is done.
+template <class First, class Second>
+__device__ __forceinline__ void run_two_pass(const TwoPassSchedule& s, First&& first, Second&& second) {
   const TwoPassTicket t = claim_two_pass(s);
   if (!t.second) {
-    forward_partial<T, L, V>(g, a, t.at);
+    first(t.at);
     add_count(s.counters + 1 + t.run);
   } else {
     wait_count(s.counters + 1 + t.run, t.run_blocks);
-    forward_apply<T, L, V, false>(g, a, t.at);
+    second(t.at);
   }
+}
+
+template <typename T, Layout L, int V>
+__global__ void __launch_bounds__(kGroupThreads) bn_train_forward_two_pass_kernel(GroupGeometry g, TrainForwardArgs<T> a,
+                                                                                  TwoPassSchedule s) {
+  run_two_pass(
+      s, [&](Place at) { forward_partial<T, L, V>(g, a, at); },
+      [&](Place at) { forward_apply<T, L, V, false>(g, a, at); });
 }
 
 template <typename T>
@@ -679,14 +688,9 @@ template <typename T, Layout L, int V>
 __global__ void __launch_bounds__(kGroupThreads) bn_train_backward_two_pass_kernel(GroupGeometry g,
                                                                                    TrainBackwardArgs<T> a,
                                                                                    TwoPassSchedule s) {
-  const TwoPassTicket t = claim_two_pass(s);
-  if (!t.second) {
-    backward_partial<T, L, V>(g, a, t.at);
-    add_count(s.counters + 1 + t.run);
-  } else {
-    wait_count(s.counters + 1 + t.run, t.run_blocks);
-    backward_apply<T, L, V, false>(g, a, t.at);
-  }
+  run_two_pass(
+      s, [&](Place at) { backward_partial<T, L, V>(g, a, at); },
+      [&](Place at) { backward_apply<T, L, V, false>(g, a, at); });
 }
 
 // The plan of a training call: which kernels, the group geometry and the launch runs.
