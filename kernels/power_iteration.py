@@ -16,15 +16,17 @@ buffers. Two schedules share these tables:
 * small weights (at most :data:`PERSISTENT_MAX` elements): one program per weight runs all ``n_iter``
   steps, streaming W_i tile by tile (after the first step from L1/L2), with a block barrier between the
   half-steps. All of them together take a single launch per call.
-* large weights are cut into *items*: column blocks of BLOCK_K columns (for t = W^T u) and row blocks of
-  BLOCK_R rows (for s = W v) of every weight, listed in one item table. An item of a half-step reads the
-  other vector unnormalised plus its per-item partial squared norms (summed in a fixed order, then
-  1 / max(norm, eps) is applied; the first step reads the caller's u_i as given) and writes its own
-  unnormalised vector and one partial squared norm per item; a last pass of items writes the normalised
-  u_i, v_i into the caller's tensors. All of it is one launch (:func:`_steps_kernel`) whose programs take
-  tickets (:mod:`._tickets`) over runs of weights that take at most half the L2: per run, every item of
-  a half-step, waiting for the run's items of the half-step before; the run's weights are read from DRAM
-  by its first half-step and from L2 by the other 2 n_iter - 1 (the schedule: :meth:`_Group.schedule`).
+* large weights are cut into *items*: row blocks of BLOCK_R rows and column blocks of BLOCK_K columns of
+  every weight, listed in two item tables. A step is three phases: every row item writes its rows' share
+  of W^T u for all columns (partials), every column item adds its columns' partials in a fixed order
+  into t (times 1 / max(||s||, eps), the norm from per-item partial squared norms added in a fixed order;
+  the first step reads the caller's u_i as given) and writes one partial squared norm, every row item
+  computes s = W (t / max(||t||, eps)) for its rows and one partial squared norm; a last pass of items
+  writes the normalised u_i, v_i into the caller's tensors. All of it is one launch
+  (:func:`_steps_kernel`) whose programs take tickets (:mod:`._tickets`) over runs of weights that take
+  at most half the L2: per run, every item of a phase, waiting for the run's items of the phase before;
+  the run's weights are read from DRAM by its first phase and from L2 by the other 2 n_iter - 1 reads
+  (the schedule: :meth:`_Group.schedule`).
 
 ``sigmas`` takes two launches (per-row-block partial sums, then a fixed-order sum per weight). The op's
 ``forward`` with ``n_iter >= 1`` needs neither: the last half-step's s_i = W_i v_i gives u_i =
@@ -79,7 +81,8 @@ _ROW_COUNT = tl.constexpr(8)
 _COL_FIRST = tl.constexpr(9)  # first column item of the weight, and their count
 _COL_COUNT = tl.constexpr(10)
 _OUT = tl.constexpr(11)  # position of sigma_i in the output
-META_FIELDS = tl.constexpr(12)
+_P_OFF = tl.constexpr(12)  # offset of the weight's (row items, cols) partials of W^T u in the partials buffer
+META_FIELDS = tl.constexpr(13)
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -268,29 +271,57 @@ def _persistent_kernel(
 
 
 @triton.jit
-def _v_step(
-    addr_ptr, meta_ptr, items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, j,
-    W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, FIRST: tl.constexpr, ACC: tl.constexpr, EPS_: tl.constexpr,
+def _v_partial(
+    addr_ptr, meta_ptr, items_ptr, ws_u_ptr, part_t_ptr, j,
+    W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, FIRST: tl.constexpr, ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Column item j = BLOCK_K columns k of weight i: t[k] = sum_r W[r, k] u[r]; part_v[j] = sum_k t[k]^2.
-
-    u is the caller's u_i (FIRST) or the unnormalised s_i of the last half-step times 1 / max(||s_i||, eps).
-    """
-    i, k0 = _item(items_ptr, j)
-    k = k0 + tl.arange(0, BLOCK_K)
+    """Row item j = BLOCK_R rows r of weight i, the b-th of its row items: part_t[b, k] = sum_r W[r, k] u[r]
+    for every column k (the weight's partials at _P_OFF). u is the caller's u_i (FIRST) or the unnormalised
+    s_i of the last half-step (its scale is applied by :func:`_v_sum`)."""
+    i, r0 = _item(items_ptr, j)
+    r = r0 + tl.arange(0, BLOCK_R)
     meta = meta_ptr + i * META_FIELDS
     rows, cols, w_stride, u_stride, _ = _shape(meta)
     w = _io_ptr(addr_ptr, i, _W_ADDR, W_DTYPE)
     if FIRST:
         u = _io_ptr(addr_ptr, i, _U_ADDR, U_DTYPE)
-        scale = 1.0
     else:
         u = ws_u_ptr + tl.load(meta + _S_OFF)
         u_stride = 1
-        scale = _inv_norm(part_u_ptr, meta, _ROW_FIRST, _ROW_COUNT, EPS_)
+    rmask = r < rows
+    uv = tl.load(u + r * u_stride, mask=rmask, other=0.0, cache_modifier=".cg").to(ACC)
+    out = part_t_ptr + tl.load(meta + _P_OFF) + (j - tl.load(meta + _ROW_FIRST)) * cols
+    for k0 in range(0, cols, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        kmask = k < cols
+        wt = tl.load(w + (r * w_stride)[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        tl.store(out + k, tl.sum(wt.to(ACC) * uv[:, None], axis=0), mask=kmask)
+
+
+@triton.jit
+def _v_sum(
+    meta_ptr, items_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, part_t_ptr, j,
+    FIRST: tl.constexpr, ACC: tl.constexpr, EPS_: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Column item j = BLOCK_K columns k of weight i: t[k] = scale sum_b part_t[b, k] over the weight's row
+    items in order (scale 1 after the caller's u (FIRST), else 1 / max(||s_i||, eps)); part_v[j] =
+    sum_k t[k]^2."""
+    i, k0 = _item(items_ptr, j)
+    k = k0 + tl.arange(0, BLOCK_K)
+    meta = meta_ptr + i * META_FIELDS
+    cols = tl.load(meta + _COLS)
+    n_parts = tl.load(meta + _ROW_COUNT)
     kmask = k < cols
-    t = _cols_dot(w, w_stride, k, kmask, u, u_stride, rows, ACC, BLOCK_R, BLOCK_K) * scale
+    parts = part_t_ptr + tl.load(meta + _P_OFF)
+    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
+    for b0 in range(0, n_parts, BLOCK_R):
+        b = b0 + tl.arange(0, BLOCK_R)
+        acc += tl.load(parts + (b * cols)[:, None] + k[None, :], mask=(b < n_parts)[:, None] & kmask[None, :],
+                       other=0.0, cache_modifier=".cg")
+    t = tl.sum(acc, axis=0)
+    if not FIRST:
+        t = t * _inv_norm(part_u_ptr, meta, _ROW_FIRST, _ROW_COUNT, EPS_)
     tl.store(ws_v_ptr + tl.load(meta + _T_OFF) + k, t, mask=kmask)
     tl.store(part_v_ptr + j, tl.sum(t * t, axis=0))
 
@@ -352,27 +383,30 @@ def _write_back_v(
 
 
 # Kinds of work of a ticket of _steps_kernel.
-_FIRST_V = tl.constexpr(0)  # a column item of the first step (reads the caller's u)
-_V = tl.constexpr(1)  # a column item of a later step
-_U = tl.constexpr(2)  # a row item
-_WRITE_U = tl.constexpr(3)  # a row item of the write-back (u, sigma)
-_WRITE_V = tl.constexpr(4)  # a column item of the write-back (v)
+_FIRST_PARTIAL = tl.constexpr(0)  # a row item's partials of W^T u, first step (the caller's u)
+_PARTIAL = tl.constexpr(1)  # a row item's partials of W^T u, later steps
+_FIRST_SUM = tl.constexpr(2)  # a column item of t = W^T u from the partials, first step
+_SUM = tl.constexpr(3)  # the same, later steps
+_U = tl.constexpr(4)  # a row item of s = W v
+_WRITE_U = tl.constexpr(5)  # a row item of the write-back (u, sigma)
+_WRITE_V = tl.constexpr(6)  # a column item of the write-back (v)
 _TICKET_FIELDS = tl.constexpr(5)  # kind, item, counter waited on (-1: none), its target, counter added to (-1)
+_PHASES = 3  # counted phases per step: partials, sums, row items
 
 
 @triton.jit
 def _steps_kernel(
     addr_ptr, meta_ptr, row_items_ptr, col_items_ptr, schedule_ptr, counters_ptr, ws_u_ptr, ws_v_ptr,
-    part_u_ptr, part_v_ptr, sigma_ptr, TOTAL, COUNTERS,
+    part_u_ptr, part_v_ptr, part_t_ptr, sigma_ptr, TOTAL, COUNTERS,
     W_DTYPE: tl.constexpr, U_DTYPE: tl.constexpr, V_DTYPE: tl.constexpr, ACC: tl.constexpr, EPS_: tl.constexpr,
     SIGMA: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INTERPRETED: tl.constexpr,
 ):
-    """Every half-step of every item and the write-back in one launch of TOTAL programs: each takes a ticket
+    """Every step of every item and the write-back in one launch of TOTAL programs: each takes a ticket
     (:mod:`._tickets`), row t of the schedule (kind, item, counter to wait for and its target, counter to
-    add to), waits until the items its work reads are done (the previous half-step's items of its run of
-    weights), then runs :func:`_v_step`, :func:`_u_step`, :func:`_write_back_u` or :func:`_write_back_v`.
-    ``counters``: ticket, finished, one count per (run, half-step); COUNTERS of them, zero on entry and
-    exit."""
+    add to), waits until the items its work reads are done (the previous phase's items of its run of
+    weights), then runs :func:`_v_partial`, :func:`_v_sum`, :func:`_u_step`, :func:`_write_back_u` or
+    :func:`_write_back_v`. ``counters``: ticket, finished, one count per (run, step, phase); COUNTERS of
+    them, zero on entry and exit."""
     t = _tickets.claim(counters_ptr)
     e = schedule_ptr + t.to(tl.int64) * _TICKET_FIELDS
     kind = tl.load(e)
@@ -380,12 +414,18 @@ def _steps_kernel(
     wait = tl.load(e + 2)
     if wait >= 0:
         _tickets.wait_count(counters_ptr, wait, tl.load(e + 3), INTERPRETED)
-    if kind == _FIRST_V:
-        _v_step(addr_ptr, meta_ptr, col_items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, j,
-                W_DTYPE, U_DTYPE, True, ACC, EPS_, BLOCK_R, BLOCK_K)
-    elif kind == _V:
-        _v_step(addr_ptr, meta_ptr, col_items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, j,
-                W_DTYPE, U_DTYPE, False, ACC, EPS_, BLOCK_R, BLOCK_K)
+    if kind == _FIRST_PARTIAL:
+        _v_partial(addr_ptr, meta_ptr, row_items_ptr, ws_u_ptr, part_t_ptr, j, W_DTYPE, U_DTYPE, True, ACC,
+                   BLOCK_R, BLOCK_K)
+    elif kind == _PARTIAL:
+        _v_partial(addr_ptr, meta_ptr, row_items_ptr, ws_u_ptr, part_t_ptr, j, W_DTYPE, U_DTYPE, False, ACC,
+                   BLOCK_R, BLOCK_K)
+    elif kind == _FIRST_SUM:
+        _v_sum(meta_ptr, col_items_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, part_t_ptr, j, True, ACC, EPS_, BLOCK_R,
+               BLOCK_K)
+    elif kind == _SUM:
+        _v_sum(meta_ptr, col_items_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, part_t_ptr, j, False, ACC, EPS_, BLOCK_R,
+               BLOCK_K)
     elif kind == _U:
         _u_step(addr_ptr, meta_ptr, row_items_ptr, ws_u_ptr, ws_v_ptr, part_u_ptr, part_v_ptr, j,
                 W_DTYPE, ACC, EPS_, BLOCK_R, BLOCK_K)
@@ -496,13 +536,13 @@ class _Group:
         self.copies = [r for r, m in zip(readable, mats) if r is not m]
         addr, meta, row_items, col_items = [], [], [], []
         self.items = []  # per weight: (first row item, row items, first column item, column items, bytes of W)
-        sizes = [0, 0]
+        sizes = [0, 0, 0]  # s, t, partials of W^T u
         for i, (out, m, u, v) in enumerate(zip(index, readable, us, vs)):
             rows, cols = m.shape
             n_rows, n_cols = triton.cdiv(rows, block_r), triton.cdiv(cols, block_k)
             addr += [m.data_ptr(), u.data_ptr(), v.data_ptr(), 0]
             meta += [rows, cols, m.stride(0), u.stride(0), v.stride(0), sizes[0], sizes[1],
-                     len(row_items) // 2, n_rows, len(col_items) // 2, n_cols, out]
+                     len(row_items) // 2, n_rows, len(col_items) // 2, n_cols, out, sizes[2]]
             self.items.append((len(row_items) // 2, n_rows, len(col_items) // 2, n_cols, m.numel() * m.element_size()))
             for b in range(n_rows):
                 row_items += [i, b * block_r]
@@ -510,6 +550,7 @@ class _Group:
                 col_items += [i, b * block_k]
             sizes[0] += rows
             sizes[1] += cols
+            sizes[2] += n_rows * cols
         self.n_weights, self.n_rows, self.n_cols = len(mats), len(row_items) // 2, len(col_items) // 2
         tables = torch.tensor(addr + meta + row_items + col_items, dtype=torch.int64)
         device = mats[0].device
@@ -526,10 +567,11 @@ class _Group:
     def schedule(self, n_iter: int):
         """``(table, tickets, counters)`` of :func:`_steps_kernel` for ``n_iter`` >= 1 steps (cached): the
         weights, in order, in runs whose W take at most half the L2 (:func:`._host.half_l2_bytes`; a larger
-        weight alone); per run, the column items of step 1, its row items, ..., of step n_iter, then the
-        write-back's row and column items. Each item of a half-step waits for the run's items of the
-        half-step before it (the first for none; the write-back for the last row items) and counts
-        itself done in the run's count of its half-step (counter 2 + run * 2 n_iter + half-step)."""
+        weight alone); per run and step, three phases: every row item's partials of W^T u (as many
+        programs as the row items, so the step is as parallel as s = W v), every column item's sum of them
+        (t, short), every row item's s = W t; then the write-back's row and column items. Each item waits for
+        the run's items of the phase before it (the first for none; the write-back for the last row items)
+        and counts itself done in the run's count of its phase (counter 2 + (run n_iter + step) 3 + phase)."""
         if n_iter not in self._schedules:
             budget = _host.half_l2_bytes(self.meta.device)
             runs, used = [], budget
@@ -543,24 +585,28 @@ class _Group:
             for r, run in enumerate(runs):
                 row_items = [j for first, count, _, _, _ in run for j in range(first, first + count)]
                 col_items = [j for _, _, first, count, _ in run for j in range(first, first + count)]
-                base = 2 + r * 2 * n_iter
+                after = (-1, 0)
                 for k in range(n_iter):
-                    after_u = (base + 2 * k - 1, len(row_items)) if k else (-1, 0)
-                    rows += [(_V.value if k else _FIRST_V.value, j, *after_u, base + 2 * k) for j in col_items]
-                    rows += [(_U.value, j, base + 2 * k, len(col_items), base + 2 * k + 1) for j in row_items]
-                last_u = (base + 2 * n_iter - 1, len(row_items))
+                    partials, sums, us = (2 + (r * n_iter + k) * _PHASES + p for p in range(_PHASES))
+                    kinds = (_PARTIAL, _SUM) if k else (_FIRST_PARTIAL, _FIRST_SUM)
+                    rows += [(kinds[0].value, j, *after, partials) for j in row_items]
+                    rows += [(kinds[1].value, j, partials, len(row_items), sums) for j in col_items]
+                    rows += [(_U.value, j, sums, len(col_items), us) for j in row_items]
+                    after = (us, len(row_items))
+                last_u = after
                 rows += [(_WRITE_U.value, j, *last_u, -1) for j in row_items]
                 rows += [(_WRITE_V.value, j, *last_u, -1) for j in col_items]
             table = torch.tensor(rows, dtype=torch.int64).flatten()
             if self.meta.device.type == "cuda":  # pinned + non_blocking: the copy does not wait for the GPU
                 table = table.pin_memory().to(self.meta.device, non_blocking=True)
-            self._schedules[n_iter] = (table, len(rows), 2 + len(runs) * 2 * n_iter)
+            self._schedules[n_iter] = (table, len(rows), 2 + len(runs) * n_iter * _PHASES)
         return self._schedules[n_iter]
 
     def work(self, parts: bool):
-        """Work buffers (s, t[, per-row-item, per-column-item partial squared norms]) in the acc dtype."""
-        rows, cols = self.sizes
-        sizes = [rows, cols] + ([self.n_rows, self.n_cols] if parts else [])
+        """Work buffers (s, t[, per-row-item, per-column-item partial squared norms, partials of W^T u]) in
+        the acc dtype."""
+        rows, cols, partials = self.sizes
+        sizes = [rows, cols] + ([self.n_rows, self.n_cols, partials] if parts else [])
         return torch.split(torch.empty(sum(sizes), dtype=self.acc, device=self.meta.device), sizes)
 
 
@@ -756,7 +802,8 @@ def aot_specs() -> list:
         ]
         specs += [
             aot_spec(_steps_kernel, {**tables, "row_items_ptr": "*i64", "col_items_ptr": "*i64", "schedule_ptr": "*i64",
-                                     "counters_ptr": "*i32", **work, "part_u_ptr": a, "part_v_ptr": a, "sigma_ptr": a,
+                                     "counters_ptr": "*i32", **work, "part_u_ptr": a, "part_v_ptr": a, "part_t_ptr": a,
+                                     "sigma_ptr": a,
                                      "TOTAL": "i32", "COUNTERS": "i32", "W_DTYPE": tw, "U_DTYPE": ta, "V_DTYPE": ta,
                                      "ACC": ta, "SIGMA": sigma, "INTERPRETED": False, **blocks}, warps)
             for sigma in (True, False)

@@ -225,7 +225,7 @@ def test_forward_takes_sigma_from_the_last_step(schedule, monkeypatch, n_iter):
 
 @pytest.mark.parametrize("half_l2", [10**9, 8000, 1], ids=["one_run", "runs", "a_run_per_weight"])
 def test_item_schedule_is_one_launch_over_runs_of_weights(monkeypatch, half_l2):
-    """Every half-step and the write-back of the large weights in one launch of _steps_kernel, whatever
+    """Every step and the write-back of the large weights in one launch of _steps_kernel, whatever
     the runs (here an L2 of 8 KB: several weights per run; of 1 byte: every weight its own run); results as
     the reference, the ticket counters left zeroed, the schedule cached per n_iter."""
     monkeypatch.setattr(pi, "PERSISTENT_MAX", 0)
@@ -243,9 +243,11 @@ def test_item_schedule_is_one_launch_over_runs_of_weights(monkeypatch, half_l2):
     _check((sigma, us, vs), reference, TOL[torch.float32])
     (group,) = [g for groups in pi._GROUP_CACHE.values() for g in groups]
     table, tickets, counters = group.schedule(3)
-    runs = (counters - 2) // 6
+    runs = (counters - 2) // 9  # 3 steps of 3 counted phases per run
     assert runs == {10**9: 1, 8000: runs, 1: len(SHAPES)}[half_l2] and (half_l2 != 8000 or 1 < runs < len(SHAPES))
-    assert tickets == 4 * (group.n_rows + group.n_cols) and group.schedule(3)[0] is table
+    # per step every row item twice (partials of W^T u, then W v) and every column item once; the write-back
+    assert tickets == 3 * (2 * group.n_rows + group.n_cols) + group.n_rows + group.n_cols
+    assert group.schedule(3)[0] is table
     assert not _host._TICKET_COUNTERS[(str(DEVICE), 0)].any()
 
 
@@ -259,7 +261,8 @@ def test_an_item_scheduled_before_what_it_reads_is_an_error(monkeypatch):
     (group,) = [g for groups in pi._GROUP_CACHE.values() for g in groups]
     table, tickets, counters = group.schedule(2)
     rows = table.view(tickets, 5)
-    group._schedules[2] = (torch.cat([rows[group.n_cols:], rows[:group.n_cols]]).flatten(), tickets, counters)
+    first_phase = group.n_rows  # the partials of step 1, moved to the end of the schedule
+    group._schedules[2] = (torch.cat([rows[first_phase:], rows[:first_phase]]).flatten(), tickets, counters)
     with pytest.raises(Exception, match="a program waits on work of a later ticket"):
         pi.update(mats, us, vs, 2)  # the same tensors: the cached group and its schedule
     assert (str(DEVICE), 0) not in _host._TICKET_COUNTERS  # dropped: the launch was cut short
