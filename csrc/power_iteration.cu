@@ -2,7 +2,7 @@
 // - power_iteration_update / power_iteration_sigmas (torch.ops.nvae_fast.*): the unplanned kernels on
 //   (R, K) matrices, one launch per half-step, described here;
 // - power_iteration_forward / power_iteration_backward / power_iteration_plan: the op's path, on the
-//   weights as given, with cached launch tables and the Gram iteration (section "Planned forward" below).
+//   weights as given, with cached launch tables and every step in one launch (section "Planned forward").
 //
 // mats[i]: (R_i, K_i), contiguous, one float dtype for all; us[i]: (R_i,), vs[i]: (K_i,), any float dtype.
 // Accumulation dtype: float64 for float64 mats, float32 otherwise. update runs n_iter steps of
@@ -59,7 +59,7 @@ __device__ __forceinline__ void tile_wtu(const T* __restrict__ W, int64_t K, int
     for (int64_t r = r0 + rl; r < r1; r += kRowLanes) {
       acc_t w[V];
       load_vec<V>(W + r * K + k, w);
-      const acc_t ur = u[r];
+      const acc_t ur = load_cg(u + r);
 #pragma unroll
       for (int j = 0; j < V; ++j) a[j] += w[j] * ur;
     }
@@ -97,7 +97,7 @@ __device__ __forceinline__ void tile_wv(const T* __restrict__ W, int64_t K, int6
         acc_t w[V];
         load_vec<V>(W + r * K + k, w);
 #pragma unroll
-        for (int j = 0; j < V; ++j) s.s[0] += w[j] * v[k + j];
+        for (int j = 0; j < V; ++j) s.s[0] += w[j] * load_cg(v + k + j);
       }
     }
     s = warp_reduce(s);
@@ -190,115 +190,29 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------------
 // Planned forward (power_iteration_forward) and backward (power_iteration_backward).
 //
-// Per weight W (R, K), d = min(R, K). With n_iter >= 2 the iteration runs on the Gram matrix of the
-// smaller side, computed once: "gram_out" (R <= K) G = W W^T (R x R), "gram_rest" (R > K) H = W^T W
-// (K x K). Since W normalize(W^T u) = G u / max(sqrt(u^T G u), eps) and
-// W^T normalize(W v) = H v / max(sqrt(v^T H v), eps), the alternating iteration's iterates are
-//
-//   gram_out:  u_k = normalize(G u_{k-1} / max(sqrt(u_{k-1}^T G u_{k-1}), eps)), k = 1..n;
-//              sigma = ||W v_n|| = ||G u_{n-1}|| / max(sqrt(u_{n-1}^T G u_{n-1}), eps) (= u_n^T W v_n);
-//              then one pass over W: v_n = normalize(W^T u_{n-1}).
-//   gram_rest: v_1 = normalize(W^T u_0) (accumulated while H is computed),
-//              v_k = normalize(H v_{k-1} / max(sqrt(v_{k-1}^T H v_{k-1}), eps)), k = 2..n;
-//              then one pass over W: s = W v_n, u_n = normalize(s), sigma = u_n^T s.
-//
-// Launches: Gram tiles (each W read ceil(d / kGram) times), the iteration (one block per weight, on G
-// only), the pass over W, the finalisation (one block per weight). n_iter = 1: W^T u pass, v, W v pass,
-// u and sigma; n_iter = 0: W v pass, sigma = u^T W v. The table of a set of weights is cached (see
-// plan_for), keyed by the weights' and vectors' addresses and shapes.
-
-constexpr int kGram = 128;    // rows/columns of a Gram tile
-constexpr int kChunk = 16;    // long-dimension elements per shared-memory stage of a Gram tile
-constexpr int kMicro = 8;     // kMicro x kMicro Gram entries per thread (kGram = 16 * kMicro)
-static_assert(kGram == 16 * kMicro && kThreads == 256, "Gram tile: 16 x 16 threads of kMicro^2 entries");
+// The alternating iteration on W itself, every step in one launch (pi_steps_kernel, n_iter >= 1): its
+// blocks take tickets (tickets.cuh) over runs of weights whose W take at most half the L2; per run and
+// step four phases, each waiting for the run's previous phase: every tile's partials of W^T u (u the
+// caller's vector, which the previous step's last phase updated), one block per weight adding them into
+// v = normalize(W^T u), every tile's partials of W v, one block per weight adding them into u =
+// normalize(W v) and sigma = u^T W v. A run's W is read from DRAM by its first phase and from L2 by the
+// other 2 n_iter - 1 reads. n_iter = 0: a W v pass and sigma = u^T W v (two launches). The table of a
+// set of weights is cached (see plan_for), keyed by the weights' and vectors' addresses and shapes and
+// the L2 the runs are sized to.
 
 // Fields of a weight entry of a plan table.
 enum PlanField : int {
-  pW, pR, pK, pU, pV, pRest, pD, pGOff, pXOff, pPaOff, pPbOff, pRowTiles, pColTiles, pVecOk, pSaveOff, pGradOff,
-  pFields
+  pW, pR, pK, pU, pV, pXOff, pPaOff, pPbOff, pRowTiles, pColTiles, pVecOk, pSaveOff, pGradOff, pFields
 };
+// Fields of a run entry of a plan table: its first weight and weight count, first tile and tile count.
+enum RunField : int { rWeight, rWeights, rTile, rTiles, rFields };
 
 // Stages of pi_finish_kernel.
 enum Finish : int {
   kSigmaOnly,  // sigma = u^T (W v) from the W v partials; saved = (u, v) as given
   kFinishV,    // v = normalize(W^T u) from the W^T u partials: work, caller's v, saved v
   kFinishU,    // u = normalize(W v), sigma = u^T W v from the W v partials: caller's u, saved u
-  kByMode,     // kFinishV for gram_out weights, kFinishU for gram_rest weights
 };
-
-// Block (i, a, b), a <= b: rows a and columns b of weight i's Gram matrix, both kGram wide, written
-// to G and mirrored. gram_out: G[p, q] = sum_k W[p, k] W[q, k]; gram_rest: H[p, q] = sum_r W[r, p] W[r, q].
-// A gram_rest diagonal tile also writes t = W^T u_0 for its columns into the work's v slot.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    pi_gram_kernel(const int64_t* __restrict__ table, const int64_t* __restrict__ tiles, AccT<T>* __restrict__ work) {
-  using acc_t = AccT<T>;
-  // One padding column: the gram_out loads write 16 consecutive l of one p per half-warp, which without
-  // it would all hit one bank.
-  __shared__ acc_t sa[kChunk][kGram + 1];
-  __shared__ acc_t sb[kChunk][kGram + 1];
-  const int64_t* tile = tiles + static_cast<int64_t>(blockIdx.x) * 3;
-  const int64_t* e = table + tile[0] * pFields;
-  const T* W = reinterpret_cast<const T*>(e[pW]);
-  const int64_t R = e[pR], K = e[pK], d = e[pD];
-  const bool rest = e[pRest] != 0;
-  const int64_t len = rest ? R : K;                 // the long (summed) dimension
-  const int64_t s_idx = rest ? 1 : K, s_len = rest ? K : 1;  // strides of W along the Gram index and along len
-  const int64_t a0 = tile[1] * kGram, b0 = tile[2] * kGram;
-  const bool diag = a0 == b0;
-  const bool want_t = rest && diag;
-  const acc_t* u0 = reinterpret_cast<const acc_t*>(e[pU]);
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  acc_t acc[kMicro][kMicro];
-#pragma unroll
-  for (int m = 0; m < kMicro; ++m)
-#pragma unroll
-    for (int n = 0; n < kMicro; ++n) acc[m][n] = acc_t(0);
-  acc_t t = acc_t(0);
-  for (int64_t l0 = 0; l0 < len; l0 += kChunk) {
-    for (int j = threadIdx.x; j < kChunk * kGram; j += kThreads) {
-      // gram_rest: consecutive threads along the Gram index (contiguous in W); gram_out: along len.
-      const int p = rest ? j % kGram : j / kChunk, l = rest ? j / kGram : j % kChunk;
-      const int64_t ll = l0 + l;
-      const bool in_len = ll < len;
-      sa[l][p] = (in_len && a0 + p < d) ? static_cast<acc_t>(W[(a0 + p) * s_idx + ll * s_len]) : acc_t(0);
-      if (!diag) sb[l][p] = (in_len && b0 + p < d) ? static_cast<acc_t>(W[(b0 + p) * s_idx + ll * s_len]) : acc_t(0);
-    }
-    __syncthreads();
-    const acc_t(*B)[kGram + 1] = diag ? sa : sb;
-    if (want_t && threadIdx.x < kGram) {
-      for (int l = 0; l < kChunk && l0 + l < len; ++l) t += sa[l][threadIdx.x] * u0[l0 + l];
-    }
-#pragma unroll 4
-    for (int l = 0; l < kChunk; ++l) {
-      acc_t x[kMicro], y[kMicro];
-#pragma unroll
-      for (int m = 0; m < kMicro; ++m) {
-        x[m] = sa[l][ty + 16 * m];
-        y[m] = B[l][tx + 16 * m];
-      }
-#pragma unroll
-      for (int m = 0; m < kMicro; ++m)
-#pragma unroll
-        for (int n = 0; n < kMicro; ++n) acc[m][n] += x[m] * y[n];
-    }
-    __syncthreads();
-  }
-  acc_t* G = work + e[pGOff];
-#pragma unroll
-  for (int m = 0; m < kMicro; ++m) {
-    const int64_t p = a0 + ty + 16 * m;
-#pragma unroll
-    for (int n = 0; n < kMicro; ++n) {
-      const int64_t q = b0 + tx + 16 * n;
-      if (p < d && q < d) {
-        G[p * d + q] = acc[m][n];
-        if (!diag) G[q * d + p] = acc[m][n];
-      }
-    }
-  }
-  if (want_t && threadIdx.x < kGram && a0 + threadIdx.x < d) work[e[pXOff] + R + a0 + threadIdx.x] = t;
-}
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t inv_norm(acc_t sq, acc_t eps) {
@@ -306,101 +220,22 @@ __device__ __forceinline__ acc_t inv_norm(acc_t sq, acc_t eps) {
   return acc_t(1) / (n > eps ? n : eps);
 }
 
-// z = G x for the d x d symmetric G (column j of G read as row j: coalesced over the block's threads).
-template <typename acc_t>
-__device__ __forceinline__ void gram_matvec(const acc_t* __restrict__ G, int64_t d, const acc_t* x, acc_t* z) {
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    acc_t s = acc_t(0);
-    for (int64_t c = 0; c < d; ++c) s += G[c * d + j] * x[c];
-    z[j] = s;
-  }
-  __syncthreads();
-}
-
-// One block per weight: the n_iter - 1 (gram_rest) or n_iter (gram_out) products with the Gram matrix
-// (see the section comment). x, the iterate, and z = G x live in the work's u/v slots of the weight.
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    pi_gram_iterate_kernel(const int64_t* __restrict__ table, acc_t* __restrict__ work, int64_t n_iter,
-                           acc_t* __restrict__ sigma, acc_t* __restrict__ saved, acc_t eps) {
-  __shared__ acc_t sh[33];
-  const int64_t* e = table + static_cast<int64_t>(blockIdx.x) * pFields;
-  const int64_t R = e[pR], d = e[pD];
-  const bool rest = e[pRest] != 0;
-  const acc_t* G = work + e[pGOff];
-  acc_t* slot_u = work + e[pXOff];   // R entries
-  acc_t* slot_v = slot_u + R;        // K entries
-  acc_t* x = rest ? slot_v : slot_u;
-  acc_t* z = rest ? slot_u : slot_v;  // d <= the other side's length
-  if (rest) {  // x = t = W^T u_0 from the Gram tiles: v_1 = normalize(t)
-    acc_t sq = acc_t(0);
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) sq += x[j] * x[j];
-    const acc_t sc = inv_norm(block_sum(sq, sh), eps);
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) x[j] *= sc;
-  } else {
-    const acc_t* u0 = reinterpret_cast<const acc_t*>(e[pU]);
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) x[j] = u0[j];
-  }
-  __syncthreads();
-  for (int64_t k = 1; k < n_iter; ++k) {
-    gram_matvec(G, d, x, z);
-    acc_t q = acc_t(0);
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) q += x[j] * z[j];
-    const acc_t s1 = inv_norm(block_sum(q, sh), eps);  // 1 / max(||W^T u||, eps) (gram_rest: ||W v||)
-    acc_t sq = acc_t(0);
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-      const acc_t y = z[j] * s1;
-      sq += y * y;
-    }
-    const acc_t s2 = inv_norm(block_sum(sq, sh), eps);
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) x[j] = z[j] * s1 * s2;
-    __syncthreads();
-  }
-  acc_t* caller = reinterpret_cast<acc_t*>(rest ? e[pV] : e[pU]);
-  acc_t* keep = saved + e[pSaveOff] + (rest ? R : 0);
-  if (rest) {  // v_n: to the caller and the saved vectors; it stays in x for the W v pass
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) caller[j] = keep[j] = x[j];
-    return;
-  }
-  // gram_out: w = W v_n = G u_{n-1} / max(sqrt(u_{n-1}^T G u_{n-1}), eps); u_n = normalize(w), sigma = u_n^T w.
-  gram_matvec(G, d, x, z);
-  acc_t q = acc_t(0);
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) q += x[j] * z[j];
-  const acc_t s1 = inv_norm(block_sum(q, sh), eps);
-  acc_t sq = acc_t(0);
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const acc_t w = z[j] * s1;
-    sq += w * w;
-  }
-  const acc_t s2 = inv_norm(block_sum(sq, sh), eps);
-  acc_t dot = acc_t(0);
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const acc_t w = z[j] * s1, u = w * s2;
-    caller[j] = keep[j] = u;
-    dot += u * w;
-  }
-  dot = block_sum(dot, sh);
-  if (threadIdx.x == 0) sigma[blockIdx.x] = dot;
-}
-
-// One block per tile of the table: partials of W^T u (gram_out weights under kByMode, or all when
-// transpose) into pa, else of W v into pb. from_caller: the vector is the caller's u (W^T u) or v (W v);
-// otherwise the work's u or v slot of the weight.
+// Tile `tile` (weight, row tile, column tile) of the table: partials of W^T u (stage kFinishV) into pa,
+// else of W v into pb. from_caller: the vector is the caller's u (W^T u) or v (W v); otherwise the
+// work's u or v slot of the weight.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    pi_pass_kernel(const int64_t* __restrict__ table, const int64_t* __restrict__ tiles, AccT<T>* __restrict__ work,
-                   int stage, bool from_caller) {
+__device__ __forceinline__ void pass_tile(const int64_t* __restrict__ table, const int64_t* tile,
+                                          AccT<T>* __restrict__ work, int stage, bool from_caller) {
   using acc_t = AccT<T>;
   constexpr int VV = kVec<T>;
   __shared__ acc_t sh[kThreads * VV];
-  const int64_t* tile = tiles + static_cast<int64_t>(blockIdx.x) * 3;
   const int64_t* e = table + tile[0] * pFields;
   const int64_t rt = tile[1], ct = tile[2];
   const T* W = reinterpret_cast<const T*>(e[pW]);
   const int64_t R = e[pR], K = e[pK];
   const int64_t r0 = rt * kRows, r1 = min(R, r0 + kRows), k0 = ct * kCols;
   const bool vec = e[pVecOk] != 0;
-  const bool transpose = stage == kFinishV || (stage == kByMode && e[pRest] == 0);
+  const bool transpose = stage == kFinishV;
   acc_t* slot_u = work + e[pXOff];
   if (transpose) {
     const acc_t* u = from_caller ? reinterpret_cast<const acc_t*>(e[pU]) : slot_u;
@@ -421,15 +256,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block per weight: adds the partials of the pass in tile order and finishes the vector (Finish).
+// Weight i: adds the partials of the pass in tile order and finishes the vector (Finish).
 template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    pi_finish_kernel(const int64_t* __restrict__ table, acc_t* __restrict__ work, int stage,
-                     acc_t* __restrict__ sigma, acc_t* __restrict__ saved, acc_t eps) {
+__device__ __forceinline__ void finish_weight(const int64_t* __restrict__ table, int64_t i, acc_t* __restrict__ work,
+                                              int stage, acc_t* __restrict__ sigma, acc_t* __restrict__ saved,
+                                              acc_t eps) {
   __shared__ acc_t sh[33];
-  const int64_t* e = table + static_cast<int64_t>(blockIdx.x) * pFields;
+  const int64_t* e = table + i * pFields;
   const int64_t R = e[pR], K = e[pK];
-  if (stage == kByMode) stage = e[pRest] != 0 ? kFinishU : kFinishV;
   const bool columns = stage == kFinishV;
   const int64_t len = columns ? K : R, parts = columns ? e[pRowTiles] : e[pColTiles];
   const acc_t* p = work + (columns ? e[pPaOff] : e[pPbOff]);
@@ -440,7 +274,7 @@ __global__ void __launch_bounds__(kThreads)
   acc_t sq = acc_t(0), dot = acc_t(0);
   for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
     acc_t s = acc_t(0);
-    for (int64_t q = 0; q < parts; ++q) s += p[q * len + j];
+    for (int64_t q = 0; q < parts; ++q) s += load_cg(p + q * len + j);
     slot[j] = s;
     sq += s * s;
     if (stage == kSigmaOnly) dot += caller_u[j] * s;
@@ -449,7 +283,7 @@ __global__ void __launch_bounds__(kThreads)
     dot = block_sum(dot, sh);
     for (int64_t j = threadIdx.x; j < R; j += blockDim.x) keep[j] = caller_u[j];
     for (int64_t j = threadIdx.x; j < K; j += blockDim.x) keep[R + j] = caller_v[j];
-    if (threadIdx.x == 0) sigma[blockIdx.x] = dot;
+    if (threadIdx.x == 0) sigma[i] = dot;
     return;
   }
   const acc_t sc = inv_norm(block_sum(sq, sh), eps);  // also orders the slot writes before the reads below
@@ -464,8 +298,54 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (!columns) {
     dot = block_sum(dot, sh);
-    if (threadIdx.x == 0) sigma[blockIdx.x] = dot;
+    if (threadIdx.x == 0) sigma[i] = dot;
   }
+}
+
+// n_iter = 0: one block per tile (sigma_only pass), then one per weight (sigma_only finish).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    pi_pass_kernel(const int64_t* __restrict__ table, const int64_t* __restrict__ tiles, AccT<T>* __restrict__ work) {
+  pass_tile<T>(table, tiles + static_cast<int64_t>(blockIdx.x) * 3, work, kSigmaOnly, true);
+}
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    pi_finish_kernel(const int64_t* __restrict__ table, acc_t* __restrict__ work, acc_t* __restrict__ sigma,
+                     acc_t* __restrict__ saved, acc_t eps) {
+  finish_weight<acc_t>(table, blockIdx.x, work, kSigmaOnly, sigma, saved, eps);
+}
+
+// Every step, n_iter >= 1, in one launch (see the section comment). Run r takes n_iter * (2 tiles + 2
+// weights) tickets: per step its tiles' W^T u partials, its weights' v, its tiles' W v partials, its
+// weights' u and sigma. counters: [0] the next ticket, then one count per (run, step, phase), zero on entry.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    pi_steps_kernel(const int64_t* __restrict__ table, const int64_t* __restrict__ tiles,
+                    const int64_t* __restrict__ runs, int64_t n_runs, int64_t n_iter, AccT<T>* __restrict__ work,
+                    unsigned* __restrict__ counters, AccT<T>* __restrict__ sigma, AccT<T>* __restrict__ saved,
+                    AccT<T> eps) {
+  const int64_t t = claim_ticket(counters);
+  int64_t r = 0, first = 0, per_step = 0;
+  for (; r < n_runs; ++r, first += n_iter * per_step) {
+    per_step = 2 * (runs[r * rFields + rTiles] + runs[r * rFields + rWeights]);
+    if (t < first + n_iter * per_step) break;
+  }
+  const int64_t* run = runs + r * rFields;
+  const int64_t n_tiles = run[rTiles], n_weights = run[rWeights];
+  const int64_t step = (t - first) / per_step;
+  int64_t at = (t - first) - step * per_step;
+  const int64_t sizes[4] = {n_tiles, n_weights, n_tiles, n_weights};
+  int phase = 0;
+  while (at >= sizes[phase]) at -= sizes[phase++];
+  unsigned* count = counters + 1 + (r * n_iter + step) * 4 + phase;
+  if (phase > 0 || step > 0) wait_count(count - 1, static_cast<unsigned>(sizes[(phase + 3) % 4]));
+  if (phase % 2 == 0) {
+    pass_tile<T>(table, tiles + (run[rTile] + at) * 3, work, phase == 0 ? kFinishV : kFinishU, phase == 0);
+  } else {
+    finish_weight<AccT<T>>(table, run[rWeight] + at, work, phase == 1 ? kFinishV : kFinishU, sigma, saved, eps);
+  }
+  add_count(count);
 }
 
 // One block per tile: dW[r, k] = g_i u_i[r] v_i[k] into the flat gradient buffer (each weight
@@ -617,52 +497,69 @@ std::vector<Matrix> matrices(const std::vector<at::Tensor>& mats) {
 
 // A cached plan: the device table of a set of weights and vectors, and the sizes its launches need.
 struct Plan {
-  std::vector<int64_t> key;  // device, dtype, then per weight: W, u, v addresses, R, K
-  at::Tensor host_table;     // n * pFields entries, then the pass tiles, then the Gram tiles (3 each)
+  std::vector<int64_t> key;  // device, dtype, L2 budget, then per weight: W, u, v addresses, R, K
+  at::Tensor host_table;     // n * pFields entries, the pass tiles (3 each), n run entries (rFields each;
+                             // those past the runs are zero, so that its size is a function of the shapes)
   at::Tensor table;          // its device copy
-  int64_t n = 0, pass_tiles = 0, gram_tiles = 0;
-  int64_t g_len = 0, x_len = 0, pa_len = 0, pb_len = 0, save_len = 0, grad_len = 0;
+  int64_t n = 0, pass_tiles = 0, runs = 0, steps_per_iter = 0;  // steps_per_iter: tickets of one step
+  int64_t x_len = 0, pa_len = 0, pb_len = 0, save_len = 0, grad_len = 0;
   std::vector<int64_t> numels;  // per weight, for the gradient views
 };
 
 std::mutex plan_mutex;
 
+// Runs of consecutive weights whose W take at most `budget` bytes (a larger weight alone): per run its
+// first weight and weight count, first tile and tile count.
+std::vector<int64_t> weight_runs(const std::vector<Matrix>& mats, int64_t elem, int64_t budget) {
+  std::vector<int64_t> runs;
+  int64_t used = budget, tile = 0;
+  for (size_t i = 0; i < mats.size(); ++i) {
+    const int64_t bytes = mats[i].R * mats[i].K * elem;
+    const int64_t tiles = ceil_div(mats[i].R, kRows) * ceil_div(mats[i].K, kCols);
+    if (used + bytes > budget) {
+      runs.insert(runs.end(), {static_cast<int64_t>(i), 0, tile, 0});
+      used = 0;
+    }
+    runs[runs.size() - rFields + rWeights] += 1;
+    runs[runs.size() - rFields + rTiles] += tiles;
+    used += bytes;
+    tile += tiles;
+  }
+  return runs;
+}
+
 Plan build_plan(std::vector<int64_t> key, const std::vector<Matrix>& mats, at::ScalarType dtype, at::Device device,
-                const std::vector<int64_t>& u_ptrs, const std::vector<int64_t>& v_ptrs) {
+                const std::vector<int64_t>& u_ptrs, const std::vector<int64_t>& v_ptrs, int64_t budget) {
   Plan p;
   p.key = std::move(key);
   p.n = static_cast<int64_t>(mats.size());
   const int vec = 16 / static_cast<int>(c10::elementSize(dtype));
-  // The work buffer of a call is [x | pa | pb | G] (G only with n_iter >= 2); the offsets count from its start.
-  int64_t pa_base = 0, pb_base = 0, g_base = 0;
+  // The work buffer of a call is [x | pa | pb]; the offsets count from its start.
+  int64_t pa_base = 0, pb_base = 0;
   for (const Matrix& m : mats) {
-    const int64_t R = m.R, K = m.K, d = std::min(R, K);
+    const int64_t R = m.R, K = m.K;
     p.pass_tiles += ceil_div(R, kRows) * ceil_div(K, kCols);
-    const int64_t g = ceil_div(d, kGram);
-    p.gram_tiles += g * (g + 1) / 2;
     pa_base += R + K;
     pb_base += R + K + ceil_div(R, kRows) * K;
-    g_base += R + K + ceil_div(R, kRows) * K + ceil_div(K, kCols) * R;
   }
-  TORCH_CHECK(p.n <= std::numeric_limits<int32_t>::max() && p.pass_tiles <= std::numeric_limits<int32_t>::max() &&
-                  p.gram_tiles <= std::numeric_limits<int32_t>::max(),
+  const std::vector<int64_t> runs = weight_runs(mats, static_cast<int64_t>(c10::elementSize(dtype)), budget);
+  p.runs = static_cast<int64_t>(runs.size()) / rFields;
+  p.steps_per_iter = 2 * (p.pass_tiles + p.n);
+  TORCH_CHECK(p.steps_per_iter * 64 <= std::numeric_limits<int32_t>::max(),
               "nvae_fast power iteration: too many weights or tiles for one launch");
-  at::Tensor host = at::empty({p.n * pFields + (p.pass_tiles + p.gram_tiles) * 3}, staging_options().dtype(at::kLong));
+  at::Tensor host = at::zeros({p.n * pFields + p.pass_tiles * 3 + p.n * rFields}, staging_options().dtype(at::kLong));
   int64_t* e = host.data_ptr<int64_t>();
   int64_t* pass = e + p.n * pFields;
-  int64_t* gram = pass + p.pass_tiles * 3;
+  std::copy(runs.begin(), runs.end(), pass + p.pass_tiles * 3);
   for (int64_t i = 0; i < p.n; ++i, e += pFields) {
     const Matrix& m = mats[i];
-    const int64_t R = m.R, K = m.K, d = std::min(R, K);
-    const int64_t row_tiles = ceil_div(R, kRows), col_tiles = ceil_div(K, kCols), g = ceil_div(d, kGram);
+    const int64_t R = m.R, K = m.K;
+    const int64_t row_tiles = ceil_div(R, kRows), col_tiles = ceil_div(K, kCols);
     e[pW] = m.w;
     e[pR] = R;
     e[pK] = K;
     e[pU] = u_ptrs[i];
     e[pV] = v_ptrs[i];
-    e[pRest] = R > K ? 1 : 0;
-    e[pD] = d;
-    e[pGOff] = g_base + p.g_len;
     e[pXOff] = p.x_len;
     e[pPaOff] = pa_base + p.pa_len;
     e[pPbOff] = pb_base + p.pb_len;
@@ -671,7 +568,6 @@ Plan build_plan(std::vector<int64_t> key, const std::vector<Matrix>& mats, at::S
     e[pVecOk] = (K % vec == 0 && m.w % 16 == 0) ? 1 : 0;
     e[pSaveOff] = p.save_len;
     e[pGradOff] = p.grad_len;
-    p.g_len += d * d;
     p.x_len += R + K;
     p.pa_len += row_tiles * K;
     p.pb_len += col_tiles * R;
@@ -685,13 +581,6 @@ Plan build_plan(std::vector<int64_t> key, const std::vector<Matrix>& mats, at::S
         pass[2] = ct;
       }
     }
-    for (int64_t a = 0; a < g; ++a) {
-      for (int64_t b = a; b < g; ++b, gram += 3) {
-        gram[0] = i;
-        gram[1] = a;
-        gram[2] = b;
-      }
-    }
   }
   p.host_table = host;
   p.table = host.to(device, at::kLong, /*non_blocking=*/true);
@@ -700,17 +589,19 @@ Plan build_plan(std::vector<int64_t> key, const std::vector<Matrix>& mats, at::S
 
 // The plan of these weights (uniform in `dtype`, contiguous, on `device`) and acc-dtype vectors: the
 // cached one when the key matches, else a new one replacing the oldest of kPlanCache. A table is a
-// function of its key alone (addresses and shapes), so a cached plan is valid for any tensors at those
-// addresses.
+// function of its key alone (addresses, shapes, and the runs' budget: half the device's L2), so a cached
+// plan is valid for any tensors at those addresses.
 constexpr size_t kPlanCache = 4;
 
 std::shared_ptr<const Plan> plan_for(const std::vector<Matrix>& mats, at::ScalarType dtype, at::Device device,
                                      const std::vector<int64_t>& u_ptrs, const std::vector<int64_t>& v_ptrs) {
+  const int64_t budget = l2_bytes() / 2;
   std::vector<int64_t> key;
-  key.reserve(3 + mats.size() * 5);
+  key.reserve(4 + mats.size() * 5);
   key.push_back(static_cast<int64_t>(device.type()));
   key.push_back(device.index());
   key.push_back(static_cast<int64_t>(dtype));
+  key.push_back(budget);
   for (size_t i = 0; i < mats.size(); ++i) {
     key.push_back(mats[i].w);
     key.push_back(u_ptrs[i]);
@@ -729,7 +620,7 @@ std::shared_ptr<const Plan> plan_for(const std::vector<Matrix>& mats, at::Scalar
       return hit;
     }
   }
-  auto plan = std::make_shared<const Plan>(build_plan(std::move(key), mats, dtype, device, u_ptrs, v_ptrs));
+  auto plan = std::make_shared<const Plan>(build_plan(std::move(key), mats, dtype, device, u_ptrs, v_ptrs, budget));
   if (cache->size() == kPlanCache) cache->erase(cache->begin());
   cache->push_back(plan);
   return plan;
@@ -910,41 +801,31 @@ std::tuple<at::Tensor, at::Tensor> power_iteration_forward(at::TensorList weight
   const std::shared_ptr<const Plan> p =
       plan_for(matrices(mats), mats[0].scalar_type(), mats[0].device(), pointers(u_io), pointers(v_io));
   const auto opts = mats[0].options().dtype(acc);
-  const bool gram = n_iter >= 2;
-  at::Tensor work = at::empty({p->x_len + p->pa_len + p->pb_len + (gram ? p->g_len : 0)}, opts);
+  at::Tensor work = at::empty({p->x_len + p->pa_len + p->pb_len}, opts);
   at::Tensor saved = at::empty({p->save_len}, opts);
   at::Tensor sigma = at::empty({p->n}, opts);
   const int64_t* table = p->table.data_ptr<int64_t>();
-  const int64_t* pass_tiles = table + p->n * pFields;
-  const int64_t* gram_tiles = pass_tiles + p->pass_tiles * 3;
+  const int64_t* tiles = table + p->n * pFields;
+  const int64_t* runs = tiles + p->pass_tiles * 3;
+  TORCH_CHECK(n_iter <= std::numeric_limits<int32_t>::max() / p->steps_per_iter, op, ": n_iter = ", n_iter,
+              " takes more blocks than one launch has for these weights");
+  // counters of pi_steps_kernel: the ticket, then one count per (run, step, phase)
+  at::Tensor counters = at::empty({n_iter > 0 ? 1 + p->runs * n_iter * 4 : 0}, mats[0].options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mats[0].scalar_type(), "power_iteration_forward", [&] {
     using acc_t = AccT<scalar_t>;
     acc_t* w = work.data_ptr<acc_t>();
     acc_t* sg = sigma.data_ptr<acc_t>();
     acc_t* sv = saved.data_ptr<acc_t>();
     const acc_t eps = static_cast<acc_t>(kEps);
-    const auto pass = [&](int stage, bool from_caller) {
-      launch<pi_pass_kernel<scalar_t>>(static_cast<unsigned>(p->pass_tiles), kThreads, 0, stream, table, pass_tiles,
-                                       w, stage, from_caller);
-    };
-    const auto finish = [&](int stage) {
-      launch<pi_finish_kernel<acc_t>>(static_cast<unsigned>(p->n), kThreads, 0, stream, table, w, stage, sg, sv, eps);
-    };
     if (n_iter == 0) {
-      pass(kSigmaOnly, true);
-      finish(kSigmaOnly);
-    } else if (n_iter == 1) {
-      pass(kFinishV, true);
-      finish(kFinishV);
-      pass(kFinishU, false);
-      finish(kFinishU);
-    } else {
-      launch<pi_gram_kernel<scalar_t>>(static_cast<unsigned>(p->gram_tiles), kThreads, 0, stream, table, gram_tiles, w);
-      launch<pi_gram_iterate_kernel<acc_t>>(static_cast<unsigned>(p->n), kThreads, 0, stream, table, w, n_iter, sg, sv,
-                                            eps);
-      pass(kByMode, false);
-      finish(kByMode);
+      launch<pi_pass_kernel<scalar_t>>(static_cast<unsigned>(p->pass_tiles), kThreads, 0, stream, table, tiles, w);
+      launch<pi_finish_kernel<acc_t>>(static_cast<unsigned>(p->n), kThreads, 0, stream, table, w, sg, sv, eps);
+      return;
     }
+    unsigned* c = reinterpret_cast<unsigned*>(counters.data_ptr<int>());
+    zero_async(c, counters.nbytes(), stream);
+    launch<pi_steps_kernel<scalar_t>>(static_cast<unsigned>(n_iter * p->steps_per_iter), kThreads, 0, stream, table,
+                                      tiles, runs, p->runs, n_iter, w, c, sg, sv, eps);
   });
   for (size_t i : copied) {
     us[i].copy_(u_io[i]);

@@ -3,9 +3,9 @@
 ``forward``/``backward`` (the op's path) take the weights as they are (any rank, viewed as (out, rest)):
 one custom-op call each, no per-weight work in Python. The C++ side caches the launch table of a set of
 weights and vectors (keyed by their addresses and shapes, a few plans deep), so a repeated call builds
-nothing. With ``n_iter >= 2`` each weight iterates on its Gram matrix, W W^T ("gram_out", out <= rest) or
-W^T W ("gram_rest"), and W is read ceil(min(out, rest) / 128) + 1 times in 4 launches; ``n_iter = 1``
-takes 4 launches and 2 reads, ``n_iter = 0`` 2 launches and 1 read; the backward one launch (see
+nothing. With ``n_iter >= 1`` every step of every weight runs in one launch (a memset of its ticket
+counters before it), W read 2 n_iter times, from DRAM once per run of weights sized to half the L2 and
+from L2 after that; ``n_iter = 0`` takes 2 launches and 1 read; the backward one launch (see
 ``csrc/power_iteration.cu``). Weights of mixed dtypes run in float32, non-contiguous ones from contiguous
 copies; u/v not contiguous in the accumulation dtype through copies.
 
@@ -25,14 +25,16 @@ import torch
 from .._accumulation import acc_dtype
 from . import _library
 
-__all__ = ["VALIDATES", "supports", "update", "sigmas", "forward", "backward", "plan", "GRAM_TILE", "PLAN_FIELDS",
+__all__ = ["VALIDATES", "supports", "update", "sigmas", "forward", "backward", "plan", "PLAN_FIELDS", "RUN_FIELDS",
            "LAYOUT_DTYPES"]
 
-GRAM_TILE = 128  # csrc kGram
 PASS_TILE = (64, 256)  # csrc (kRows, kCols)
 #: Fields of a weight's entry in the plan table (csrc PlanField), in order.
-PLAN_FIELDS = ("w", "rows", "cols", "u", "v", "gram_rest", "gram_dim", "g_off", "x_off", "pa_off", "pb_off",
-               "row_tiles", "col_tiles", "vec_ok", "save_off", "grad_off")
+PLAN_FIELDS = ("w", "rows", "cols", "u", "v", "x_off", "pa_off", "pb_off", "row_tiles", "col_tiles", "vec_ok",
+               "save_off", "grad_off")
+#: Fields of a run's entry, after the weights' entries and the tiles (csrc RunField), in order; the table
+#: has one per weight, those past the runs zero.
+RUN_FIELDS = ("weight", "weights", "tile", "tiles")
 
 
 #: The C++ ops check every weight and vector (the op skips its per-weight checks in Python).
@@ -80,21 +82,17 @@ def backward(saved, layout, grad):
 
 
 def plan(weights, us, vs, n_iter):
-    """What :func:`forward` runs for these tensors: per weight its mode (``gram_out``/``gram_rest`` for
-    ``n_iter >= 2``, else ``alternate``), Gram size and reads of W, and the launches of forward and backward.
-    The table comes from the C++ plan cache (built there if missing)."""
+    """What :func:`forward` runs for these tensors: the runs of weights (``(first weight, weights, first
+    tile, tiles)`` each), reads of each W, and the launches of forward and backward. The table comes from
+    the C++ plan cache (built there if missing)."""
     table = _library.ops().power_iteration_plan(weights, us, vs)
     n = len(weights)
     entries = table[: n * len(PLAN_FIELDS)].view(n, len(PLAN_FIELDS))
-    rest = entries[:, PLAN_FIELDS.index("gram_rest")].tolist()
-    dims = entries[:, PLAN_FIELDS.index("gram_dim")].tolist()
-    gram = n_iter >= 2
-    modes = [("gram_rest" if r else "gram_out") if gram else "alternate" for r in rest]
-    reads = [math.ceil(d / GRAM_TILE) + 1 if gram else max(1, 2 * n_iter) for d in dims]
-    launches = {0: ["pass", "finish"], 1: ["pass", "finish", "pass", "finish"]}.get(
-        n_iter, ["gram", "gram_iterate", "pass", "finish"])
-    return {"modes": modes, "gram_dims": dims, "weight_reads": reads, "forward_launches": launches,
-            "backward_launches": ["outer"], "table": table}
+    tiles = int((entries[:, PLAN_FIELDS.index("row_tiles")] * entries[:, PLAN_FIELDS.index("col_tiles")]).sum())
+    runs = table[n * len(PLAN_FIELDS) + 3 * tiles :].view(-1, len(RUN_FIELDS))
+    return {"runs": [tuple(r) for r in runs.tolist() if r[1] > 0], "weight_reads": [max(1, 2 * n_iter)] * n,
+            "forward_launches": ["pass", "finish"] if n_iter == 0 else ["steps"], "backward_launches": ["outer"],
+            "table": table}
 
 
 def _update_fake(mats, us, vs, n_iter):
@@ -154,9 +152,8 @@ def _plan_fake(weights, us, vs):
     tiles = 0
     for w in weights:
         rows, cols = w.shape[0], w.numel() // w.shape[0]
-        g = -(-min(rows, cols) // GRAM_TILE)
-        tiles += -(-rows // PASS_TILE[0]) * -(-cols // PASS_TILE[1]) + g * (g + 1) // 2
-    return torch.empty(len(weights) * len(PLAN_FIELDS) + 3 * tiles, dtype=torch.int64)
+        tiles += -(-rows // PASS_TILE[0]) * -(-cols // PASS_TILE[1])
+    return torch.empty(len(weights) * (len(PLAN_FIELDS) + len(RUN_FIELDS)) + 3 * tiles, dtype=torch.int64)
 
 
 _library.register_fakes(

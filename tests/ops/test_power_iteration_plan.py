@@ -1,7 +1,8 @@
-"""power_iteration, cuda backend: the planned kernels (Gram iteration, cached launch tables, one-launch
-backward) against the reference, at each plan's boundaries, and their cost: launches, ATen ops per call,
-table reuse."""
+"""power_iteration, cuda backend: the planned kernels (every step in one launch over runs of weights sized
+to the L2, cached launch tables, one-launch backward) against the reference, at the tiles' boundaries and
+over several runs, and their cost: launches, ATen ops per call, table reuse."""
 
+import itertools
 import math
 
 import pytest
@@ -16,23 +17,12 @@ from .._dispatch import RecordedOps
 from .._tensors import randn
 from ._helpers import assert_close_scaled, dtype_id, require
 
-GRAM = 128  # rows/columns of a Gram tile (csrc kGram)
+ROWS, COLS = 64, 256  # a pass tile (csrc kRows, kCols)
 
-# (shape, mode with n_iter >= 2): each mode's boundary (out == rest takes gram_out, out = rest + 1
-# gram_rest) and the Gram tile's (d = 128: one tile, d = 129: three), conv weights of ranks 2 to 5.
-CASES = [
-    ((24, 24), "gram_out"),
-    ((25, 24), "gram_rest"),
-    ((GRAM, 3, 7, 7), "gram_out"),
-    ((GRAM + 1, 2, 9, 9), "gram_out"),
-    ((300, GRAM), "gram_rest"),
-    ((300, GRAM + 1), "gram_rest"),
-    ((5, 3, 1, 1), "gram_rest"),
-    ((7, 4, 3), "gram_out"),
-    ((6, 2, 2, 2, 2), "gram_out"),
-    ((1, 33), "gram_out"),
-    ((40, 1), "gram_rest"),
-]
+# The tiles' boundaries (64 rows: one row tile, 65: two; 256 columns: one column tile, 257: two), square
+# and tall and wide weights, conv weights of ranks 2 to 5, one row or one column.
+CASES = [(24, 24), (25, 24), (ROWS, 3, 7, 7), (ROWS + 1, 2, 9, 9), (300, COLS), (300, COLS + 1), (5, 3, 1, 1),
+         (7, 4, 3), (6, 2, 2, 2, 2), (1, 33), (40, 1)]
 
 
 def _inputs(shapes, dtype, seed, layout="contiguous"):
@@ -64,34 +54,50 @@ def _cuda(*args):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=dtype_id)
 def test_planned_matches_reference(dtype, layout, n_iter):
-    """u, v, sigma and dW of the Gram iteration (n_iter >= 2) and of the alternating one (n_iter <= 1)
-    against the float64 reference on the same rounded weights."""
+    """u, v, sigma and dW against the float64 reference on the same rounded weights."""
     require("cuda")
-    weights, us, vs = _inputs([s for s, _ in CASES], dtype, seed=3 + n_iter, layout=layout)
+    weights, us, vs = _inputs(CASES, dtype, seed=3 + n_iter, layout=layout)
     sig, grads, u_out, v_out = _run(_cuda, weights, us, vs, n_iter)
     sig_ref, grads_ref, u_ref, v_ref = _run(power_iteration_reference, [w.double() for w in weights], us, vs, n_iter)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     assert sig.dtype == acc
     assert_close_scaled(sig, sig_ref, acc, "sigma", factor=10)
-    for i, (shape, _) in enumerate(CASES):
+    for i, shape in enumerate(CASES):
         assert grads[i].shape == shape and grads[i].dtype == dtype
         assert_close_scaled(grads[i], grads_ref[i], dtype, f"dW[{i}]", factor=2)
         assert_close_scaled(u_out[i], u_ref[i], acc, f"u[{i}]", factor=10)
         assert_close_scaled(v_out[i], v_ref[i], acc, f"v[{i}]", factor=10)
 
 
-def test_modes_and_reads():
-    """Each weight takes the Gram of its smaller side; W is read ceil(d / 128) + 1 times."""
+@pytest.mark.parametrize("l2_bytes", [50 << 20, 40_000, 1024], ids=["one_run", "runs", "tiny_runs"])
+def test_runs_of_weights(monkeypatch, l2_bytes):
+    """The weights in runs of consecutive weights whose W take at most half the (emulated) L2, a larger
+    weight alone; every step in one launch whatever the runs; results as the reference's; W read 2 n_iter
+    times."""
     require("cuda")
+    if torch.cuda.is_available():
+        pytest.skip("the L2 size is the emulated device's")
     from nvae_fast.cuda import power_iteration as kernels
 
-    weights, us, vs = _inputs([s for s, _ in CASES], torch.float32, seed=0)
+    monkeypatch.setenv("NVAE_FAST_EMULATE_L2_BYTES", str(l2_bytes))
+    weights, us, vs = _inputs(CASES, torch.float32, seed=0)
     plan = kernels.plan(weights, us, vs, 4)
-    assert plan["modes"] == [mode for _, mode in CASES]
-    assert plan["weight_reads"] == [math.ceil(min(s[0], math.prod(s[1:])) / GRAM) + 1 for s, _ in CASES]
-    assert plan["weight_reads"][2] == 2 and plan["weight_reads"][3] == 3
-    assert len(plan["forward_launches"]) == 4 and plan["backward_launches"] == ["outer"]
-    assert kernels.plan(weights, us, vs, 1)["modes"] == ["alternate"] * len(CASES)
+    runs = plan["runs"]
+    assert [r[0] for r in runs] == list(itertools.accumulate([0] + [r[1] for r in runs[:-1]]))
+    assert sum(r[1] for r in runs) == len(CASES)
+    sizes = [math.prod(s) * 4 for s in CASES]
+    for first, count, _, _ in runs:
+        assert count == 1 or sum(sizes[first:first + count]) <= l2_bytes // 2
+    # 512 bytes: every weight but the 5 of at most 336 bytes alone, 3 of those together
+    assert len(runs) == {50 << 20: 1, 40_000: len(runs), 1024: 9}[l2_bytes] and (l2_bytes != 40_000 or 1 < len(runs) < 9)
+    assert plan["weight_reads"] == [8] * len(CASES) and plan["forward_launches"] == ["steps"]
+    assert kernels.plan(weights, us, vs, 0)["forward_launches"] == ["pass", "finish"]
+    sig, grads, u_out, v_out = _run(_cuda, weights, us, vs, 4)
+    sig_ref, grads_ref, u_ref, v_ref = _run(power_iteration_reference, [w.double() for w in weights], us, vs, 4)
+    assert_close_scaled(sig, sig_ref, torch.float32, "sigma", factor=10)
+    for i in range(len(CASES)):
+        assert_close_scaled(u_out[i], u_ref[i], torch.float32, f"u[{i}]", factor=10)
+        assert_close_scaled(v_out[i], v_ref[i], torch.float32, f"v[{i}]", factor=10)
 
 
 def test_mixed_dtypes_and_vector_copies():
@@ -190,7 +196,8 @@ def _cifar10_weights():
 
 
 def test_cifar10_launches():
-    """The whole CIFAR-10 weight set: 4 forward launches with n_iter = 4, 1 backward (recorded host code)."""
+    """The whole CIFAR-10 weight set: 1 forward launch with n_iter = 4 (2 with n_iter = 0), 1 backward
+    (recorded host code)."""
     require("cuda")
     if torch.cuda.is_available():
         pytest.skip("the recorded plans do not depend on the machine: checked on CPU-only runs")
@@ -202,14 +209,13 @@ def test_cifar10_launches():
     us = [torch.empty(s[0]) for s in shapes]
     vs = [torch.empty(math.prod(s[1:])) for s in shapes]
     forward = _launches.launches("power_iteration_forward", weights, us, vs, n_iter)
-    names = [launch.name for launch in forward]
-    assert names == ["pi_gram_kernel", "pi_gram_iterate_kernel", "pi_pass_kernel", "pi_finish_kernel"], names
-    gram_tiles = sum(g * (g + 1) // 2 for g in (math.ceil(min(s[0], math.prod(s[1:])) / GRAM) for s in shapes))
-    assert forward[0].blocks == gram_tiles and forward[1].blocks == len(shapes)
+    assert [launch.name for launch in forward] == ["pi_steps_kernel"], forward
+    tiles = sum(math.ceil(s[0] / ROWS) * math.ceil(math.prod(s[1:]) / COLS) for s in shapes)
+    assert forward[0].blocks == n_iter * 2 * (tiles + len(shapes))  # per step: tiles twice, weights twice
     saved = torch.empty(sum(s[0] + math.prod(s[1:]) for s in shapes))
     code = LAYOUT_DTYPES.index(torch.bfloat16)
     layout = [len(shapes)] + [v for s in shapes for v in (code, len(s), *s)]  # the weights' dtypes and sizes
     backward = _launches.launches("power_iteration_backward", torch.empty(len(shapes)), saved, layout)
     assert [launch.name for launch in backward] == ["pi_outer_kernel"]
-    for n, count in ((0, 2), (1, 4)):
+    for n, count in ((0, 2), (1, 1)):
         assert len(_launches.launches("power_iteration_forward", weights, us, vs, n)) == count
