@@ -335,11 +335,15 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n_tiles = run[rTiles], n_weights = run[rWeights];
   const int64_t step = (t - first) / per_step;
   int64_t at = (t - first) - step * per_step;
-  const int64_t sizes[4] = {n_tiles, n_weights, n_tiles, n_weights};
-  int phase = 0;
-  while (at >= sizes[phase]) at -= sizes[phase++];
+  int phase = 0;  // tiles, weights, tiles, weights
+  for (; phase < 3; ++phase) {
+    const int64_t size = phase % 2 == 0 ? n_tiles : n_weights;
+    if (at < size) break;
+    at -= size;
+  }
   unsigned* count = counters + 1 + (r * n_iter + step) * 4 + phase;
-  if (phase > 0 || step > 0) wait_count(count - 1, static_cast<unsigned>(sizes[(phase + 3) % 4]));
+  // the phase before: the previous step's last (weights) for phase 0
+  if (phase > 0 || step > 0) wait_count(count - 1, static_cast<unsigned>(phase % 2 == 0 ? n_weights : n_tiles));
   if (phase % 2 == 0) {
     pass_tile<T>(table, tiles + (run[rTile] + at) * 3, work, phase == 0 ? kFinishV : kFinishU, phase == 0);
   } else {
