@@ -56,7 +56,7 @@ OVERRUN = 16  # how far above the budget a candidate may be to keep the full sha
 # and the share of its re-reads that the last half-L2 of the first pass's reads covers.
 L2_FIRST_PASSES = {"se_reduce_kernel", "_se_reduce_nchw_kernel", "_se_reduce_nhwc_kernel"}
 # Launches that read their inputs more than once over runs sized to half the assumed L2 (BN+Swish's two
-# passes in both backends; every half-step of the Triton power iteration's items): their distinct bytes
+# passes, every step of the power iteration, in both backends): their distinct bytes
 # count each input once, as the L2 hits the re-reads are on the GPU when a run stays in L2;
 # requested/floor counts every read. What the plan's note says of each.
 L2_RUN_LAUNCHES = {
@@ -68,6 +68,7 @@ L2_RUN_LAUNCHES = {
 for _kernel in ("bn_train_backward_two_pass_kernel", "_bn_train_forward_two_pass_kernel",
                 "_bn_backward_two_pass_kernel"):
     L2_RUN_LAUNCHES[_kernel] = L2_RUN_LAUNCHES["bn_train_forward_two_pass_kernel"]
+L2_RUN_LAUNCHES["pi_steps_kernel"] = L2_RUN_LAUNCHES["_steps_kernel"]
 _CPU = torch.device("cpu")
 
 

@@ -202,6 +202,8 @@ def test_launches_over_l2_runs_say_what_the_count_assumes():
         assert "requested/floor 1.50 with every read" in note, note
     note = _run_launch_note([Launch("_resident_kernel[N=1]"), Launch("_steps_kernel[BLOCK_R=32]")], 7200, 800)
     assert "every half-step in one launch" in note and "runs of weights sized" in note and "9.00 with" in note, note
+    note = _run_launch_note([Launch("pi_steps_kernel<float>")], 7200, 800)
+    assert "every half-step in one launch" in note, note
     assert _run_launch_note([Launch("bn_train_forward_kernel<float, Layout::NCHW, 4, true>")], 800, 800) == ""
 
 
