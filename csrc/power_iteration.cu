@@ -551,10 +551,10 @@ Plan build_plan(std::vector<int64_t> key, const std::vector<Matrix>& mats, at::S
   p.steps_per_iter = 2 * (p.pass_tiles + p.n);
   TORCH_CHECK(p.steps_per_iter * 64 <= std::numeric_limits<int32_t>::max(),
               "nvae_fast power iteration: too many weights or tiles for one launch");
-  at::Tensor host = at::zeros({p.n * pFields + p.pass_tiles * 3 + p.n * rFields}, staging_options().dtype(at::kLong));
+  at::Tensor host = at::empty({p.n * pFields + p.pass_tiles * 3 + p.n * rFields}, staging_options().dtype(at::kLong));
   int64_t* e = host.data_ptr<int64_t>();
   int64_t* pass = e + p.n * pFields;
-  std::copy(runs.begin(), runs.end(), pass + p.pass_tiles * 3);
+  std::fill(std::copy(runs.begin(), runs.end(), pass + p.pass_tiles * 3), e + host.numel(), int64_t(0));
   for (int64_t i = 0; i < p.n; ++i, e += pFields) {
     const Matrix& m = mats[i];
     const int64_t R = m.R, K = m.K;
