@@ -84,20 +84,30 @@ __device__ __forceinline__ void tile_wtu(const T* __restrict__ W, int64_t K, int
   }
 }
 
-// out[r] = sum_{k0 <= k < k0 + kCols, k < K} W[r, k] v[k] for r0 <= r < r1: one warp per row.
+// out[r] = sum_{k0 <= k < k0 + kCols, k < K} W[r, k] v[k] for r0 <= r < r1: one warp per row. Each lane
+// holds its columns' v in registers for all its rows.
 template <int V, typename T, typename acc_t>
 __device__ __forceinline__ void tile_wv(const T* __restrict__ W, int64_t K, int64_t r0, int64_t r1, int64_t k0,
                                         const acc_t* __restrict__ v, acc_t* __restrict__ out) {
+  constexpr int kPerLane = kCols / (32 * V);  // vectors of a lane: columns k0 + (lane + 32 m) V ..
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  acc_t vr[kPerLane][V];
+#pragma unroll
+  for (int m = 0; m < kPerLane; ++m) {
+    const int64_t k = k0 + (lane + 32 * m) * V;
+#pragma unroll
+    for (int j = 0; j < V; ++j) vr[m][j] = k < K ? load_cg(v + k + j) : acc_t(0);
+  }
   for (int64_t r = r0 + warp; r < r1; r += kThreads / 32) {
     SumAcc<acc_t, 1> s{{acc_t(0)}};
-    for (int kk = lane * V; kk < kCols; kk += 32 * V) {
-      const int64_t k = k0 + kk;
+#pragma unroll
+    for (int m = 0; m < kPerLane; ++m) {
+      const int64_t k = k0 + (lane + 32 * m) * V;
       if (k < K) {
         acc_t w[V];
         load_vec<V>(W + r * K + k, w);
 #pragma unroll
-        for (int j = 0; j < V; ++j) s.s[0] += w[j] * load_cg(v + k + j);
+        for (int j = 0; j < V; ++j) s.s[0] += w[j] * vr[m][j];
       }
     }
     s = warp_reduce(s);
