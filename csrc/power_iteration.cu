@@ -335,22 +335,32 @@ __global__ void __launch_bounds__(kThreads)
                     const int64_t* __restrict__ runs, int64_t n_runs, int64_t n_iter, AccT<T>* __restrict__ work,
                     unsigned* __restrict__ counters, AccT<T>* __restrict__ sigma, AccT<T>* __restrict__ saved,
                     AccT<T> eps) {
+  __shared__ int64_t job[4];  // run, step, phase, index within the phase: decoded by thread 0
   const int64_t t = claim_ticket(counters);
-  int64_t r = 0, first = 0, per_step = 0;
-  for (; r < n_runs; ++r, first += n_iter * per_step) {
-    per_step = 2 * (runs[r * rFields + rTiles] + runs[r * rFields + rWeights]);
-    if (t < first + n_iter * per_step) break;
+  if (threadIdx.x == 0) {
+    int64_t r = 0, first = 0, per_step = 0;
+    for (; r < n_runs; ++r, first += n_iter * per_step) {
+      per_step = 2 * (runs[r * rFields + rTiles] + runs[r * rFields + rWeights]);
+      if (t < first + n_iter * per_step) break;
+    }
+    const int64_t step = (t - first) / per_step;
+    int64_t at = (t - first) - step * per_step;
+    int phase = 0;  // tiles, weights, tiles, weights
+    for (; phase < 3; ++phase) {
+      const int64_t size = phase % 2 == 0 ? runs[r * rFields + rTiles] : runs[r * rFields + rWeights];
+      if (at < size) break;
+      at -= size;
+    }
+    job[0] = r;
+    job[1] = step;
+    job[2] = phase;
+    job[3] = at;
   }
+  __syncthreads();
+  const int64_t r = job[0], step = job[1], at = job[3];
+  const int phase = static_cast<int>(job[2]);
   const int64_t* run = runs + r * rFields;
   const int64_t n_tiles = run[rTiles], n_weights = run[rWeights];
-  const int64_t step = (t - first) / per_step;
-  int64_t at = (t - first) - step * per_step;
-  int phase = 0;  // tiles, weights, tiles, weights
-  for (; phase < 3; ++phase) {
-    const int64_t size = phase % 2 == 0 ? n_tiles : n_weights;
-    if (at < size) break;
-    at -= size;
-  }
   unsigned* count = counters + 1 + (r * n_iter + step) * 4 + phase;
   // the phase before: the previous step's last (weights) for phase 0
   if (phase > 0 || step > 0) wait_count(count - 1, static_cast<unsigned>(phase % 2 == 0 ? n_weights : n_tiles));
