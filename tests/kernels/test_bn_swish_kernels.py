@@ -450,7 +450,7 @@ def test_two_pass_plans_run_in_channel_runs_sized_to_the_l2(monkeypatch, kind, d
     count = x.numel() // 11
     dx, sum_dz, sum_dz_xhat = K.backward(dy, x, mean, invstd, weight, bias, count)
     assert launched == ["_bn_backward_two_pass_kernel"]
-    counters = _host._TICKET_COUNTERS[(str(x.device), 0)]
+    counters = _host._TICKET_COUNTERS[_host._stream_key(x.device)]
     assert counters.numel() >= 2 + 6 and not counters.any(), counters
     ref = T.backward(dy, x, mean, invstd, weight, bias, count)
     assert_same_layout(dx, x, "backward")

@@ -79,7 +79,7 @@ def test_repeated_runs_are_bit_identical(monkeypatch, kind):
 
     for a, b in zip(run(), run()):
         assert torch.equal(a, b)
-    assert not _host._TICKET_COUNTERS[(str(x.device), 0)].any()  # the last program of each launch reset it
+    assert not _host._TICKET_COUNTERS[_host._stream_key(x.device)].any()  # the last program of each launch reset it
 
 
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
