@@ -217,7 +217,7 @@ enum PlanField : int {
 // Fields of a run entry of a plan table: its first weight and weight count, first tile and tile count.
 enum RunField : int { rWeight, rWeights, rTile, rTiles, rFields };
 
-// Stages of pi_finish_kernel.
+// Stages of finish_weight.
 enum Finish : int {
   kSigmaOnly,  // sigma = u^T (W v) from the W v partials; saved = (u, v) as given
   kFinishV,    // v = normalize(W^T u) from the W^T u partials: work, caller's v, saved v

@@ -158,8 +158,3 @@ def ticket_counters(device: torch.device, count: int):
     except BaseException:
         _TICKET_COUNTERS.pop(key, None)
         raise
-
-
-def clear_ticket_counters() -> None:
-    """Forget every cached counter buffer (tests)."""
-    _TICKET_COUNTERS.clear()

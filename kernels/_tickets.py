@@ -43,8 +43,16 @@ def wait_count(counters_ptr, index, target, INTERPRETED: tl.constexpr):
 
 
 @triton.jit
+def is_last(count_ptr, total):
+    """True in the one program whose arrival at ``count_ptr`` is the ``total``-th; every other program's
+    stores, made before its arrival, are visible to that program after it (barrier, then acq_rel)."""
+    tl.debug_barrier()
+    return tl.atomic_add(count_ptr, 1, sem="acq_rel") == total - 1
+
+
+@triton.jit
 def finish(counters_ptr, TOTAL, COUNTERS):
     """The last of the launch's TOTAL programs to get here zeroes the COUNTERS counters for the next launch."""
-    if tl.atomic_add(counters_ptr + 1, 1, sem="acq_rel") == TOTAL - 1:
+    if is_last(counters_ptr + 1, TOTAL):
         for c in range(0, COUNTERS):
             tl.store(counters_ptr + c, 0)

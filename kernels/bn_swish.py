@@ -682,18 +682,13 @@ def _reduce_plan(x: torch.Tensor, layout: str, channels: int | None = None, max_
     return block_r, block_c, (channel_blocks, split), split
 
 
-def _run_bytes(device: torch.device) -> int:
-    """What one run of channels of the two-pass training plans may read per pass (:func:`._host.half_l2_bytes`)."""
-    return _host.half_l2_bytes(device)
-
-
 def _runs(x: torch.Tensor, layout: str, inputs: int) -> tuple[int, int]:
     """(channels per run, NHWC tile width) of the two-pass training plans over dense x with ``inputs``
-    inputs (1: x; 2: dy and x): each run's inputs take at most :func:`_run_bytes`, so that its second
-    launch finds them in L2; at least one channel (NCHW) or one tile of a power of two of them (NHWC),
+    inputs (1: x; 2: dy and x): each run's inputs take at most :func:`._host.half_l2_bytes`, so that its
+    second pass finds them in L2; at least one channel (NCHW) or one tile of a power of two of them (NHWC),
     runs of NHWC tiles a multiple of the tile width."""
     n, c, h, w = x.shape
-    fit = max(1, _run_bytes(x.device) // (inputs * n * h * w * x.element_size()))
+    fit = max(1, _host.half_l2_bytes(x.device) // (inputs * n * h * w * x.element_size()))
     if fit >= c:
         return c, MAX_COLS_NHWC
     if layout == _host.NCHW:

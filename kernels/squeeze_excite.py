@@ -31,7 +31,7 @@ import triton.language as tl
 
 from nvae_fast._accumulation import acc_dtype
 
-from . import _host
+from . import _host, _tickets
 from ._aot import aot_spec, ones, ptr
 
 __all__ = ["supports", "plan", "forward", "backward", "aot_specs"]
@@ -72,10 +72,9 @@ def _act_grad(q, SILU: tl.constexpr):
 
 @triton.jit
 def _last_program(ticket_ptr):
-    """True in the program that takes the last ticket of the (1-D) grid: every other program's stores are
-    visible to it after the acquire. That program also puts the ticket back to zero for the next launch."""
-    tl.debug_barrier()
-    last = tl.atomic_add(ticket_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1
+    """True in the program that takes the last ticket of the (1-D) grid (:func:`._tickets.is_last`). That
+    program also puts the ticket back to zero for the next launch."""
+    last = _tickets.is_last(ticket_ptr, tl.num_programs(0))
     if last:
         tl.store(ticket_ptr, 0)
     tl.debug_barrier()

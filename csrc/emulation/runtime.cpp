@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <exception>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <string>
@@ -377,24 +378,29 @@ void set_max_dynamic_smem(const std::string& kernel, size_t bytes) {
 
 unsigned char* dynamic_smem() { return active("dynamic shared memory").smem_aligned; }
 
-int multiprocessors() {
-  const char* env = std::getenv("NVAE_FAST_EMULATE_SMS");
-  if (env == nullptr || *env == '\0') return 132;
+namespace {
+
+// The integer in environment variable `name`, `fallback` when it is unset or empty; raises c10::Error
+// ("<name> must be <what>, got '<value>'") unless it is a whole number in [lo, hi].
+int64_t env_number(const char* name, int64_t fallback, int64_t lo, int64_t hi, const char* what) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
   char* end = nullptr;
-  const long sms = std::strtol(env, &end, 10);
-  TORCH_CHECK(*end == '\0' && sms >= 1 && sms <= 1024,
-              "NVAE_FAST_EMULATE_SMS must be a number of multiprocessors in [1, 1024], got '", env, "'");
-  return static_cast<int>(sms);
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK(*end == '\0' && v >= lo && v <= hi, name, " must be ", what, ", got '", env, "'");
+  return static_cast<int64_t>(v);
+}
+
+}  // namespace
+
+int multiprocessors() {
+  return static_cast<int>(
+      env_number("NVAE_FAST_EMULATE_SMS", 132, 1, 1024, "a number of multiprocessors in [1, 1024]"));
 }
 
 int64_t l2_bytes() {
-  const char* env = std::getenv("NVAE_FAST_EMULATE_L2_BYTES");
-  if (env == nullptr || *env == '\0') return int64_t(50) << 20;
-  char* end = nullptr;
-  const long long bytes = std::strtoll(env, &end, 10);
-  TORCH_CHECK(*end == '\0' && bytes >= 1024, "NVAE_FAST_EMULATE_L2_BYTES must be a number of bytes >= 1024, got '",
-              env, "'");
-  return static_cast<int64_t>(bytes);
+  return env_number("NVAE_FAST_EMULATE_L2_BYTES", int64_t(50) << 20, 1024, std::numeric_limits<int64_t>::max(),
+                    "a number of bytes >= 1024");
 }
 
 }  // namespace emu

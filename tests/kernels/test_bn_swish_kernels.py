@@ -433,7 +433,7 @@ def test_two_pass_plans_run_in_channel_runs_sized_to_the_l2(monkeypatch, kind, d
     shape = (2, 11, 64, 129)
     x, dy, _, _, weight, bias = _inputs(shape, dtype, kind, seed=14)
     per_channel = shape[0] * shape[2] * shape[3] * x.element_size()
-    monkeypatch.setattr(K, "_run_bytes", lambda device: 4 * per_channel)
+    monkeypatch.setattr(_host, "half_l2_bytes", lambda device: 4 * per_channel)
     launched = _count_launches(monkeypatch)
     one = "nhwc" if kind == "channels_last" else "nchw"
     acc = torch.float32
