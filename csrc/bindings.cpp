@@ -18,6 +18,8 @@
 #else
 #define NVAE_FAST_LIBRARY nvae_fast
 #endif
+#define NVAE_FAST_STRING(name) NVAE_FAST_STRING_OF(name)
+#define NVAE_FAST_STRING_OF(name) #name
 
 namespace {
 
@@ -37,9 +39,21 @@ void register_kernels(torch::Library& m) {
   m.impl("power_iteration_update", &nvae_fast::power_iteration_update);
   m.impl("power_iteration_sigmas", &nvae_fast::power_iteration_sigmas);
   m.impl("power_iteration_forward", &nvae_fast::power_iteration_forward);
-  m.impl("power_iteration_backward", &nvae_fast::power_iteration_backward);
+  m.impl("power_iteration_backward_packed", &nvae_fast::power_iteration_backward_packed);
   m.impl("power_iteration_layout", &nvae_fast::power_iteration_layout);
   m.impl("power_iteration_plan", &nvae_fast::power_iteration_plan);
+}
+
+// dW_i of every weight, in its shape: the packed gradient kernel, then views of its buffer. Views of one
+// buffer may not be the outputs of a kernel-backed custom op, so this op is CompositeImplicitAutograd:
+// tracing sees the packed op and the views.
+std::vector<at::Tensor> power_iteration_backward(const at::Tensor& grad, const at::Tensor& saved,
+                                                 at::IntArrayRef layout) {
+  static const auto packed =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow(NVAE_FAST_STRING(NVAE_FAST_LIBRARY) "::power_iteration_backward_packed", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef)>();
+  return nvae_fast::power_iteration_unpack(packed.call(grad, saved, layout), layout);
 }
 
 }  // namespace
@@ -88,8 +102,13 @@ TORCH_LIBRARY_FRAGMENT(NVAE_FAST_LIBRARY, m) {
   m.def("power_iteration_sigmas(Tensor[] mats, Tensor[] us, Tensor[] vs) -> Tensor");
   m.def("power_iteration_forward(Tensor[] weights, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter) -> (Tensor, Tensor)");
   m.def("power_iteration_layout(Tensor[] weights) -> int[]");
+  m.def("power_iteration_backward_packed(Tensor grad, Tensor saved, int[] layout) -> Tensor");
   m.def("power_iteration_backward(Tensor grad, Tensor saved, int[] layout) -> Tensor[]");
   m.def("power_iteration_plan(Tensor[] weights, Tensor[] us, Tensor[] vs) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(NVAE_FAST_LIBRARY, CompositeImplicitAutograd, m) {
+  m.impl("power_iteration_backward", &power_iteration_backward);
 }
 
 #ifdef NVAE_FAST_EMULATE

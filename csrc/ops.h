@@ -57,8 +57,9 @@ at::Tensor power_iteration_sigmas(at::TensorList mats, at::TensorList us, at::Te
 std::tuple<at::Tensor, at::Tensor> power_iteration_forward(at::TensorList weights, at::TensorList us,
                                                            at::TensorList vs, int64_t n_iter);
 std::vector<int64_t> power_iteration_layout(at::TensorList weights);
-std::vector<at::Tensor> power_iteration_backward(const at::Tensor& grad, const at::Tensor& saved,
-                                                 at::IntArrayRef layout);
+at::Tensor power_iteration_backward_packed(const at::Tensor& grad, const at::Tensor& saved,
+                                          at::IntArrayRef layout);
+std::vector<at::Tensor> power_iteration_unpack(const at::Tensor& packed, at::IntArrayRef layout);
 at::Tensor power_iteration_plan(at::TensorList weights, at::TensorList us, at::TensorList vs);
 
 }  // namespace nvae_fast

@@ -1,8 +1,9 @@
 // Batched power iteration over many matrices of different shapes. Two families of ops:
 // - power_iteration_update / power_iteration_sigmas (torch.ops.nvae_fast.*): the unplanned kernels on
 //   (R, K) matrices, one launch per half-step, described here;
-// - power_iteration_forward / power_iteration_backward / power_iteration_plan: the op's path, on the
-//   weights as given, with cached launch tables and every step in one launch (section "Planned forward").
+// - power_iteration_forward / power_iteration_backward_packed / power_iteration_plan: the op's path, on
+//   the weights as given, with cached launch tables and every step in one launch (section "Planned
+//   forward"); power_iteration_backward (bindings.cpp) is the packed gradient unpacked into views.
 //
 // mats[i]: (R_i, K_i), contiguous, one float dtype for all; us[i]: (R_i,), vs[i]: (K_i,), any float dtype.
 // Accumulation dtype: float64 for float64 mats, float32 otherwise. update runs n_iter steps of
@@ -198,7 +199,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Planned forward (power_iteration_forward) and backward (power_iteration_backward).
+// Planned forward (power_iteration_forward) and backward (power_iteration_backward_packed).
 //
 // The alternating iteration on W itself, every step in one launch (pi_steps_kernel, n_iter >= 1): its
 // blocks take tickets (tickets.cuh) over runs of weights whose W take at most half the L2; per run and
@@ -858,9 +859,9 @@ std::tuple<at::Tensor, at::Tensor> power_iteration_forward(at::TensorList weight
   return {sigma, saved};
 }
 
-std::vector<at::Tensor> power_iteration_backward(const at::Tensor& grad, const at::Tensor& saved,
-                                                 at::IntArrayRef layout) {
-  constexpr const char* op = "nvae_fast::power_iteration_backward";
+at::Tensor power_iteration_backward_packed(const at::Tensor& grad, const at::Tensor& saved,
+                                          at::IntArrayRef layout) {
+  constexpr const char* op = "nvae_fast::power_iteration_backward_packed";
   const WeightLayout l = read_layout(op, layout);
   const at::ScalarType acc = acc_dtype(l.dtype);
   const int64_t n = static_cast<int64_t>(l.mats.size());
@@ -884,6 +885,13 @@ std::vector<at::Tensor> power_iteration_backward(const at::Tensor& grad, const a
                                       table + p->n * pFields, g.data_ptr<AccT<scalar_t>>(),
                                       saved.contiguous().data_ptr<AccT<scalar_t>>(), flat.data_ptr<scalar_t>());
   });
+  return flat;
+}
+
+// The gradient of each weight, in its shape and dtype, from the packed buffer: views where the dtype is
+// the shared one (a buffer's views may not be a custom op's outputs, so this runs in the composite op).
+std::vector<at::Tensor> power_iteration_unpack(const at::Tensor& packed, at::IntArrayRef layout) {
+  const WeightLayout l = read_layout("nvae_fast::power_iteration_backward", layout);
   std::vector<at::Tensor> grads;
   grads.reserve(l.mats.size());
   int64_t off = 0;
@@ -891,8 +899,8 @@ std::vector<at::Tensor> power_iteration_backward(const at::Tensor& grad, const a
     const std::vector<int64_t>& sizes = l.sizes[i];
     std::vector<int64_t> strides(sizes.size(), 1);
     for (int64_t j = static_cast<int64_t>(sizes.size()) - 2; j >= 0; --j) strides[j] = strides[j + 1] * sizes[j + 1];
-    at::Tensor gi = flat.as_strided(sizes, strides, off);
-    off += p->numels[i];
+    at::Tensor gi = packed.as_strided(sizes, strides, packed.storage_offset() + off);
+    off += l.mats[i].R * l.mats[i].K;
     grads.push_back(l.dtypes[i] == l.dtype ? gi : gi.to(l.dtypes[i]));
   }
   return grads;

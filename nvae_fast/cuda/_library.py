@@ -32,10 +32,14 @@ OPS: dict[str, tuple[str, ...]] = {
     "depthwise_conv2d": ("dwconv2d_forward", "dwconv2d_backward_input", "dwconv2d_backward_weight"),
     "squeeze_excite": ("se_plan", "se_forward", "se_backward"),
     "power_iteration": (
-        "power_iteration_update", "power_iteration_sigmas", "power_iteration_forward", "power_iteration_backward",
-        "power_iteration_layout", "power_iteration_plan",
+        "power_iteration_update", "power_iteration_sigmas", "power_iteration_forward",
+        "power_iteration_backward_packed", "power_iteration_backward", "power_iteration_layout",
+        "power_iteration_plan",
     ),
 }
+#: The ops of :data:`OPS` that the extension defines in terms of the others (CompositeImplicitAutograd):
+#: tracing decomposes them, so they have no fake implementation.
+COMPOSITES = ("power_iteration_backward",)
 
 
 

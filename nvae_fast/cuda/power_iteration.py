@@ -13,7 +13,9 @@ copies; u/v not contiguous in the accumulation dtype through copies.
 
 Custom ops (``torch.ops.nvae_fast``): ``power_iteration_update`` (mutates ``us`` and ``vs``),
 ``power_iteration_sigmas``, ``power_iteration_forward`` (mutates ``us`` and ``vs``),
-``power_iteration_backward``, ``power_iteration_layout``, ``power_iteration_plan``; their fake implementations are registered here.
+``power_iteration_backward_packed`` (every dW_i in one buffer), ``power_iteration_backward`` (that buffer's
+views in the weights' shapes; composite, no fake), ``power_iteration_layout``, ``power_iteration_plan``;
+their fake implementations are registered here.
 """
 
 from __future__ import annotations
@@ -134,18 +136,11 @@ def _forward_fake(weights, us, vs, n_iter):
     return weights[0].new_empty(len(weights), dtype=acc), weights[0].new_empty(vectors, dtype=acc)
 
 
-def _backward_fake(grad, saved, layout):
+def _backward_packed_fake(grad, saved, layout):
     entries = _read_layout(layout)
     dtypes = {dtype for _, dtype in entries}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    numels = [math.prod(shape) for shape, _ in entries]
-    flat = saved.new_empty(sum(numels), dtype=dtype)
-    grads, offset = [], 0
-    for (shape, w_dtype), numel in zip(entries, numels):  # views of one buffer, as the kernel returns them
-        view = flat.narrow(0, offset, numel).view(shape)
-        grads.append(view if w_dtype == dtype else view.to(w_dtype))
-        offset += numel
-    return grads
+    return saved.new_empty(sum(math.prod(shape) for shape, _ in entries), dtype=dtype)
 
 
 def _plan_fake(weights, us, vs):
@@ -161,7 +156,7 @@ _library.register_fakes(
         "power_iteration_update": _update_fake,
         "power_iteration_sigmas": _sigmas_fake,
         "power_iteration_forward": _forward_fake,
-        "power_iteration_backward": _backward_fake,
+        "power_iteration_backward_packed": _backward_packed_fake,
         "power_iteration_layout": _layout,
         "power_iteration_plan": _plan_fake,
     }

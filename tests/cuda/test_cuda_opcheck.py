@@ -69,6 +69,7 @@ def _samples(dtype, kind):
         "power_iteration_update": [(mats, us, vs, 2)],
         "power_iteration_sigmas": [(mats, us, vs)],
         "power_iteration_forward": [(weights, us, vs, 3), (weights, us, vs, 1), (weights, us, vs, 0)],
+        "power_iteration_backward_packed": [(randn(2, dtype=acc, seed=18).to(KERNEL_DEVICE), saved, layout)],
         "power_iteration_backward": [(randn(2, dtype=acc, seed=18).to(KERNEL_DEVICE), saved, layout)],
         "power_iteration_layout": [(weights,)],
         "power_iteration_plan": [(weights, us, vs)],

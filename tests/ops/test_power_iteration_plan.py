@@ -179,13 +179,13 @@ def _count(n_weights):
 
 def test_aten_ops_independent_of_weight_count():
     """Once planned, forward and backward dispatch the same ops for 3 weights as for 30: the custom ops
-    alone (the forward, and the layout of the weights that the backward reads instead of keeping them)."""
+    (the forward, the layout of the weights that the backward reads instead of keeping them, the packed
+    gradient) and, per weight, only the view of the packed gradient that is that weight's gradient."""
     require("cuda")
-    few, many = _count(3), _count(30)
-    assert few == many, (few, many)
-    forward, backward = ([name.split(".")[1] for name in names] for names in few)
-    assert forward == ["power_iteration_forward", "power_iteration_layout"], few
-    assert backward == ["power_iteration_backward"], few
+    for n_weights in (3, 30):
+        forward, backward = ([name.split(".")[1] for name in names] for names in _count(n_weights))
+        assert forward == ["power_iteration_forward", "power_iteration_layout"], forward
+        assert backward == ["power_iteration_backward_packed"] + ["as_strided"] * n_weights, backward
 
 
 def _cifar10_weights():
@@ -215,7 +215,7 @@ def test_cifar10_launches():
     saved = torch.empty(sum(s[0] + math.prod(s[1:]) for s in shapes))
     code = LAYOUT_DTYPES.index(torch.bfloat16)
     layout = [len(shapes)] + [v for s in shapes for v in (code, len(s), *s)]  # the weights' dtypes and sizes
-    backward = _launches.launches("power_iteration_backward", torch.empty(len(shapes)), saved, layout)
+    backward = _launches.launches("power_iteration_backward_packed", torch.empty(len(shapes)), saved, layout)
     assert [launch.name for launch in backward] == ["pi_outer_kernel"]
     for n, count in ((0, 2), (1, 1)):
         assert len(_launches.launches("power_iteration_forward", weights, us, vs, n)) == count
