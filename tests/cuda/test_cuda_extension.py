@@ -67,9 +67,13 @@ def test_every_op_registered():
 @needs_extension
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_op_has_cuda_kernel_and_fake(name):
+    """Every op has a CUDA kernel and a fake implementation, or is composite (decomposed into the others)."""
     qualname = f"nvae_fast::{name}"
-    assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA")
-    assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Meta"), "no fake implementation registered"
+    composite = torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CompositeImplicitAutograd")
+    assert composite == (name in _library.COMPOSITES)
+    if not composite:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA")
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Meta"), "no fake implementation registered"
 
 
 def test_supports_reasons():
