@@ -43,6 +43,8 @@ the tensors' addresses, shapes, strides and dtypes (see ``_groups``).
 from __future__ import annotations
 
 import math
+from itertools import compress, repeat
+from operator import and_, attrgetter, not_
 
 import torch
 import triton
@@ -622,9 +624,9 @@ def _groups(mats, us, vs, index):
     contiguous copy (rows with a column stride) have new addresses every call and are never cached.
     """
     acc = shared_acc_dtype(mats)
-    key = (acc, _blocks(), mats[0].device) + tuple(
-        (i, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for i in index for t in (mats[i], us[i], vs[i])
-    )
+    key = (acc, _blocks(), mats[0].device, tuple(index))
+    for tensors in (mats, us, vs):
+        key += _fingerprint(list(map(tensors.__getitem__, index)))
     cached = _GROUP_CACHE.pop(key, None)
     if cached is None:
         members: dict[tuple, list[int]] = {}
@@ -637,6 +639,12 @@ def _groups(mats, us, vs, index):
         if any(g.copies for g in cached):
             return cached
     return _remember(_GROUP_CACHE, GROUP_CACHE_SIZE, key, cached)
+
+
+def _fingerprint(tensors) -> tuple:
+    """The addresses, shapes, strides and dtypes of ``tensors``, in C-level passes over the list."""
+    return (tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(torch.Tensor.size, tensors)),
+            tuple(map(torch.Tensor.stride, tensors)), tuple(map(attrgetter("dtype"), tensors)))
 
 
 def _remember(cache: dict, size: int, key, value):
@@ -663,8 +671,10 @@ def _iterate(mats, us, vs, n_iter, sigma):
     sigma = mats[0] if sigma is None else sigma  # an unread placeholder without SIGMA
     small, large = _split(mats)
     block_r, block_k = _blocks()
-    fits = [i for i in small if mats[i].shape[0] <= block_r and mats[i].shape[1] <= block_k]
-    streamed = [i for i in small if mats[i].shape[0] > block_r or mats[i].shape[1] > block_k]
+    chosen = list(map(mats.__getitem__, small))  # whether each fits one tile, in C-level passes:
+    in_tile = list(map(and_, map(block_r.__ge__, map(torch.Tensor.size, chosen, repeat(0))),
+                       map(block_k.__ge__, map(torch.Tensor.size, chosen, repeat(1)))))
+    fits, streamed = list(compress(small, in_tile)), list(compress(small, map(not_, in_tile)))
     for g in _groups(mats, us, vs, fits):
         _resident_kernel[(g.n_weights,)](
             g.addr, g.meta, sigma, n_iter,
@@ -686,10 +696,12 @@ def _iterate(mats, us, vs, n_iter, sigma):
 
 
 def _split(mats):
-    """(small, large) weight indices, largest first so that the longest programs start first."""
-    order = sorted(range(len(mats)), key=lambda i: -mats[i].numel())
-    small = [i for i in order if mats[i].numel() <= PERSISTENT_MAX]
-    return small, [i for i in order if mats[i].numel() > PERSISTENT_MAX]
+    """(small, large) weight indices, largest first so that the longest programs start first (equal sizes
+    in list order)."""
+    numels = list(map(torch.Tensor.numel, mats))
+    order = sorted(range(len(mats)), key=numels.__getitem__, reverse=True)  # stable: ties keep list order
+    n_large = sum(map(PERSISTENT_MAX.__lt__, numels))
+    return order[n_large:], order[:n_large]
 
 
 def sigmas(mats, us, vs):
@@ -734,25 +746,26 @@ def backward(saved, layout, grad):
     """dW_i = grad_i u_i v_i^T for every weight, in its shape and dtype: one launch over the tiles of all
     weights (:func:`_outer_kernel`), writing one buffer in the weights' shared dtype (float32 when they
     differ) whose views are the gradients."""
-    tiles, numels = _outer_tiles(layout, grad.device)
-    dtypes = {dtype for _, dtype in layout}
-    flat = torch.empty(sum(numels), dtype=dtypes.pop() if len(dtypes) == 1 else torch.float32, device=grad.device)
+    tiles, numels, shapes, dtype, mixed = _outer_tiles(layout, grad.device)
+    flat = torch.empty(sum(numels), dtype=dtype, device=grad.device)
     block_r, block_k = _blocks()
     _outer_kernel[(tiles.shape[0] // _TILE_FIELDS,)](
         tiles, saved[0], grad, flat, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=num_warps(block_r * block_k)
     )
-    grads = [part.view(shape) for part, (shape, _) in zip(flat.split(numels), layout)]
-    return [g if g.dtype == dtype else g.to(dtype) for g, (_, dtype) in zip(grads, layout)]
+    grads = list(map(torch.Tensor.view, flat.split(numels), shapes))
+    return [g.to(d) for g, (_, d) in zip(grads, layout)] if mixed else grads
 
 
-_TILE_CACHE: dict[tuple, tuple] = {}  # key of a layout -> (device tile table, numels), the most recent last
+# key of a layout -> (device tile table, numels, shapes, shared dtype, mixed dtypes), the most recent last
+_TILE_CACHE: dict[tuple, tuple] = {}
 TILE_CACHE_SIZE = 4
 
 
 def _outer_tiles(layout, device):
     """The tile table of :func:`_outer_kernel` for weights of ``layout`` (each weight's (shape, dtype), u and
-    v packed as :func:`nvae_fast._power_iteration.forward_via` saves them) and their numels; cached by the
-    layout (shapes, dtypes), the device and the tile."""
+    v packed as :func:`nvae_fast._power_iteration.forward_via` saves them), their numels and shapes, the
+    dtype of the gradient buffer (float32 when the weights' dtypes differ) and whether they differ; cached by
+    the layout (shapes, dtypes), the device and the tile."""
     blocks = _blocks()
     key = (tuple(layout), device, blocks)
     cached = _TILE_CACHE.pop(key, None)
@@ -769,7 +782,10 @@ def _outer_tiles(layout, device):
         table = torch.tensor(tiles, dtype=torch.int64)
         if device.type == "cuda":  # pinned + non_blocking: the copy does not wait for the GPU's queue
             table = table.pin_memory().to(device, non_blocking=True)
-        cached = (table, [r * k for r, k in zip(rows, cols)])
+        dtypes = {dtype for _, dtype in layout}
+        mixed = len(dtypes) > 1
+        shapes = [shape for shape, _ in layout]
+        cached = (table, [r * k for r, k in zip(rows, cols)], shapes, torch.float32 if mixed else dtypes.pop(), mixed)
     return _remember(_TILE_CACHE, TILE_CACHE_SIZE, key, cached)
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from itertools import repeat
+from operator import attrgetter, floordiv
 from typing import Protocol
 
 import torch
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from .. import backend, selfcheck
 from .._accumulation import shared_acc_dtype
 from .._power_iteration import forward_via, matrices, outer_grads
-from ._checks import check_tensor
+from ._checks import FLOAT_DTYPES, check_tensor
 
 __all__ = [
     "power_iteration", "power_iteration_reference", "PowerIterationKernels", "TorchKernels", "PowerIterationFunction",
@@ -37,6 +39,7 @@ __all__ = [
 
 _OP = "power_iteration"
 EPS = 1e-12
+_FLOAT_DTYPES = frozenset(FLOAT_DTYPES)
 
 
 def power_iteration_reference(weights, us, vs, n_iter):
@@ -171,8 +174,29 @@ def _check_call(weights, us, vs, n_iter):
     check_tensor("power_iteration", "weights[0]", weights[0])
 
 
+def _all_valid(weights, us, vs) -> bool:
+    """Whether every check of :func:`_check_each` passes, in C-level passes over the lists (no Python
+    per weight); :func:`_check_each` runs its loop, which names the failing argument, only when not."""
+    tensors = (*weights, *us, *vs)
+    if not all(map(isinstance, tensors, repeat(torch.Tensor))):
+        return False
+    if not set(map(attrgetter("dtype"), tensors)) <= _FLOAT_DTYPES:
+        return False
+    if len(set(map(attrgetter("device"), tensors))) != 1:
+        return False
+    if set(map(torch.Tensor.dim, (*us, *vs))) != {1} or min(map(torch.Tensor.dim, weights)) < 2:
+        return False
+    outs = list(map(torch.Tensor.size, weights, repeat(0)))
+    if 0 in outs:  # rest is prod(shape[1:]), not numel // out: the loop decides
+        return False
+    rests = list(map(floordiv, map(torch.Tensor.numel, weights), outs))
+    return list(map(torch.Tensor.numel, us)) == outs and list(map(torch.Tensor.numel, vs)) == rests
+
+
 def _check_each(weights, us, vs):
     """Every weight and vector: float tensors of matching sizes on weights[0]'s device."""
+    if _all_valid(weights, us, vs):
+        return
     device = weights[0].device
     for i, (w, u, v) in enumerate(zip(weights, us, vs)):
         check_tensor("power_iteration", f"weights[{i}]", w)

@@ -129,3 +129,24 @@ def test_bad_inputs_name_the_argument(backend):
             power_iteration([], [], [], 1)
         with pytest.raises(ValueError, match=r"us\[0\] is on meta"):
             power_iteration(weights, [us[0].to("meta"), us[1]], vs, 1)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize(
+    "where, bad, message",
+    [
+        ("vs", lambda t: torch.randn(t.numel() + 1), r"us\[1\] must have 6 and vs\[1\] 5 elements"),
+        ("us", lambda t: t.view(1, -1), r"us\[1\] must be 1-D"),
+        ("weights", lambda t: t.int(), r"weights\[1\] must be float16, bfloat16, float32 or float64"),
+        ("vs", lambda t: t.tolist(), r"vs\[1\] must be a torch.Tensor"),
+        ("weights", lambda t: t.t(), r"us\[1\] must have 5 and vs\[1\] 6 elements"),  # same numel, other rows
+        ("vs", lambda t: t.to("meta"), r"vs\[1\] is on meta"),
+    ],
+)
+def test_bad_entry_among_good_ones_is_named(backend, where, bad, message):
+    """One bad entry in the middle of the lists: the checks name it (the all-entries fast check must not
+    pass it)."""
+    inputs = dict(zip(("weights", "us", "vs"), _inputs(torch.float32, "cpu", shapes=[(4, 3, 3, 3), (6, 5), (2, 7)])))
+    inputs[where] = [bad(t) if i == 1 else t for i, t in enumerate(inputs[where])]
+    with nvae_fast.use_backend(backend), pytest.raises((TypeError, ValueError), match=message):
+        power_iteration(inputs["weights"], inputs["us"], inputs["vs"], 1)
