@@ -528,7 +528,6 @@ struct Plan {
   at::Tensor table;          // its device copy
   int64_t n = 0, pass_tiles = 0, runs = 0, steps_per_iter = 0;  // steps_per_iter: tickets of one step
   int64_t x_len = 0, pa_len = 0, pb_len = 0, save_len = 0, grad_len = 0;
-  std::vector<int64_t> numels;  // per weight, for the gradient views
 };
 
 std::mutex plan_mutex;
@@ -598,7 +597,6 @@ Plan build_plan(std::vector<int64_t> key, const std::vector<Matrix>& mats, at::S
     p.pb_len += col_tiles * R;
     p.save_len += R + K;
     p.grad_len += R * K;
-    p.numels.push_back(R * K);
     for (int64_t rt = 0; rt < row_tiles; ++rt) {
       for (int64_t ct = 0; ct < col_tiles; ++ct, pass += 3) {
         pass[0] = i;

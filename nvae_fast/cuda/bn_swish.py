@@ -44,12 +44,13 @@ __all__ = [
     "backward_dx",
 ]
 
-#: Threads per block, NHWC channels per group of the training kernels (bn_swish.cu) and the emulated L2.
+#: Threads per block and NHWC channels per group of the training kernels (bn_swish.cu).
 GROUP_THREADS = 32 * 16
 MAX_GROUP_CHANNELS = 32
 #: 16-byte vectors of each input a thread of a resident block keeps in registers (forward, backward).
 REG_VECS_FORWARD = 16
 REG_VECS_BACKWARD = 8
+#: L2 bytes of the emulated device (csrc/emulation runtime.cpp, unless NVAE_FAST_EMULATE_L2_BYTES is set).
 ASSUMED_L2_BYTES = 50 << 20
 #: Opt-in dynamic shared memory per block of the emulated device (sm_90), csrc/emulation/emulation.h.
 EMULATED_SMEM_OPTIN = 227 * 1024

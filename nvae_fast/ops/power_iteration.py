@@ -39,7 +39,6 @@ __all__ = [
 
 _OP = "power_iteration"
 EPS = 1e-12
-_FLOAT_DTYPES = frozenset(FLOAT_DTYPES)
 
 
 def power_iteration_reference(weights, us, vs, n_iter):
@@ -180,7 +179,7 @@ def _all_valid(weights, us, vs) -> bool:
     tensors = (*weights, *us, *vs)
     if not all(map(isinstance, tensors, repeat(torch.Tensor))):
         return False
-    if not set(map(attrgetter("dtype"), tensors)) <= _FLOAT_DTYPES:
+    if not set(map(attrgetter("dtype"), tensors)).issubset(FLOAT_DTYPES):
         return False
     if len(set(map(attrgetter("device"), tensors))) != 1:
         return False
